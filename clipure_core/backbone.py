@@ -1,0 +1,111 @@
+"""A CLIP model whose image encoder takes [0, 1] pixels and differentiates through them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from open_clip import get_input_dtype, get_model_preprocess_cfg
+from PIL import Image, ImageOps
+from torch import nn
+from torchvision.transforms import CenterCrop, InterpolationMode, Resize
+
+from .errors import InputError
+from .pixels import pil_to_pixels
+
+TEXT_BATCH = 256
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """Where a backbone's weights came from; enough to reproduce it and to key caches."""
+
+    name: str
+    pretrained: str  # as the user gave it ("random" for random weights)
+    weights_id: str  # stable identity of the weights (tag, hub commit, file stamp, seed)
+    device: str
+    precision: str
+
+    @property
+    def random_weights(self) -> bool:
+        return self.weights_id.startswith("random")
+
+
+class Backbone(nn.Module):
+    """open_clip model + its tokenizer, with preprocessing split in two parts.
+
+    `prepare` (not differentiable) turns a photo into the model-size [0, 1] pixels that the
+    threat model perturbs; `encode_image` (differentiable) normalises with the model's own
+    mean/std and encodes. Parameters are frozen: attacks differentiate w.r.t. pixels only.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, info: BackboneInfo) -> None:
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.info = info
+        cfg = get_model_preprocess_cfg(model)
+        size = cfg["size"]
+        if not isinstance(size, int):
+            if size[0] != size[1]:
+                raise InputError(f"{info.name}: non-square input size {size} is not supported.")
+            size = size[0]
+        self.image_size: int = int(size)
+        self.interpolation = InterpolationMode(cfg.get("interpolation", "bicubic"))
+        self.input_dtype = get_input_dtype(info.precision) or torch.float32
+        self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg["std"]).view(1, 3, 1, 1), persistent=False)
+        self.to(info.device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.model.logit_scale.detach().float().exp()
+
+    def prepare(self, image: Image.Image) -> torch.Tensor:
+        """Photo -> (3, S, S) float pixels in [0, 1] on the 8-bit grid, on the model's device.
+
+        EXIF orientation is honoured, transparency is composited on white, the shortest side is
+        resized to S with the model's interpolation and the centre S x S is cropped.
+        """
+        image = ImageOps.exif_transpose(image)
+        has_alpha = image.mode in ("RGBA", "LA", "PA")
+        if has_alpha or (image.mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(background, rgba)
+        image = image.convert("RGB")
+        image = Resize(self.image_size, interpolation=self.interpolation)(image)
+        image = CenterCrop(self.image_size)(image)
+        return pil_to_pixels(image).to(self.device)
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) pixels in [0, 1] -> (B, D) float32 embeddings (not normalised)."""
+        if pixels.dim() != 4 or pixels.shape[1:] != (3, self.image_size, self.image_size):
+            raise InputError(
+                f"expected pixels of shape (B, 3, {self.image_size}, {self.image_size}), "
+                f"got {tuple(pixels.shape)}; use Backbone.prepare on the photo first."
+            )
+        normalised = (pixels.to(self.device) - self.mean) / self.std
+        return self.model.encode_image(normalised.to(self.input_dtype)).float()
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.tokenizer(list(texts)).to(self.device)
+
+    @torch.no_grad()
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """List of N strings -> (N, D) float32 embeddings (not normalised)."""
+        chunks = [
+            self.model.encode_text(self.tokenize(texts[start : start + TEXT_BATCH])).float()
+            for start in range(0, len(texts), TEXT_BATCH)
+        ]
+        return torch.cat(chunks)
+
+    def normalized_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Unit-norm text embeddings, (N, D)."""
+        return F.normalize(self.encode_text(texts), dim=-1)

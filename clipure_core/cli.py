@@ -1,0 +1,124 @@
+"""Command line: `python -m clipure_core predict IMAGE --labels "cat,dog" [...]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from PIL import Image, UnidentifiedImageError
+
+from .attacks import METHODS, AttackConfig
+from .errors import InputError, WeightsUnavailableError
+from .loading import load_backbone
+from .pipeline import Playground
+from .threats import THREATS
+
+DEFAULT_MODEL = "ViT-B-32"
+DEFAULT_WEIGHTS = "openai"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m clipure_core", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    predict = commands.add_parser(
+        "predict", help="attack one image and compare undefended vs CLIPure predictions"
+    )
+    predict.add_argument("image", help="path of a photo (PNG, JPEG, ...)")
+    predict.add_argument(
+        "--labels", required=True, help="comma-separated class names, or cifar10 / imagenet1k"
+    )
+    predict.add_argument("--model", default=DEFAULT_MODEL, help="open_clip architecture")
+    predict.add_argument(
+        "--pretrained",
+        default=DEFAULT_WEIGHTS,
+        help="open_clip tag, local checkpoint file, hf-hub:org/repo, or 'random'",
+    )
+    predict.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    predict.add_argument("--precision", default=None, help="fp32 (default), fp16 or bf16 (GPU)")
+    predict.add_argument("--templates", default="ensemble", help="ensemble (80 CLIP) or single")
+    predict.add_argument("--attack", default="pgd", choices=sorted(METHODS))
+    predict.add_argument("--norm", default=None, help="linf or l2 (default: the method's first)")
+    predict.add_argument(
+        "--eps", type=float, default=4.0, help="L-inf in /255 units, L2 in [0, 1] pixel units"
+    )
+    predict.add_argument("--steps", type=int, default=10)
+    predict.add_argument("--alpha", type=float, default=None, help="step size, same units as eps")
+    predict.add_argument("--target", default=None, help="target class (targeted attack)")
+    predict.add_argument("--true-label", default=None, help="default: clean prediction")
+    predict.add_argument("--eot", type=int, default=1, help="EOT samples per gradient")
+    predict.add_argument("--threat", default="transfer", choices=list(THREATS))
+    predict.add_argument(
+        "--defense", default="clipure_cos", help="comma-separated defences ('' for none)"
+    )
+    predict.add_argument("--cos-steps", type=int, default=10)
+    predict.add_argument("--cos-step-size", type=float, default=30.0)
+    predict.add_argument("--seed", type=int, default=0)
+    predict.add_argument("--json", action="store_true", help="print the full result as JSON")
+    predict.add_argument("--save-adversarial", default=None, help="write the adversarial PNG here")
+    return parser
+
+
+def attack_config(args: argparse.Namespace) -> AttackConfig:
+    """Translate CLI units (L-inf eps and alpha in /255) to an AttackConfig."""
+    method = args.attack
+    norm = (args.norm or METHODS[method][0]).lower()
+    scale = 1 / 255 if norm == "linf" else 1.0
+    alpha = None if args.alpha is None else args.alpha * scale
+    return AttackConfig(method, norm, args.eps * scale, args.steps, alpha, eot_samples=args.eot)
+
+
+def predict(args: argparse.Namespace) -> int:
+    try:
+        image = Image.open(args.image)
+        image.load()
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
+        raise InputError(f"cannot read image {args.image}: {error}") from error
+    backbone = load_backbone(args.model, args.pretrained, args.device, args.precision)
+    playground = Playground(backbone, args.templates)
+    defenses = [name.strip() for name in args.defense.split(",") if name.strip()]
+    result = playground.run(
+        image,
+        args.labels,
+        attack_config(args),
+        threat=args.threat,
+        defenses=defenses,
+        seed=args.seed,
+        true_label=args.true_label,
+        target_label=args.target,
+        defense_settings={
+            "clipure_cos": {"steps": args.cos_steps, "step_size": args.cos_step_size}
+        },
+    )
+    if args.save_adversarial:
+        result.adversarial_image.save(args.save_adversarial, format="PNG")
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    if backbone.info.random_weights:
+        print("WARNING: random weights - predictions are meaningless.")
+    for notice in result.notices:
+        print(f"note: {notice}")
+    settings = result.settings["attack"]
+    print(
+        f"{settings['method']} ({settings['norm']}, eps={args.eps:g}"
+        f"{'/255' if settings['norm'] == 'linf' else ''}, {settings['steps']} steps), "
+        f"threat: {result.settings['threat']}, true label: {result.true_label}"
+    )
+    for line in result.verdicts():
+        print(f"  {line}")
+    for name, diagnostics in result.diagnostics.items():
+        angle = diagnostics["angle_moved_deg"]
+        print(f"  {name} moved the adversarial embedding by {angle:.1f} deg")
+    print(f"  time: {result.timings_ms['total']:.0f} ms")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return predict(args)
+    except (InputError, WeightsUnavailableError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

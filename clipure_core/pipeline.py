@@ -1,0 +1,298 @@
+"""One request: prepare a photo, attack it, purify, and report what every model predicts."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import open_clip
+import torch
+import torchattacks
+from PIL import Image
+
+from .attacks import AttackConfig, craft_attack
+from .backbone import Backbone
+from .classifier import ZeroShotClassifier
+from .errors import InputError
+from .pixels import perturbation_norms, pil_to_pixels, pixels_to_pil, quantize_in_ball
+from .prompts import parse_labels
+from .purifiers import Purifier, TrajectoryRecorder, build_purifier
+from .threats import attacked_model, check_threat
+
+UNDEFENDED = "undefended"
+_MEMO_SIZE = 16
+
+
+@dataclass
+class PlaygroundResult:
+    """Everything one request produced. `to_dict()` is the JSON schema the app serves.
+
+    Under the transfer threat there is one adversarial image (crafted on the undefended
+    model). Under adaptive threats every model is attacked on its own, so each has its own
+    image; `image_for[model]` names the image a model was evaluated on.
+    """
+
+    labels: list[str]
+    true_label: str
+    clean_image: Image.Image
+    adversarial_images: dict[str, Image.Image]
+    image_for: dict[str, str]
+    probabilities: dict[str, dict[str, list[float]]]
+    diagnostics: dict[str, dict]
+    timings_ms: dict[str, float]
+    settings: dict
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def primary(self) -> str:
+        """The attacked model whose image is shown first: the first defence under an
+        adaptive threat, otherwise the undefended model."""
+        names = list(self.adversarial_images)
+        return names[1] if len(names) > 1 else names[0]
+
+    @property
+    def adversarial_image(self) -> Image.Image:
+        return self.adversarial_images[self.primary]
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.probabilities["clean"])
+
+    def perturbations(self) -> dict[str, dict[str, float]]:
+        clean = pil_to_pixels(self.clean_image).unsqueeze(0)
+        return {
+            name: perturbation_norms(clean, pil_to_pixels(image).unsqueeze(0))
+            for name, image in self.adversarial_images.items()
+        }
+
+    def predictions(self) -> dict[str, dict[str, str]]:
+        return {
+            condition: {
+                model: self.labels[max(range(len(probs)), key=probs.__getitem__)]
+                for model, probs in per_model.items()
+            }
+            for condition, per_model in self.probabilities.items()
+        }
+
+    def verdicts(self) -> list[str]:
+        """One line per model, e.g. 'undefended: cat 91% -> dog 78%'."""
+        lines = []
+        for model in self.models:
+            clean = self._top(self.probabilities["clean"][model])
+            adversarial = self._top(self.probabilities["adversarial"][model])
+            lines.append(f"{model}: {clean} -> {adversarial}")
+        return lines
+
+    def _top(self, probs: list[float]) -> str:
+        best = max(range(len(probs)), key=probs.__getitem__)
+        return f"{self.labels[best]} {probs[best]:.0%}"
+
+    def to_dict(self) -> dict:
+        perturbations = self.perturbations()
+        return {
+            "labels": self.labels,
+            "true_label": self.true_label,
+            "probabilities": self.probabilities,
+            "predictions": self.predictions(),
+            "perturbation": perturbations[self.primary],
+            "adversarial_images": {
+                name: {"perturbation": perturbations[name]} for name in self.adversarial_images
+            },
+            "image_for": self.image_for,
+            "diagnostics": self.diagnostics,
+            "timings_ms": self.timings_ms,
+            "settings": self.settings,
+            "notices": self.notices,
+            "verdicts": self.verdicts(),
+        }
+
+
+class Playground:
+    """Runs requests against one backbone; classifiers and purifiers are memoised."""
+
+    def __init__(self, backbone: Backbone, templates: str | Sequence[str] = "ensemble") -> None:
+        self.backbone = backbone
+        self.templates = templates
+        self._memo: OrderedDict[tuple, torch.nn.Module] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def classifier(self, labels: Sequence[str]) -> ZeroShotClassifier:
+        return self._memoised(
+            ("classifier", tuple(labels)),
+            lambda: ZeroShotClassifier(self.backbone, labels, self.templates),
+        )
+
+    def purifier(self, name: str, settings: Mapping | None = None) -> Purifier:
+        settings = dict(settings or {})
+        return self._memoised(
+            ("purifier", name, tuple(sorted(settings.items()))),
+            lambda: build_purifier(name, self.backbone, self.templates, **settings),
+        )
+
+    def _memoised(self, key: tuple, build: Callable[[], torch.nn.Module]):
+        with self._lock:
+            if key in self._memo:
+                self._memo.move_to_end(key)
+                return self._memo[key]
+            module = build()
+            self._memo[key] = module
+            if len(self._memo) > _MEMO_SIZE:
+                self._memo.popitem(last=False)
+            return module
+
+    def run(
+        self,
+        image: Image.Image,
+        labels: str | Sequence[str],
+        attack: AttackConfig | None = None,
+        threat: str = "transfer",
+        defenses: Iterable[str] = ("clipure_cos",),
+        seed: int = 0,
+        true_label: str | None = None,
+        target_label: str | None = None,
+        defense_settings: Mapping[str, Mapping] | None = None,
+        on_query: Callable[[int], None] | None = None,
+    ) -> PlaygroundResult:
+        """Attack `image`, purify, and report clean/adversarial probabilities of each model.
+
+        `true_label` defaults to the undefended model's clean prediction. The adversarial
+        pixels are rounded to 8 bits (inside the eps-ball) before they are evaluated, so the
+        reported numbers are exactly those of the PNG in the result.
+        """
+        total = _Stopwatch(self.backbone.device)
+        attack = attack or AttackConfig()
+        check_threat(threat)
+        labels, notices = parse_labels(labels)
+        defenses = list(dict.fromkeys(defenses))
+        defense_settings = defense_settings or {}
+        classifier = self.classifier(labels)
+        purifiers = {name: self.purifier(name, defense_settings.get(name)) for name in defenses}
+        if target_label is not None:
+            attack = dataclasses.replace(attack, targeted_label=_index(labels, target_label))
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise InputError(f"seed must be a non-negative integer, got {seed!r}.")
+        timings = {"attack": 0.0, "purify": 0.0, "encode": 0.0}
+
+        pixels = self.backbone.prepare(image).unsqueeze(0)
+        with _Stopwatch(self.backbone.device, timings, "encode"), torch.no_grad():
+            clean_z = self.backbone.encode_image(pixels)
+        clean_logits = classifier.logits_from_embeddings(clean_z)
+        y = _index(labels, true_label) if true_label else int(clean_logits.argmax())
+        y_tensor = torch.tensor([y], device=pixels.device)
+
+        attack_targets = [UNDEFENDED] + ([] if threat == "transfer" else defenses)
+        adversarial_pixels, adversarial_z = {}, {}
+        for target in attack_targets:
+            model = attacked_model(classifier, purifiers.get(target), threat)
+            with _Stopwatch(self.backbone.device, timings, "attack"):
+                raw = craft_attack(
+                    model, pixels, y_tensor, attack, seed, len(labels), on_query=on_query
+                )
+            adversarial_pixels[target] = quantize_in_ball(pixels, raw, attack.norm, attack.eps)
+            with _Stopwatch(self.backbone.device, timings, "encode"), torch.no_grad():
+                adversarial_z[target] = self.backbone.encode_image(adversarial_pixels[target])
+
+        image_for = {
+            model: model if threat != "transfer" else UNDEFENDED
+            for model in [UNDEFENDED, *defenses]
+        }
+        probabilities = {
+            "clean": {UNDEFENDED: _probs(clean_logits)},
+            "adversarial": {
+                UNDEFENDED: _probs(classifier.logits_from_embeddings(adversarial_z[UNDEFENDED]))
+            },
+        }
+        diagnostics = {}
+        for name, purifier in purifiers.items():
+            runs = {}
+            inputs = {"clean": clean_z, "adversarial": adversarial_z[image_for[name]]}
+            for condition, z in inputs.items():
+                recorder = TrajectoryRecorder(
+                    purifier.null_embedding, classifier.class_embeddings, labels
+                )
+                with _Stopwatch(self.backbone.device, timings, "purify"), torch.no_grad():
+                    purified = purifier(z, gradient="full", on_step=recorder)
+                probabilities[condition][name] = _probs(classifier.logits_from_embeddings(purified))
+                runs[condition] = {
+                    "angle_moved_deg": recorder.angle_moved_deg(),
+                    "trajectory": recorder.trajectory(),
+                }
+            diagnostics[name] = {**runs["adversarial"], "clean": runs["clean"]}
+
+        timings["total"] = total.elapsed_ms()
+        return PlaygroundResult(
+            labels=labels,
+            true_label=labels[y],
+            clean_image=pixels_to_pil(pixels[0]),
+            adversarial_images={t: pixels_to_pil(p[0]) for t, p in adversarial_pixels.items()},
+            image_for=image_for,
+            probabilities=probabilities,
+            diagnostics=diagnostics,
+            timings_ms=timings,
+            settings=self._settings(labels, labels[y], attack, threat, purifiers, seed),
+            notices=notices,
+        )
+
+    def _settings(self, labels, true_label, attack, threat, purifiers, seed) -> dict:
+        info = self.backbone.info
+        attack_settings = attack.to_dict()
+        templates = self.templates if isinstance(self.templates, str) else list(self.templates)
+        if attack.norm == "linf":
+            attack_settings["eps_255"] = attack.eps * 255
+        return {
+            "model": info.name,
+            "pretrained": info.pretrained,
+            "weights_id": info.weights_id,
+            "device": info.device,
+            "precision": info.precision,
+            "templates": templates,
+            "labels": labels,
+            "true_label": true_label,
+            "attack": attack_settings,
+            "threat": threat,
+            "defenses": {name: purifier.settings() for name, purifier in purifiers.items()},
+            "seed": seed,
+            "versions": {
+                "torch": torch.__version__,
+                "open_clip": open_clip.__version__,
+                "torchattacks": torchattacks.__version__,
+            },
+        }
+
+
+def _index(labels: list[str], label: str) -> int:
+    cleaned = " ".join(str(label).split())
+    if cleaned not in labels:
+        raise InputError(f"label {label!r} is not in the label list ({', '.join(labels[:10])}...).")
+    return labels.index(cleaned)
+
+
+def _probs(logits: torch.Tensor) -> list[float]:
+    return logits.detach().float().softmax(dim=-1)[0].cpu().tolist()
+
+
+class _Stopwatch:
+    """Wall time on `device` (synchronising CUDA), added to `timings[key]` on exit."""
+
+    def __init__(self, device: torch.device, timings: dict | None = None, key: str = "") -> None:
+        self.device, self.timings, self.key = device, timings, key
+        self.start = self._now()
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def elapsed_ms(self) -> float:
+        return (self._now() - self.start) * 1000
+
+    def __enter__(self) -> _Stopwatch:
+        self.start = self._now()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.timings[self.key] += self.elapsed_ms()

@@ -1,0 +1,45 @@
+"""Latent-space purifiers: one module per defence, built by name."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..backbone import Backbone
+from ..errors import InputError
+from .base import Purifier
+from .cos import CosPurifier, cos_purify, neg_cos_gradient
+from .polar import GRADIENT_MODES, polar_step
+from .trace import TrajectoryRecorder
+
+PURIFIERS: dict[str, type[Purifier]] = {CosPurifier.name: CosPurifier}
+PLANNED = {
+    "clipure_diff": "CLIPure-Diff is not available yet: it needs a diffusion prior over this "
+    "backbone's embeddings (planned). Use 'clipure_cos'.",
+}
+
+
+def build_purifier(
+    name: str, backbone: Backbone, templates: str | Sequence[str] = "ensemble", **settings
+) -> Purifier:
+    """A purifier by its name ('clipure_cos'), with its settings (steps, step_size, ...)."""
+    if name in PLANNED:
+        raise InputError(PLANNED[name])
+    if name not in PURIFIERS:
+        raise InputError(f"unknown defence {name!r}: use one of {', '.join(PURIFIERS)}.")
+    try:
+        return PURIFIERS[name](backbone, templates, **settings)
+    except TypeError as error:
+        raise InputError(f"{name}: unsupported setting ({error}).") from error
+
+
+__all__ = [
+    "GRADIENT_MODES",
+    "PURIFIERS",
+    "CosPurifier",
+    "Purifier",
+    "TrajectoryRecorder",
+    "build_purifier",
+    "cos_purify",
+    "neg_cos_gradient",
+    "polar_step",
+]

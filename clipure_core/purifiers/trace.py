@@ -1,0 +1,52 @@
+"""Diagnostics of one purification: where the embedding went, step by step."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+class TrajectoryRecorder:
+    """An `on_step` callback recording, per step and sample: cos to the null prompt,
+    cos to the starting embedding, and the top class under the zero-shot classifier."""
+
+    def __init__(
+        self, null_embedding: torch.Tensor, class_embeddings: torch.Tensor, labels: Sequence[str]
+    ) -> None:
+        self.null = F.normalize(null_embedding.detach().float(), dim=-1)
+        self.classes = class_embeddings.detach().float()
+        self.labels = list(labels)
+        self.start: torch.Tensor | None = None
+        self.rows: list[dict[str, torch.Tensor]] = []
+
+    def __call__(self, step: int, z: torch.Tensor) -> None:
+        unit = F.normalize(z.detach().float(), dim=-1)
+        if step == 0:
+            self.start = unit
+            self.rows = []
+        self.rows.append(
+            {
+                "cos_to_null": unit @ self.null,
+                "cos_to_start": (unit * self.start).sum(dim=-1),
+                "top_class": (unit @ self.classes.T).argmax(dim=-1),
+            }
+        )
+
+    def trajectory(self, sample: int = 0) -> list[dict]:
+        return [
+            {
+                "step": step,
+                "cos_to_null": float(row["cos_to_null"][sample]),
+                "cos_to_start": float(row["cos_to_start"][sample]),
+                "top_class": self.labels[int(row["top_class"][sample])],
+            }
+            for step, row in enumerate(self.rows)
+        ]
+
+    def angle_moved_deg(self, sample: int = 0) -> float:
+        """Angle between the first and the last embedding, in degrees."""
+        cos = max(-1.0, min(1.0, float(self.rows[-1]["cos_to_start"][sample])))
+        return math.degrees(math.acos(cos))

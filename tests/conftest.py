@@ -1,0 +1,62 @@
+"""Shared fixtures: a tiny randomly initialised open_clip model, saved and loaded for real."""
+
+from __future__ import annotations
+
+import json
+
+import open_clip
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from clipure_core import load_backbone
+
+TINY_MODEL = "clipure-test-tiny"
+TINY_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+LABELS = ["cat", "dog", "car", "airplane", "coffee mug"]
+ASSETS = __import__("pathlib").Path(__file__).resolve().parents[1] / "assets"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_caches(tmp_path_factory):
+    """Register the tiny architecture and keep every cache of the run in a temp folder."""
+    config_dir = tmp_path_factory.mktemp("model_configs")
+    (config_dir / f"{TINY_MODEL}.json").write_text(json.dumps(TINY_CONFIG))
+    open_clip.add_model_config(config_dir)
+    patch = pytest.MonkeyPatch()
+    patch.setenv("CLIPURE_CACHE_DIR", str(tmp_path_factory.mktemp("clipure_cache")))
+    yield
+    patch.undo()
+
+
+def save_tiny_weights(path, seed: int = 1234, quick_gelu: bool = False) -> None:
+    """Build the tiny model with seeded random weights and save its state dict."""
+    torch.manual_seed(seed)
+    model = open_clip.create_model(TINY_MODEL, force_quick_gelu=quick_gelu)
+    state = {key: value.contiguous() for key, value in model.state_dict().items()}
+    if str(path).endswith(".safetensors"):
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    save_tiny_weights(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def backbone(tiny_checkpoint):
+    return load_backbone(TINY_MODEL, pretrained=str(tiny_checkpoint), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def cat_photo():
+    return Image.open(ASSETS / "chelsea.png")

@@ -1,0 +1,176 @@
+"""Attacks via torchattacks: budgets, 8-bit rounding, threat-model gradients, seeds."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clipure_core import AttackConfig, CosPurifier, InputError, ZeroShotClassifier, craft_attack
+from clipure_core.pixels import quantize_in_ball
+from clipure_core.threats import attacked_model
+
+from .conftest import LABELS
+
+CONFIGS = [
+    AttackConfig("pgd", "linf", 4 / 255, 5),
+    AttackConfig("pgd-l2", "l2", 0.5, 5),
+    AttackConfig("fgsm", "linf", 4.5 / 255, 1),
+    AttackConfig("apgd-ce", "linf", 8 / 255, 5),
+    AttackConfig("apgd-dlr", "l2", 0.5, 5),
+    AttackConfig("apgd-t", "linf", 4 / 255, 3),
+    AttackConfig("autoattack", "linf", 1 / 255, 3),
+    AttackConfig("pgd", "linf", 3 / 255, 3, eot_samples=2),
+]
+
+
+@pytest.fixture(scope="module")
+def classifier(backbone):
+    return ZeroShotClassifier(backbone, LABELS, "single")
+
+
+@pytest.fixture(scope="module")
+def pixels(backbone, cat_photo):
+    return torch.stack([backbone.prepare(cat_photo), backbone.prepare(cat_photo.rotate(90))])
+
+
+def within(delta: torch.Tensor, norm: str, eps: float) -> bool:
+    flat = delta.flatten(1)
+    size = flat.abs().amax(dim=1) if norm == "linf" else flat.norm(dim=1)
+    return bool((size <= eps + 1e-6).all())
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.method}-{c.norm}-eot{c.eot_samples}")
+def test_perturbation_stays_in_budget_before_and_after_8bit_rounding(classifier, pixels, config):
+    labels = classifier(pixels).argmax(dim=-1)
+    adversarial = craft_attack(classifier, pixels, labels, config, seed=0, num_classes=len(LABELS))
+    assert adversarial.shape == pixels.shape
+    assert adversarial.min() >= 0 and adversarial.max() <= 1
+    assert within(adversarial - pixels, config.norm, config.eps)
+    if config.method.startswith(("apgd", "autoattack")):
+        # As in AutoAttack, an image the attack could not flip comes back unchanged.
+        unchanged = (adversarial == pixels).flatten(1).all(dim=1)
+        flipped = classifier(adversarial).argmax(dim=-1) != labels
+        assert (unchanged | flipped).all()
+    else:
+        assert not torch.equal(adversarial, pixels)
+    rounded = quantize_in_ball(pixels, adversarial, config.norm, config.eps)
+    assert torch.equal(rounded, (rounded * 255).round() / 255)
+    assert within(rounded - pixels, config.norm, config.eps)
+    assert rounded.min() >= 0 and rounded.max() <= 1
+
+
+def test_quantisation_never_leaves_the_ball_on_its_edge():
+    generator = torch.Generator().manual_seed(0)
+    clean = torch.randint(0, 256, (8, 3, 16, 16), generator=generator) / 255
+    for norm, eps in (("linf", 4.5 / 255), ("linf", 4 / 255), ("l2", 0.3), ("l2", 1.0)):
+        direction = torch.randn(clean.shape, generator=generator)
+        if norm == "linf":
+            delta = eps * direction.sign()
+        else:
+            delta = eps * direction / direction.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        rounded = quantize_in_ball(clean, (clean + delta).clamp(0, 1), norm, eps)
+        assert within(rounded - clean, norm, eps)
+    exact = quantize_in_ball(clean, (clean + 4 / 255).clamp(0, 1), "linf", 4 / 255)
+    assert (exact - clean).abs().max() * 255 == pytest.approx(4, abs=1e-4)  # 4/255 keeps 4 levels
+
+
+def test_each_threat_model_gives_the_gradient_it_should(backbone, classifier, pixels):
+    purifier = CosPurifier(backbone, "single", steps=10, step_size=30.0)
+    labels = torch.tensor([0, 1])
+    grads = {}
+    for threat in ("transfer", "paper", "bpda", "full"):
+        x = pixels.clone().requires_grad_(True)
+        F.cross_entropy(attacked_model(classifier, purifier, threat)(x), labels).backward()
+        grads[threat] = x.grad
+        assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0, threat
+    assert attacked_model(classifier, purifier, "transfer") is classifier
+    # BPDA back-propagates the loss at the purified point straight into the encoder.
+    x = pixels.clone().requires_grad_(True)
+    z = backbone.encode_image(x)
+    purified = purifier(z.detach()).requires_grad_(True)
+    loss = F.cross_entropy(classifier.logits_from_embeddings(purified), labels)
+    (upstream,) = torch.autograd.grad(loss, purified)
+    (expected,) = torch.autograd.grad(z, x, upstream)
+    assert torch.allclose(grads["bpda"], expected, atol=1e-6)
+    # With the inner gradient held constant, each step of size 30 shrinks the gradient by
+    # sqrt(1 + 30^2): ten steps leave almost nothing ("paper" is gradient masking) ...
+    assert grads["paper"].norm() < 1e-6 * grads["bpda"].norm()
+    # ... while the exact map is the identity near images closer than 88.1 degrees to the null
+    # prompt (ten steps undo themselves), so its exact gradient is the undefended one.
+    null = purifier.null_embedding
+    assert (F.cosine_similarity(z, null.expand_as(z)) > math.cos(math.atan(30.0))).all()
+    tolerance = 1e-3 * grads["transfer"].abs().max()
+    assert torch.allclose(grads["full"], grads["transfer"], atol=tolerance)
+
+
+def test_targeted_attack_reaches_the_target(classifier, pixels):
+    x = pixels[:1]
+    clean = classifier(x)
+    target = int(clean.argmin())
+    config = AttackConfig("pgd", "linf", 32 / 255, 40, targeted_label=target)
+    adversarial = craft_attack(classifier, x, clean.argmax(dim=-1), config, seed=0)
+    assert int(classifier(adversarial).argmax()) == target
+
+
+def test_seeds_make_attacks_reproducible_and_leave_global_rng_alone(classifier, pixels):
+    config = AttackConfig("pgd", "linf", 4 / 255, 2)
+    labels = torch.tensor([0, 0])
+    state = torch.get_rng_state()
+    first = craft_attack(classifier, pixels, labels, config, seed=1)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(first, craft_attack(classifier, pixels, labels, config, seed=1))
+    assert not torch.equal(first, craft_attack(classifier, pixels, labels, config, seed=2))
+
+
+def test_eot_on_a_deterministic_model_equals_plain_pgd(classifier, pixels):
+    labels = torch.tensor([0, 1])
+    plain = craft_attack(classifier, pixels, labels, AttackConfig(steps=3), seed=5)
+    eot = craft_attack(classifier, pixels, labels, AttackConfig(steps=3, eot_samples=3), seed=5)
+    assert torch.equal(plain, eot)
+
+
+def test_progress_callback_counts_model_queries(classifier, pixels):
+    calls = []
+    craft_attack(
+        classifier,
+        pixels,
+        torch.tensor([0, 1]),
+        AttackConfig(steps=7),
+        seed=0,
+        num_classes=len(LABELS),
+        on_query=calls.append,
+    )
+    assert calls == list(range(1, 8))
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"eps": -1 / 255}, "eps must be in"),
+        ({"eps": 0.0}, "eps must be in"),
+        ({"eps": 2.0}, "eps must be in"),
+        ({"eps": math.nan}, "finite"),
+        ({"eps": math.inf}, "finite"),
+        ({"steps": 0}, "steps must be an integer from 1"),
+        ({"steps": -3}, "steps must be an integer from 1"),
+        ({"steps": 10**6}, "steps must be an integer from 1 to 1000"),
+        ({"method": "deepfool"}, "use one of"),
+        ({"method": "pgd", "norm": "l2"}, "supports norm linf"),
+        ({"method": "apgd-ce", "targeted_label": 1}, "untargeted"),
+        ({"method": "pgd-l2", "norm": "l2", "eot_samples": 4}, "no EOT variant"),
+        ({"eot_samples": 0}, "eot_samples"),
+        ({"alpha": -0.1}, "alpha"),
+    ],
+)
+def test_absurd_settings_are_refused_with_a_reason(kwargs, message):
+    with pytest.raises(InputError, match=message):
+        AttackConfig(**kwargs)
+
+
+def test_dlr_attacks_need_enough_classes(backbone, pixels):
+    few = ZeroShotClassifier(backbone, ["cat", "dog", "car"], "single")
+    with pytest.raises(InputError, match="at least 4 class labels"):
+        craft_attack(few, pixels, torch.tensor([0, 1]), AttackConfig("apgd-t", steps=2))

@@ -1,0 +1,103 @@
+"""`python -m clipure_core predict` in-process, and as a real subprocess for its errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from PIL import Image
+
+from clipure_core.cli import main
+
+from .conftest import ASSETS, TINY_MODEL
+
+
+def run(capsys, *args):
+    code = main(["predict", str(ASSETS / "chelsea.png"), *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_predict_prints_a_verdict_per_model(capsys, tiny_checkpoint, tmp_path):
+    png = tmp_path / "adv.png"
+    code, out, _ = run(
+        capsys,
+        "--labels",
+        "cat,dog,car",
+        "--model",
+        TINY_MODEL,
+        "--pretrained",
+        str(tiny_checkpoint),
+        "--steps",
+        "3",
+        "--save-adversarial",
+        str(png),
+    )
+    assert code == 0
+    assert "pgd (linf, eps=4/255, 3 steps), threat: transfer" in out
+    assert "  undefended: " in out and "  clipure_cos: " in out and " -> " in out
+    assert Image.open(png).size == (32, 32)
+
+
+def test_predict_json_has_the_result_schema(capsys, tiny_checkpoint):
+    code, out, _ = run(
+        capsys,
+        "--labels",
+        "cat,dog,car,bird",
+        "--model",
+        TINY_MODEL,
+        "--pretrained",
+        str(tiny_checkpoint),
+        "--attack",
+        "apgd-ce",
+        "--norm",
+        "l2",
+        "--eps",
+        "0.5",
+        "--steps",
+        "2",
+        "--threat",
+        "bpda",
+        "--json",
+    )
+    assert code == 0
+    data = json.loads(out)
+    assert data["settings"]["attack"]["method"] == "apgd-ce"
+    assert data["settings"]["attack"]["eps"] == 0.5 and data["settings"]["threat"] == "bpda"
+    assert set(data["probabilities"]["adversarial"]) == {"undefended", "clipure_cos"}
+
+
+def test_errors_are_one_message_and_exit_code_2(capsys, tiny_checkpoint, tmp_path):
+    weights = ["--model", TINY_MODEL, "--pretrained", str(tiny_checkpoint)]
+    code, out, err = run(capsys, "--labels", " , ", *weights)
+    assert code == 2 and out == "" and err.startswith("error: labels: give at least one")
+    code, _, err = run(capsys, "--labels", "a,b", "--eps", "-3", *weights)
+    assert code == 2 and "eps must be in" in err
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    code = main(["predict", str(broken), "--labels", "a,b", *weights])
+    assert code == 2 and "cannot read image" in capsys.readouterr().err
+
+
+def test_no_internet_startup_exits_nonzero_with_the_options(tmp_path):
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "clipure_core",
+            "predict",
+            str(ASSETS / "chelsea.png"),
+            "--labels",
+            "cat,dog",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=ASSETS.parent,
+    )
+    assert completed.returncode == 2
+    assert "Could not load weights 'openai' for ViT-B-32" in completed.stderr
+    assert "--pretrained random" in completed.stderr and "Traceback" not in completed.stderr
