@@ -168,6 +168,7 @@ class Playground:
         check_threat(threat)
         labels, notices = parse_labels(labels)
         defenses = list(dict.fromkeys(defenses))
+        models = [UNDEFENDED, *defenses]
         defense_settings = defense_settings or {}
         classifier = self.classifier(labels)
         purifiers = {name: self.purifier(name, defense_settings.get(name)) for name in defenses}
@@ -180,8 +181,10 @@ class Playground:
         pixels = self.backbone.prepare(image).unsqueeze(0)
         with _Stopwatch(self.backbone.device, timings, "encode"), torch.no_grad():
             clean_z = self.backbone.encode_image(pixels)
-        clean_logits = classifier.logits_from_embeddings(clean_z)
-        y = _index(labels, true_label) if true_label else int(clean_logits.argmax())
+        if true_label:
+            y = _index(labels, true_label)
+        else:
+            y = int(classifier.logits_from_embeddings(clean_z).argmax())
         y_tensor = torch.tensor([y], device=pixels.device)
 
         attack_targets = [UNDEFENDED] + ([] if threat == "transfer" else defenses)
@@ -196,31 +199,21 @@ class Playground:
             with _Stopwatch(self.backbone.device, timings, "encode"), torch.no_grad():
                 adversarial_z[target] = self.backbone.encode_image(adversarial_pixels[target])
 
-        image_for = {
-            model: model if threat != "transfer" else UNDEFENDED
-            for model in [UNDEFENDED, *defenses]
+        image_for = {model: model if threat != "transfer" else UNDEFENDED for model in models}
+        embeddings = {
+            model: {"clean": clean_z, "adversarial": adversarial_z[image_for[model]]}
+            for model in models
         }
-        probabilities = {
-            "clean": {UNDEFENDED: _probs(clean_logits)},
-            "adversarial": {
-                UNDEFENDED: _probs(classifier.logits_from_embeddings(adversarial_z[UNDEFENDED]))
-            },
-        }
+        probabilities = {"clean": {}, "adversarial": {}}
+        for condition, z in embeddings[UNDEFENDED].items():
+            probabilities[condition][UNDEFENDED] = _probs(classifier.logits_from_embeddings(z))
         diagnostics = {}
         for name, purifier in purifiers.items():
             runs = {}
-            inputs = {"clean": clean_z, "adversarial": adversarial_z[image_for[name]]}
-            for condition, z in inputs.items():
-                recorder = TrajectoryRecorder(
-                    purifier.null_embedding, classifier.class_embeddings, labels
-                )
-                with _Stopwatch(self.backbone.device, timings, "purify"), torch.no_grad():
-                    purified = purifier(z, gradient="full", on_step=recorder)
-                probabilities[condition][name] = _probs(classifier.logits_from_embeddings(purified))
-                runs[condition] = {
-                    "angle_moved_deg": recorder.angle_moved_deg(),
-                    "trajectory": recorder.trajectory(),
-                }
+            for condition, z in embeddings[name].items():
+                with _Stopwatch(self.backbone.device, timings, "purify"):
+                    logits, runs[condition] = _purify_and_trace(classifier, purifier, z)
+                probabilities[condition][name] = _probs(logits)
             diagnostics[name] = {**runs["adversarial"], "clean": runs["clean"]}
 
         timings["total"] = total.elapsed_ms()
@@ -262,6 +255,19 @@ class Playground:
                 "torchattacks": torchattacks.__version__,
             },
         }
+
+
+@torch.no_grad()
+def _purify_and_trace(
+    classifier: ZeroShotClassifier, purifier: Purifier, z: torch.Tensor
+) -> tuple[torch.Tensor, dict]:
+    """Logits of the purified embedding, and the diagnostics of the purification."""
+    recorder = TrajectoryRecorder(
+        purifier.null_embedding, classifier.class_embeddings, classifier.labels
+    )
+    logits = classifier.logits_from_embeddings(purifier(z, gradient="full", on_step=recorder))
+    trace = {"angle_moved_deg": recorder.angle_moved_deg(), "trajectory": recorder.trajectory()}
+    return logits, trace
 
 
 def _index(labels: list[str], label: str) -> int:
