@@ -54,3 +54,14 @@ def quantize_in_ball(
         raise ValueError(f"unknown norm {norm!r}")
     levels = (clean_levels + rounded).clamp(0, LEVELS)
     return levels / LEVELS
+
+
+def amplified_perturbation(
+    clean: Image.Image, adversarial: Image.Image
+) -> tuple[Image.Image, float]:
+    """The perturbation as a viewable image: grey + delta * gain, gain chosen so that the
+    largest |delta| reaches black or white. Returns (image, gain); gain 0 means no change."""
+    delta = pil_to_pixels(adversarial) - pil_to_pixels(clean)
+    largest = float(delta.abs().max())
+    gain = 0.5 / largest if largest > 0 else 0.0
+    return pixels_to_pil(0.5 + gain * delta), gain

@@ -1,0 +1,30 @@
+"""Entry point of the CLIPure playground (also the Hugging Face Space's app_file).
+
+python app.py [--model ViT-B-32] [--pretrained openai|FILE|hf-hub:org/repo|random]
+              [--device cpu|cuda] [--host 127.0.0.1] [--port 7860] [--share]
+"""
+
+from __future__ import annotations
+
+import sys
+
+from app.config import parse_config
+from clipure_core import InputError, WeightsUnavailableError, load_backbone
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_config(argv)
+    try:  # load the start-up model first: fail in seconds with the options, not in the UI
+        load_backbone(config.model, config.pretrained, device=config.device)
+    except (InputError, WeightsUnavailableError) as error:
+        print(f"error: cannot start the playground.\n{error}", file=sys.stderr)
+        return 2
+    from app.ui import build_demo, launch_options
+
+    demo = build_demo(config)
+    demo.launch(**launch_options(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

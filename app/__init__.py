@@ -1,0 +1,1 @@
+"""The Gradio playground UI; all computation is delegated to `clipure_core`."""

@@ -1,0 +1,73 @@
+"""Start-up settings from the command line, with environment variables as defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+DEFAULT_MODEL = "ViT-B-32"
+DEFAULT_PRETRAINED = "openai"
+ENV_PREFIX = "CLIPURE_"
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    model: str = DEFAULT_MODEL
+    pretrained: str = DEFAULT_PRETRAINED
+    device: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 7860
+    share: bool = False
+    queue_size: int = 32
+
+    @property
+    def random_weights(self) -> bool:
+        return self.pretrained in ("random", "", "none")
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def parse_config(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> AppConfig:
+    """`python app.py --model ... --pretrained ...`; CLIPURE_MODEL, CLIPURE_PRETRAINED,
+    CLIPURE_DEVICE, CLIPURE_HOST, CLIPURE_PORT, CLIPURE_SHARE, CLIPURE_QUEUE_SIZE are the
+    defaults of the matching options."""
+    env = os.environ if environ is None else environ
+
+    def default(name: str, fallback):
+        return env.get(ENV_PREFIX + name, fallback)
+
+    parser = argparse.ArgumentParser(prog="python app.py", description="CLIPure playground")
+    parser.add_argument("--model", default=default("MODEL", DEFAULT_MODEL))
+    parser.add_argument(
+        "--pretrained",
+        default=default("PRETRAINED", DEFAULT_PRETRAINED),
+        help="open_clip tag, checkpoint file, hf-hub:org/repo, or 'random' (offline checks)",
+    )
+    parser.add_argument("--device", default=default("DEVICE", None), help="cpu or cuda")
+    parser.add_argument(
+        "--host", default=default("HOST", "127.0.0.1"), help="0.0.0.0 to listen on all networks"
+    )
+    parser.add_argument("--port", type=int, default=int(default("PORT", 7860)))
+    parser.add_argument(
+        "--share",
+        action="store_true",
+        default=_flag(default("SHARE", "")),
+        help="create a public gradio.live link (off unless asked)",
+    )
+    parser.add_argument("--queue-size", type=int, default=int(default("QUEUE_SIZE", 32)))
+    args = parser.parse_args(argv)
+    return AppConfig(
+        args.model,
+        args.pretrained,
+        args.device,
+        args.host,
+        args.port,
+        args.share,
+        args.queue_size,
+    )

@@ -1,0 +1,434 @@
+"""The Gradio Blocks of the playground: inputs on the left, results on the right."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import gradio as gr
+import torch
+from PIL import Image
+
+from clipure_core import THREATS, InputError, WeightsUnavailableError
+from clipure_core.attacks import METHODS
+from clipure_core.pixels import amplified_perturbation
+from clipure_core.plots import model_title, probability_figure, trajectory_figure
+from clipure_core.prompts import CIFAR10_CLASSNAMES, parse_labels
+
+from .catalog import ModelChoice, model_choices
+from .config import AppConfig
+from .gpu import gpu_task
+from .service import Cancelled, PlaygroundRequest, PlaygroundService
+
+LOGGER = logging.getLogger(__name__)
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+GPU_QUEUE = "gpu"  # one concurrency group: attacks and model loads run one at a time
+EXAMPLES = (
+    ("chelsea.png", "cat, dog, tiger, fox, rabbit"),
+    ("coffee.png", "coffee mug, teapot, bowl, plate, spoon"),
+    ("astronaut.png", "astronaut, pilot, doctor, soldier, chef"),
+    ("rocket.jpg", "rocket, airplane, lighthouse, chimney, bird"),
+    ("hubble_deep_field.jpg", "galaxy, starry sky, fireworks, jellyfish, city at night"),
+    ("coins.png", "coins, buttons, cookies, medals, bottle caps"),
+    ("camera.png", "photographer, painter, soldier, tourist, fisherman"),
+)
+METHOD_CHOICES = [
+    ("PGD (L-inf)", "pgd"),
+    ("PGD-L2", "pgd-l2"),
+    ("FGSM", "fgsm"),
+    ("APGD-CE", "apgd-ce"),
+    ("APGD-DLR", "apgd-dlr"),
+    ("APGD-T", "apgd-t"),
+    ("AutoAttack: APGD-CE + APGD-T (paper)", "autoattack"),
+]
+THREAT_CHOICES = [
+    ("Transfer from the undefended CLIP", "transfer"),
+    ("As in the paper", "paper"),
+    ("BPDA (adaptive)", "bpda"),
+    ("Full gradient", "full"),
+]
+PRESETS = {"CIFAR-10": ", ".join(CIFAR10_CLASSNAMES), "ImageNet-1k": "imagenet1k"}
+CLEAN_PREDICTION, UNTARGETED = "", ""
+RANDOM_BANNER = (
+    "⚠️ **Random weights**: this model was started with `--pretrained random` for an "
+    "offline check. Its predictions are meaningless."
+)
+DIFF_NOTE = (
+    "CLIPure-Diff needs a diffusion prior over this backbone's image embeddings; none is "
+    "available yet, so it is disabled."
+)
+CSS = """
+#verdict {font-size: 1.35rem; line-height: 1.6;}
+#banner {background: #fff3cd; border: 2px solid #d39e00; border-radius: 8px; padding: 4px 12px;}
+"""
+
+
+class StopRegistry:
+    """Cooperative Stop: the running job checks its session's event between model queries."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def start(self, session: str) -> threading.Event:
+        with self._lock:
+            event = self._events[session] = threading.Event()
+            return event
+
+    def stop(self, session: str) -> None:
+        with self._lock:
+            if session in self._events:
+                self._events[session].set()
+
+    def finish(self, session: str, event: threading.Event) -> None:
+        with self._lock:
+            if self._events.get(session) is event:
+                del self._events[session]
+
+
+def friendly_errors(function: Callable) -> Callable:
+    """Turn every failure into a readable gr.Error; tracebacks go to the server log only."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Cancelled:
+            raise gr.Error("Stopped.") from None
+        except (InputError, WeightsUnavailableError) as error:
+            raise gr.Error(str(error)) from None
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            raise gr.Error(
+                "Out of memory: try fewer attack steps, fewer EOT samples, fewer labels or a "
+                "smaller model."
+            ) from None
+        except Exception:
+            LOGGER.exception("request failed")
+            raise gr.Error(
+                "Something went wrong on the server (it has been logged). Please try again, "
+                "perhaps with other settings."
+            ) from None
+
+    return wrapper
+
+
+def verdict_markdown(result) -> str:
+    """One line per model: a mark (still right or fooled), its title and its verdict."""
+    adversarial = result.predictions()["adversarial"]
+    lines = []
+    for model, line in zip(result.models, result.verdicts(), strict=True):
+        mark = "✅" if adversarial[model] == result.true_label else "❌"
+        lines.append(f"{mark} **{model_title(model)}**: {line.partition(': ')[2]}")
+    if result.to_dict()["perturbation"]["linf"] == 0:
+        lines.append("_The attack found no adversarial example: the image is unchanged._")
+    return "\n\n".join([f"True label: **{result.true_label}**", *lines])
+
+
+def diagnostics_markdown(result) -> str:
+    rows = ["| defence | angle moved (adversarial) | angle moved (clean) |", "|---|---|---|"]
+    for name, diagnostics in result.diagnostics.items():
+        rows.append(
+            f"| {model_title(name)} | {diagnostics['angle_moved_deg']:.2f}° | "
+            f"{diagnostics['clean']['angle_moved_deg']:.2f}° |"
+        )
+    if len(rows) == 2:
+        return "No defence selected."
+    return "\n".join(rows)
+
+
+def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> gr.Blocks:
+    service = service or PlaygroundService(config.device)
+    choices = model_choices(config.model, config.pretrained)
+    by_label: dict[str, ModelChoice] = {choice.label: choice for choice in choices}
+    start = choices[0]
+    stops = StopRegistry()
+
+    @gpu_task
+    def run_on_device(choice, image, request, on_progress, cancel):
+        return service.run(choice, image, request, on_progress, cancel)
+
+    @friendly_errors
+    def run(
+        model_label,
+        image,
+        labels,
+        true_label,
+        method,
+        norm,
+        eps,
+        steps,
+        step_size,
+        target,
+        threat,
+        eot,
+        seed,
+        use_cos,
+        cos_steps,
+        cos_step_size,
+        http: gr.Request,
+        progress=gr.Progress(),
+    ):
+        session = http.session_hash or "anonymous"
+        cancel = stops.start(session)
+        request = PlaygroundRequest(
+            labels=labels,
+            method=method,
+            norm=norm,
+            eps=eps,
+            steps=steps,
+            step_size=step_size or None,
+            threat=threat,
+            defenses=["clipure_cos"] if use_cos else [],
+            seed=seed,
+            true_label=true_label or None,
+            target_label=target or None,
+            eot_samples=eot,
+            cos_steps=cos_steps,
+            cos_step_size=cos_step_size,
+        )
+
+        def on_progress(done, total):
+            progress((done, total), desc="attack: model queries", unit="queries")
+
+        try:
+            result = run_on_device(by_label[model_label], image, request, on_progress, cancel)
+        finally:
+            stops.finish(session, cancel)
+        png, data = service.save_downloads(result)
+        perturbation, gain = amplified_perturbation(result.clean_image, result.adversarial_image)
+        payload = result.to_dict()
+        size = payload["perturbation"]
+        caption = (
+            f"Perturbation x{gain:.0f} around grey (L-inf {size['linf'] * 255:.1f}/255, "
+            f"L2 {size['l2']:.3f})"
+            if gain
+            else "No perturbation"
+        )
+        first_defence = next(iter(result.diagnostics), None)
+        trajectory = trajectory_figure(payload, first_defence) if first_defence else None
+        return (
+            verdict_markdown(result),
+            result.clean_image,
+            result.adversarial_image,
+            gr.Image(value=perturbation, label=caption),
+            probability_figure(payload),
+            diagnostics_markdown(result),
+            trajectory,
+            str(png),
+            str(data),
+        )
+
+    @friendly_errors
+    def api_playground(image, labels, method, norm, eps, steps, threat, defenses, seed):
+        request = PlaygroundRequest(
+            labels=labels,
+            method=method,
+            norm=norm,
+            eps=eps,
+            steps=steps,
+            threat=threat,
+            defenses=[d.strip() for d in (defenses or "").split(",") if d.strip()],
+            seed=seed,
+        )
+        return run_on_device(start, image, request, None, None).to_dict()
+
+    @friendly_errors
+    def load_model(model_label, progress=gr.Progress()):
+        choice = by_label[model_label]
+        progress(0.1, desc=f"loading {choice.label}")
+        backbone = service.backbone(choice)
+        return (
+            f"Loaded **{choice.label}** on {backbone.info.device}.",
+            gr.Markdown(RANDOM_BANNER, visible=backbone.info.random_weights),
+        )
+
+    def label_choices(labels):
+        try:
+            names, _ = parse_labels(labels)
+        except InputError:
+            names = []
+        return (
+            gr.Dropdown(
+                choices=[("CLIP's clean prediction", CLEAN_PREDICTION), *names],
+                value=CLEAN_PREDICTION,
+            ),
+            gr.Dropdown(choices=[("untargeted", UNTARGETED), *names], value=UNTARGETED),
+        )
+
+    def method_changed(method):
+        norms = METHODS[method]
+        return gr.Radio(choices=list(norms), value=norms[0], interactive=len(norms) > 1)
+
+    def norm_changed(norm):
+        if norm == "l2":
+            return gr.Slider(
+                minimum=0.05,
+                maximum=8.0,
+                value=0.5,
+                step=0.05,
+                label="eps (L2, in [0, 1] pixel units)",
+            )
+        return gr.Slider(minimum=0.5, maximum=32.0, value=4.0, step=0.5, label="eps (L-inf, /255)")
+
+    with gr.Blocks(title="CLIPure playground", delete_cache=(3600, 3600)) as demo:
+        gr.Markdown(
+            "# CLIPure playground\nAttack a photo, then compare CLIP's zero-shot predictions "
+            "with and without purification in CLIP's latent space (CLIPure, ICLR 2025)."
+        )
+        banner = gr.Markdown(RANDOM_BANNER, visible=config.random_weights, elem_id="banner")
+        with gr.Row():
+            with gr.Column(scale=2):
+                image = gr.Image(
+                    type="pil",
+                    image_mode=None,
+                    sources=["upload", "clipboard"],
+                    label="Photo",
+                    height=300,
+                )
+                preset = gr.Radio(["Custom", *PRESETS], value="Custom", label="Class labels")
+                labels = gr.Textbox(EXAMPLES[0][1], label="Labels (comma-separated)", lines=2)
+                gr.Examples(
+                    [[str(ASSETS / name), text] for name, text in EXAMPLES],
+                    inputs=[image, labels],
+                    cache_examples=False,
+                    label="Examples",
+                )
+                true_label = gr.Dropdown(label="True label", allow_custom_value=False)
+                with gr.Accordion("Model", open=False):
+                    model = gr.Dropdown(
+                        [c.label for c in choices], value=start.label, label="Backbone"
+                    )
+                    model_status = gr.Markdown(f"Start-up model: **{start.label}**")
+                with gr.Accordion("Attack", open=True):
+                    method = gr.Dropdown(METHOD_CHOICES, value="pgd", label="Method")
+                    norm = gr.Radio(["linf"], value="linf", label="Norm", interactive=False)
+                    eps = gr.Slider(0.5, 32.0, value=4.0, step=0.5, label="eps (L-inf, /255)")
+                    steps = gr.Slider(1, 200, value=10, step=1, label="Steps")
+                    step_size = gr.Number(0, label="Step size (0 = 2.5 x eps / steps)")
+                    target = gr.Dropdown(label="Target class")
+                    threat = gr.Radio(THREAT_CHOICES, value="transfer", label="Threat model")
+                    threat_help = gr.Markdown(THREATS["transfer"])
+                    eot = gr.Slider(1, 16, value=1, step=1, label="EOT samples")
+                    seed = gr.Number(0, precision=0, label="Seed")
+                with gr.Accordion("Defences", open=True):
+                    use_cos = gr.Checkbox(True, label="CLIPure-Cos")
+                    cos_steps = gr.Slider(0, 50, value=10, step=1, label="CLIPure-Cos steps")
+                    cos_step_size = gr.Number(30.0, label="CLIPure-Cos step size (paper: 30)")
+                    gr.Checkbox(False, label="CLIPure-Diff", interactive=False, info=DIFF_NOTE)
+                with gr.Row():
+                    run_button = gr.Button("Attack and purify", variant="primary")
+                    stop_button = gr.Button("Stop", variant="stop")
+            with gr.Column(scale=3):
+                verdict = gr.Markdown(
+                    "Pick an example or upload a photo, then press **Attack and purify**.",
+                    elem_id="verdict",
+                )
+                with gr.Row():
+                    clean_view = gr.Image(label="Clean (model input)", interactive=False)
+                    adversarial_view = gr.Image(label="Adversarial", interactive=False)
+                    perturbation_view = gr.Image(label="Perturbation", interactive=False)
+                probabilities = gr.Plot(label="Class probabilities")
+                with gr.Accordion("Purification diagnostics", open=True):
+                    diagnostics = gr.Markdown()
+                    trajectory = gr.Plot(label="Trajectory")
+                with gr.Row():
+                    png_file = gr.File(label="Adversarial PNG (exactly what was evaluated)")
+                    json_file = gr.File(label="Settings and result (JSON)")
+
+        with gr.Column(visible=False):
+            api_inputs = [
+                gr.Image(type="pil", image_mode=None, label="image"),
+                gr.Textbox("cat, dog", label="labels"),
+                gr.Textbox("pgd", label="method"),
+                gr.Textbox("linf", label="norm"),
+                gr.Number(4.0, label="eps"),
+                gr.Number(10, precision=0, label="steps"),
+                gr.Textbox("transfer", label="threat"),
+                gr.Textbox("clipure_cos", label="defenses"),
+                gr.Number(0, precision=0, label="seed"),
+            ]
+            api_output = gr.JSON(label="result")
+            api_trigger = gr.Button("api")
+
+        ui_only = {"queue": False, "api_visibility": "private"}
+        preset.change(lambda p: PRESETS.get(p, gr.skip()), preset, labels, **ui_only)
+        labels.change(label_choices, labels, [true_label, target], **ui_only)
+        demo.load(label_choices, labels, [true_label, target], **ui_only)
+        method.change(method_changed, method, norm, **ui_only)
+        norm.change(norm_changed, norm, eps, **ui_only)
+        threat.change(lambda t: THREATS[t], threat, threat_help, **ui_only)
+        model.change(
+            load_model,
+            model,
+            [model_status, banner],
+            concurrency_id=GPU_QUEUE,
+            api_visibility="private",
+        )
+        run_event = run_button.click(
+            run,
+            [
+                model,
+                image,
+                labels,
+                true_label,
+                method,
+                norm,
+                eps,
+                steps,
+                step_size,
+                target,
+                threat,
+                eot,
+                seed,
+                use_cos,
+                cos_steps,
+                cos_step_size,
+            ],
+            [
+                verdict,
+                clean_view,
+                adversarial_view,
+                perturbation_view,
+                probabilities,
+                diagnostics,
+                trajectory,
+                png_file,
+                json_file,
+            ],
+            concurrency_id=GPU_QUEUE,
+            api_name="run",
+            api_visibility="undocumented",
+        )
+
+        def stop(http: gr.Request) -> None:
+            stops.stop(http.session_hash or "anonymous")
+
+        stop_button.click(stop, None, None, cancels=[run_event], **ui_only)
+        api_trigger.click(
+            api_playground, api_inputs, api_output, api_name="playground", concurrency_id=GPU_QUEUE
+        )
+    demo.queue(default_concurrency_limit=1, max_size=config.queue_size)
+    return demo
+
+
+def launch_options(config: AppConfig) -> dict:
+    """Keyword arguments of `demo.launch` for this configuration."""
+    return {
+        "server_name": config.host,
+        "server_port": config.port,
+        "share": config.share,
+        "css": CSS,
+        "max_file_size": "20mb",
+        "show_error": True,
+        "theme": gr.themes.Soft(),
+    }
+
+
+def example_image(name: str) -> Image.Image:
+    return Image.open(ASSETS / name)
