@@ -36,7 +36,8 @@ def parse_config(
 ) -> AppConfig:
     """`python app.py --model ... --pretrained ...`; CLIPURE_MODEL, CLIPURE_PRETRAINED,
     CLIPURE_DEVICE, CLIPURE_HOST, CLIPURE_PORT, CLIPURE_SHARE, CLIPURE_QUEUE_SIZE are the
-    defaults of the matching options."""
+    defaults of the matching options. GRADIO_SERVER_NAME (set by Hugging Face Spaces) is the
+    host's default when CLIPURE_HOST is not set."""
     env = os.environ if environ is None else environ
 
     def default(name: str, fallback):
@@ -51,7 +52,9 @@ def parse_config(
     )
     parser.add_argument("--device", default=default("DEVICE", None), help="cpu or cuda")
     parser.add_argument(
-        "--host", default=default("HOST", "127.0.0.1"), help="0.0.0.0 to listen on all networks"
+        "--host",
+        default=default("HOST", env.get("GRADIO_SERVER_NAME", "127.0.0.1")),
+        help="address to listen on (default 127.0.0.1; 0.0.0.0 for all networks)",
     )
     parser.add_argument("--port", type=int, default=int(default("PORT", 7860)))
     parser.add_argument(

@@ -299,7 +299,10 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
                     cache_examples=False,
                     label="Examples",
                 )
-                true_label = gr.Dropdown(label="True label", allow_custom_value=False)
+                # Choices follow the labels box; the engine validates the value itself.
+                true_label = gr.Dropdown([("CLIP's clean prediction", CLEAN_PREDICTION)],
+                                         value=CLEAN_PREDICTION, label="True label",
+                                         allow_custom_value=True)
                 with gr.Accordion("Model", open=False):
                     model = gr.Dropdown(
                         [c.label for c in choices], value=start.label, label="Backbone"
@@ -311,7 +314,8 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
                     eps = gr.Slider(0.5, 32.0, value=4.0, step=0.5, label="eps (L-inf, /255)")
                     steps = gr.Slider(1, 200, value=10, step=1, label="Steps")
                     step_size = gr.Number(0, label="Step size (0 = 2.5 x eps / steps)")
-                    target = gr.Dropdown(label="Target class")
+                    target = gr.Dropdown([("untargeted", UNTARGETED)], value=UNTARGETED,
+                                         label="Target class", allow_custom_value=True)
                     threat = gr.Radio(THREAT_CHOICES, value="transfer", label="Threat model")
                     threat_help = gr.Markdown(THREATS["transfer"])
                     eot = gr.Slider(1, 16, value=1, step=1, label="EOT samples")
@@ -322,8 +326,8 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
                     cos_step_size = gr.Number(30.0, label="CLIPure-Cos step size (paper: 30)")
                     gr.Checkbox(False, label="CLIPure-Diff", interactive=False, info=DIFF_NOTE)
                 with gr.Row():
-                    run_button = gr.Button("Attack and purify", variant="primary")
-                    stop_button = gr.Button("Stop", variant="stop")
+                    run_button = gr.Button("Attack and purify", variant="primary", elem_id="run")
+                    stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
             with gr.Column(scale=3):
                 verdict = gr.Markdown(
                     "Pick an example or upload a photo, then press **Attack and purify**.",

@@ -60,3 +60,20 @@ def backbone(tiny_checkpoint):
 @pytest.fixture(scope="session")
 def cat_photo():
     return Image.open(ASSETS / "chelsea.png")
+
+
+@pytest.fixture(scope="session")
+def running_app(tiny_checkpoint):
+    """The playground app served in-process on a free port, with the tiny model."""
+    from app.config import parse_config
+    from app.ui import build_demo, launch_options
+
+    config = parse_config(
+        ["--model", TINY_MODEL, "--pretrained", str(tiny_checkpoint), "--device", "cpu"],
+        environ={},
+    )
+    demo = build_demo(config)
+    options = {**launch_options(config), "server_port": None}
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **options)
+    yield url
+    demo.close()
