@@ -290,6 +290,7 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
                     sources=["upload", "clipboard"],
                     label="Photo",
                     height=300,
+                    elem_id="photo",
                 )
                 preset = gr.Radio(["Custom", *PRESETS], value="Custom", label="Class labels")
                 labels = gr.Textbox(EXAMPLES[0][1], label="Labels (comma-separated)", lines=2)
@@ -298,11 +299,15 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
                     inputs=[image, labels],
                     cache_examples=False,
                     label="Examples",
+                    elem_id="examples",
                 )
                 # Choices follow the labels box; the engine validates the value itself.
-                true_label = gr.Dropdown([("CLIP's clean prediction", CLEAN_PREDICTION)],
-                                         value=CLEAN_PREDICTION, label="True label",
-                                         allow_custom_value=True)
+                true_label = gr.Dropdown(
+                    [("CLIP's clean prediction", CLEAN_PREDICTION)],
+                    value=CLEAN_PREDICTION,
+                    label="True label",
+                    allow_custom_value=True,
+                )
                 with gr.Accordion("Model", open=False):
                     model = gr.Dropdown(
                         [c.label for c in choices], value=start.label, label="Backbone"
@@ -314,8 +319,12 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
                     eps = gr.Slider(0.5, 32.0, value=4.0, step=0.5, label="eps (L-inf, /255)")
                     steps = gr.Slider(1, 200, value=10, step=1, label="Steps")
                     step_size = gr.Number(0, label="Step size (0 = 2.5 x eps / steps)")
-                    target = gr.Dropdown([("untargeted", UNTARGETED)], value=UNTARGETED,
-                                         label="Target class", allow_custom_value=True)
+                    target = gr.Dropdown(
+                        [("untargeted", UNTARGETED)],
+                        value=UNTARGETED,
+                        label="Target class",
+                        allow_custom_value=True,
+                    )
                     threat = gr.Radio(THREAT_CHOICES, value="transfer", label="Threat model")
                     threat_help = gr.Markdown(THREATS["transfer"])
                     eot = gr.Slider(1, 16, value=1, step=1, label="EOT samples")
@@ -335,12 +344,14 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
                 )
                 with gr.Row():
                     clean_view = gr.Image(label="Clean (model input)", interactive=False)
-                    adversarial_view = gr.Image(label="Adversarial", interactive=False)
+                    adversarial_view = gr.Image(
+                        label="Adversarial", interactive=False, elem_id="adversarial-image"
+                    )
                     perturbation_view = gr.Image(label="Perturbation", interactive=False)
-                probabilities = gr.Plot(label="Class probabilities")
+                probabilities = gr.Plot(label="Class probabilities", elem_id="probabilities")
                 with gr.Accordion("Purification diagnostics", open=True):
                     diagnostics = gr.Markdown()
-                    trajectory = gr.Plot(label="Trajectory")
+                    trajectory = gr.Plot(label="Trajectory", elem_id="trajectory")
                 with gr.Row():
                     png_file = gr.File(label="Adversarial PNG (exactly what was evaluated)")
                     json_file = gr.File(label="Settings and result (JSON)")

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import gradio as gr
 import pytest
@@ -44,11 +45,19 @@ def test_config_binds_to_localhost_without_share_unless_told():
     config = parse_config([], environ={})
     assert (config.host, config.port, config.share) == ("127.0.0.1", 7860, False)
     assert (config.model, config.pretrained) == ("ViT-B-32", "openai")
-    env = {"CLIPURE_MODEL": "ViT-L-14", "CLIPURE_PORT": "9000", "CLIPURE_SHARE": "1",
-           "GRADIO_SERVER_NAME": "0.0.0.0"}
+    env = {
+        "CLIPURE_MODEL": "ViT-L-14",
+        "CLIPURE_PORT": "9000",
+        "CLIPURE_SHARE": "1",
+        "GRADIO_SERVER_NAME": "0.0.0.0",
+    }
     config = parse_config(["--port", "9100"], environ=env)
-    assert (config.model, config.port, config.share, config.host) == ("ViT-L-14", 9100, True,
-                                                                      "0.0.0.0")
+    assert (config.model, config.port, config.share, config.host) == (
+        "ViT-L-14",
+        9100,
+        True,
+        "0.0.0.0",
+    )
     assert parse_config(["--pretrained", "random"], environ={}).random_weights
 
 
@@ -66,8 +75,9 @@ def test_only_the_playground_endpoint_is_documented(client):
 
 
 def test_playground_api_returns_the_result_json(client):
-    data = client.predict(image=handle_file(str(ASSETS / "chelsea.png")), **API_ARGS,
-                          api_name="/playground")
+    data = client.predict(
+        image=handle_file(str(ASSETS / "chelsea.png")), **API_ARGS, api_name="/playground"
+    )
     assert data["labels"] == ["cat", "dog", "car", "airplane"]
     for condition in ("clean", "adversarial"):
         for probs in data["probabilities"][condition].values():
@@ -79,13 +89,27 @@ def test_playground_api_returns_the_result_json(client):
 
 def test_downloaded_png_reproduces_the_reported_probabilities(client, tiny_checkpoint):
     outputs = client.predict(
-        TINY_MODEL + " · " + str(tiny_checkpoint), handle_file(str(ASSETS / "coffee.png")),
-        "cat, dog, coffee mug", "", "pgd", "linf", 6, 4, 0, "", "transfer", 1, 0, True, 10,
-        30.0, api_name="/run",
+        TINY_MODEL + " · " + str(tiny_checkpoint),
+        handle_file(str(ASSETS / "coffee.png")),
+        "cat, dog, coffee mug",
+        "",
+        "pgd",
+        "linf",
+        6,
+        4,
+        0,
+        "",
+        "transfer",
+        1,
+        0,
+        True,
+        10,
+        30.0,
+        api_name="/run",
     )
     verdict, png, data = outputs[0], outputs[7], outputs[8]
     assert "Undefended CLIP" in verdict and "CLIPure-Cos" in verdict
-    result = json.loads(open(data).read())
+    result = json.loads(Path(data).read_text())
     backbone = load_backbone(TINY_MODEL, str(tiny_checkpoint), device="cpu")
     classifier = ZeroShotClassifier(backbone, result["labels"], "ensemble")
     from PIL import Image
@@ -110,10 +134,14 @@ def test_downloaded_png_reproduces_the_reported_probabilities(client, tiny_check
 )
 def test_bad_requests_are_readable_errors_and_the_server_keeps_serving(client, override, message):
     with pytest.raises(AppError, match=message):
-        client.predict(image=handle_file(str(ASSETS / "rocket.jpg")),
-                       **{**API_ARGS, **override}, api_name="/playground")
-    data = client.predict(image=handle_file(str(ASSETS / "rocket.jpg")), **API_ARGS,
-                          api_name="/playground")
+        client.predict(
+            image=handle_file(str(ASSETS / "rocket.jpg")),
+            **{**API_ARGS, **override},
+            api_name="/playground",
+        )
+    data = client.predict(
+        image=handle_file(str(ASSETS / "rocket.jpg")), **API_ARGS, api_name="/playground"
+    )
     assert data["labels"][0] == "cat"
 
 
@@ -122,8 +150,9 @@ def test_broken_upload_is_a_readable_error(client, tmp_path):
     broken.write_bytes(b"\x89PNG\r\n\x1a\n definitely not an image")
     with pytest.raises(AppError):
         client.predict(image=handle_file(str(broken)), **API_ARGS, api_name="/playground")
-    assert client.predict(image=handle_file(str(ASSETS / "coins.png")), **API_ARGS,
-                          api_name="/playground")["labels"]
+    assert client.predict(
+        image=handle_file(str(ASSETS / "coins.png")), **API_ARGS, api_name="/playground"
+    )["labels"]
 
 
 def test_stop_really_stops_the_attack(tiny_checkpoint):
@@ -189,10 +218,20 @@ def test_progress_totals_and_zerogpu_duration():
 
 
 def test_startup_without_reachable_weights_exits_with_the_options(tmp_path):
-    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path), "PATH": "/usr/bin:/bin",
-           "HOME": str(tmp_path)}
-    completed = subprocess.run([sys.executable, "app.py"], capture_output=True, text=True,
-                               env=env, timeout=120, cwd=ASSETS.parent)
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(tmp_path),
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+    }
+    completed = subprocess.run(
+        [sys.executable, "app.py"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=ASSETS.parent,
+    )
     assert completed.returncode == 2
     for option in ("--pretrained random", "HF_HUB_OFFLINE=1", ".safetensors"):
         assert option in completed.stderr
