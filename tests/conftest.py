@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import open_clip
 import pytest
@@ -77,3 +79,21 @@ def running_app(tiny_checkpoint):
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **options)
     yield url
     demo.close()
+
+
+def run_without_weights(args: list[str], home) -> subprocess.CompletedProcess:
+    """Run `python ARGS` from the repo root as on a machine with no internet and empty caches."""
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(home),
+        "HOME": str(home),
+        "PATH": "/usr/bin:/bin",
+    }
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=ASSETS.parent,
+    )

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from app.ui import friendly_errors
 from clipure_core import AttackConfig, InputError, ZeroShotClassifier, load_backbone
 from clipure_core.pixels import pil_to_pixels
 
-from .conftest import ASSETS, TINY_MODEL
+from .conftest import ASSETS, TINY_MODEL, run_without_weights
 
 API_ARGS = {
     "labels": "cat, dog, car, airplane",
@@ -218,20 +216,7 @@ def test_progress_totals_and_zerogpu_duration():
 
 
 def test_startup_without_reachable_weights_exits_with_the_options(tmp_path):
-    env = {
-        "HF_HUB_OFFLINE": "1",
-        "HF_HUB_CACHE": str(tmp_path),
-        "PATH": "/usr/bin:/bin",
-        "HOME": str(tmp_path),
-    }
-    completed = subprocess.run(
-        [sys.executable, "app.py"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        cwd=ASSETS.parent,
-    )
+    completed = run_without_weights(["app.py"], tmp_path)
     assert completed.returncode == 2
     for option in ("--pretrained random", "HF_HUB_OFFLINE=1", ".safetensors"):
         assert option in completed.stderr

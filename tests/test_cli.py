@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 from PIL import Image
 
 from clipure_core.cli import main
 
-from .conftest import ASSETS, TINY_MODEL
+from .conftest import ASSETS, TINY_MODEL, run_without_weights
 
 
 def run(capsys, *args):
@@ -81,23 +79,8 @@ def test_errors_are_one_message_and_exit_code_2(capsys, tiny_checkpoint, tmp_pat
 
 
 def test_no_internet_startup_exits_nonzero_with_the_options(tmp_path):
-    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "clipure_core",
-            "predict",
-            str(ASSETS / "chelsea.png"),
-            "--labels",
-            "cat,dog",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        cwd=ASSETS.parent,
-    )
+    args = ["-m", "clipure_core", "predict", str(ASSETS / "chelsea.png"), "--labels", "cat,dog"]
+    completed = run_without_weights(args, tmp_path)
     assert completed.returncode == 2
     assert "Could not load weights 'openai' for ViT-B-32" in completed.stderr
     assert "--pretrained random" in completed.stderr and "Traceback" not in completed.stderr
