@@ -113,6 +113,9 @@ def test_attack_and_purify_the_cat_example(page: Page, tmp_path: Path) -> None:
     )
     expect(page.locator("body")).not_to_contain_text("Traceback")
 
+    # Park the mouse in a corner so no hover highlight ends up in the screenshot.
+    page.mouse.move(0, 0)
+    page.evaluate("window.scrollTo(0, 0)")
     shot = tmp_path / "playground.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.is_file()
