@@ -25,6 +25,7 @@ from .service import Cancelled, PlaygroundRequest, PlaygroundService
 
 LOGGER = logging.getLogger(__name__)
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
+RESULT_HEIGHT = 240
 GPU_QUEUE = "gpu"  # one concurrency group: attacks and model loads run one at a time
 EXAMPLES = (
     ("chelsea.png", "cat, dog, tiger, fox, rabbit"),
@@ -123,20 +124,25 @@ def verdict_markdown(result) -> str:
     adversarial = result.predictions()["adversarial"]
     lines = []
     for model, line in zip(result.models, result.verdicts(), strict=True):
-        mark = "✅" if adversarial[model] == result.true_label else "❌"
-        lines.append(f"{mark} **{model_title(model)}**: {line.partition(': ')[2]}")
+        outcome = "still right" if adversarial[model] == result.true_label else "fooled"
+        lines.append(f"**{model_title(model)}** ({outcome}): {line.partition(': ')[2]}")
     if result.to_dict()["perturbation"]["linf"] == 0:
         lines.append("_The attack found no adversarial example: the image is unchanged._")
     return "\n\n".join([f"True label: **{result.true_label}**", *lines])
 
 
 def diagnostics_markdown(result) -> str:
-    rows = ["| defence | angle moved (adversarial) | angle moved (clean) |", "|---|---|---|"]
+    """Per defence: how far purification moved the embedding, in the end and on the way."""
+    rows = [
+        "| defence | input | ended from start | largest swing |",
+        "|---|---|---|---|",
+    ]
     for name, diagnostics in result.diagnostics.items():
-        rows.append(
-            f"| {model_title(name)} | {diagnostics['angle_moved_deg']:.2f}° | "
-            f"{diagnostics['clean']['angle_moved_deg']:.2f}° |"
-        )
+        for condition, run in (("adversarial", diagnostics), ("clean", diagnostics["clean"])):
+            rows.append(
+                f"| {model_title(name)} | {condition} | {run['angle_moved_deg']:.1f}° | "
+                f"{run['max_angle_deg']:.1f}° |"
+            )
     if len(rows) == 2:
         return "No defence selected."
     return "\n".join(rows)
@@ -205,10 +211,10 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
         payload = result.to_dict()
         size = payload["perturbation"]
         caption = (
-            f"Perturbation x{gain:.0f} around grey (L-inf {size['linf'] * 255:.1f}/255, "
-            f"L2 {size['l2']:.3f})"
+            f"Perturbation shown x{gain:.0f} around grey. Its size: L-inf "
+            f"{size['linf'] * 255:.1f}/255, L2 {size['l2']:.3f}."
             if gain
-            else "No perturbation"
+            else "No perturbation: the attack left the image unchanged."
         )
         first_defence = next(iter(result.diagnostics), None)
         trajectory = trajectory_figure(payload, first_defence) if first_defence else None
@@ -216,7 +222,8 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
             verdict_markdown(result),
             result.clean_image,
             result.adversarial_image,
-            gr.Image(value=perturbation, label=caption),
+            perturbation,
+            caption,
             probability_figure(payload),
             diagnostics_markdown(result),
             trajectory,
@@ -248,7 +255,9 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
             gr.Markdown(RANDOM_BANNER, visible=backbone.info.random_weights),
         )
 
-    def label_choices(labels):
+    def label_choices(labels, current_true, current_target):
+        """Offer the labels in the dropdowns: the true label is an example's own when one was
+        picked, else CLIP's clean prediction; a target that still exists is kept."""
         try:
             names, _ = parse_labels(labels)
         except InputError:
@@ -256,9 +265,12 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
         return (
             gr.Dropdown(
                 choices=[("CLIP's clean prediction", CLEAN_PREDICTION), *names],
-                value=CLEAN_PREDICTION,
+                value=current_true if current_true in names else CLEAN_PREDICTION,
             ),
-            gr.Dropdown(choices=[("untargeted", UNTARGETED), *names], value=UNTARGETED),
+            gr.Dropdown(
+                choices=[("untargeted", UNTARGETED), *names],
+                value=current_target if current_target in names else UNTARGETED,
+            ),
         )
 
     def method_changed(method):
@@ -292,14 +304,8 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
                     height=300,
                     elem_id="photo",
                 )
-                preset = gr.Radio(["Custom", *PRESETS], value="Custom", label="Class labels")
-                labels = gr.Textbox(EXAMPLES[0][1], label="Labels (comma-separated)", lines=2)
-                gr.Examples(
-                    [[str(ASSETS / name), text] for name, text in EXAMPLES],
-                    inputs=[image, labels],
-                    cache_examples=False,
-                    label="Examples",
-                    elem_id="examples",
+                labels = gr.Textbox(
+                    EXAMPLES[0][1], label="Labels (comma-separated)", lines=2, render=False
                 )
                 # Choices follow the labels box; the engine validates the value itself.
                 true_label = gr.Dropdown(
@@ -307,7 +313,22 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
                     value=CLEAN_PREDICTION,
                     label="True label",
                     allow_custom_value=True,
+                    render=False,
                 )
+                example_truth = gr.Textbox(visible=False, label="True label")  # of an example
+                gr.Examples(
+                    [[str(ASSETS / name), text, text.split(",")[0]] for name, text in EXAMPLES],
+                    inputs=[image, labels, example_truth],
+                    cache_examples=False,
+                    label="Examples (the first label is the true one)",
+                    elem_id="examples",
+                )
+                preset = gr.Radio(["Custom", *PRESETS], value="Custom", label="Class labels")
+                labels.render()
+                true_label.render()
+                with gr.Row():
+                    run_button = gr.Button("Attack and purify", variant="primary", elem_id="run")
+                    stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
                 with gr.Accordion("Model", open=False):
                     model = gr.Dropdown(
                         [c.label for c in choices], value=start.label, label="Backbone"
@@ -334,20 +355,25 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
                     cos_steps = gr.Slider(0, 50, value=10, step=1, label="CLIPure-Cos steps")
                     cos_step_size = gr.Number(30.0, label="CLIPure-Cos step size (paper: 30)")
                     gr.Checkbox(False, label="CLIPure-Diff", interactive=False, info=DIFF_NOTE)
-                with gr.Row():
-                    run_button = gr.Button("Attack and purify", variant="primary", elem_id="run")
-                    stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
             with gr.Column(scale=3):
                 verdict = gr.Markdown(
                     "Pick an example or upload a photo, then press **Attack and purify**.",
                     elem_id="verdict",
                 )
                 with gr.Row():
-                    clean_view = gr.Image(label="Clean (model input)", interactive=False)
-                    adversarial_view = gr.Image(
-                        label="Adversarial", interactive=False, elem_id="adversarial-image"
+                    clean_view = gr.Image(
+                        label="Clean (model input)", interactive=False, height=RESULT_HEIGHT
                     )
-                    perturbation_view = gr.Image(label="Perturbation", interactive=False)
+                    adversarial_view = gr.Image(
+                        label="Adversarial",
+                        interactive=False,
+                        elem_id="adversarial-image",
+                        height=RESULT_HEIGHT,
+                    )
+                    perturbation_view = gr.Image(
+                        label="Perturbation", interactive=False, height=RESULT_HEIGHT
+                    )
+                perturbation_note = gr.Markdown(elem_id="perturbation-note")
                 probabilities = gr.Plot(label="Class probabilities", elem_id="probabilities")
                 with gr.Accordion("Purification diagnostics", open=True):
                     diagnostics = gr.Markdown()
@@ -373,8 +399,10 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
 
         ui_only = {"queue": False, "api_visibility": "private"}
         preset.change(lambda p: PRESETS.get(p, gr.skip()), preset, labels, **ui_only)
-        labels.change(label_choices, labels, [true_label, target], **ui_only)
-        demo.load(label_choices, labels, [true_label, target], **ui_only)
+        label_inputs = [labels, example_truth, target]
+        labels.change(label_choices, label_inputs, [true_label, target], **ui_only)
+        example_truth.change(label_choices, label_inputs, [true_label, target], **ui_only)
+        demo.load(label_choices, label_inputs, [true_label, target], **ui_only)
         method.change(method_changed, method, norm, **ui_only)
         norm.change(norm_changed, norm, eps, **ui_only)
         threat.change(lambda t: THREATS[t], threat, threat_help, **ui_only)
@@ -410,6 +438,7 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
                 clean_view,
                 adversarial_view,
                 perturbation_view,
+                perturbation_note,
                 probabilities,
                 diagnostics,
                 trajectory,

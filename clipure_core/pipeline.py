@@ -266,7 +266,11 @@ def _purify_and_trace(
         purifier.null_embedding, classifier.class_embeddings, classifier.labels
     )
     logits = classifier.logits_from_embeddings(purifier(z, gradient="full", on_step=recorder))
-    trace = {"angle_moved_deg": recorder.angle_moved_deg(), "trajectory": recorder.trajectory()}
+    trace = {
+        "angle_moved_deg": recorder.angle_moved_deg(),
+        "max_angle_deg": recorder.max_angle_deg(),
+        "trajectory": recorder.trajectory(),
+    }
     return logits, trace
 
 

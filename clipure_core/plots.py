@@ -161,6 +161,7 @@ def trajectory_figure(result: dict, defense: str) -> go.Figure:
 
     n_steps = max((row["step"] for row in runs["adversarial"]["trajectory"]), default=0)
     angle = float(runs["adversarial"]["angle_moved_deg"])
+    swing = float(runs["adversarial"]["max_angle_deg"])
     figure.update_xaxes(
         title_text="purification step",
         tickmode="linear",
@@ -170,7 +171,10 @@ def trajectory_figure(result: dict, defense: str) -> go.Figure:
     )
     figure.update_yaxes(title_text="cosine", range=[-1.05, 1.05])
     figure.update_layout(
-        title_text=f"{model_title(defense)}: embedding moved {angle:.1f}° (adversarial input)",
+        title_text=(
+            f"{model_title(defense)}: ended {angle:.1f}° from the start, up to {swing:.1f}° "
+            "on the way (adversarial input)"
+        ),
         font_size=FONT_SIZE,
         height=480,
         legend={"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0},

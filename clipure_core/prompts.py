@@ -80,7 +80,7 @@ def parse_labels(labels: str | Sequence[str]) -> tuple[list[str], list[str]]:
     if not cleaned:
         raise InputError(
             "labels: give at least one class name (comma-separated), "
-            f"or a preset: {', '.join(LABEL_PRESETS)}."
+            "or a preset name: cifar10 (CIFAR-10) or imagenet1k (ImageNet-1k)."
         )
     unique = list(dict.fromkeys(cleaned))
     notices = []

@@ -105,7 +105,7 @@ def test_downloaded_png_reproduces_the_reported_probabilities(client, tiny_check
         30.0,
         api_name="/run",
     )
-    verdict, png, data = outputs[0], outputs[7], outputs[8]
+    verdict, png, data = outputs[0], outputs[-2], outputs[-1]
     assert "Undefended CLIP" in verdict and "CLIPure-Cos" in verdict
     result = json.loads(Path(data).read_text())
     backbone = load_backbone(TINY_MODEL, str(tiny_checkpoint), device="cpu")

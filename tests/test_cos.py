@@ -159,3 +159,4 @@ def test_trajectory_records_every_step(target):
     assert trajectory[1]["cos_to_start"] == pytest.approx(math.cos(math.atan(30.0)))
     assert {row["top_class"] for row in trajectory} <= {"a", "b", "c"}
     assert recorder.angle_moved_deg() == pytest.approx(0.0, abs=1e-4)
+    assert recorder.max_angle_deg() == pytest.approx(math.degrees(math.atan(30.0)), abs=1e-6)

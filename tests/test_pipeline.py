@@ -43,6 +43,8 @@ def test_transfer_request_reports_every_model(playground, cat_photo):
     trajectory = data["diagnostics"]["clipure_cos"]["trajectory"]
     assert [row["step"] for row in trajectory] == list(range(11))
     assert data["diagnostics"]["clipure_cos"]["clean"]["trajectory"][0]["cos_to_start"] == 1.0
+    for run in (data["diagnostics"]["clipure_cos"], data["diagnostics"]["clipure_cos"]["clean"]):
+        assert run["max_angle_deg"] >= run["angle_moved_deg"] - 1e-6
     assert set(data["timings_ms"]) == {"attack", "purify", "encode", "total"}
     assert data["settings"]["seed"] == 0 and data["settings"]["attack"]["eps_255"] == 8
     assert data["settings"]["defenses"]["clipure_cos"] == {

@@ -45,8 +45,13 @@ def make_result(true_label: str = "cat") -> dict:
             "diagnostics": {
                 "clipure_cos": {
                     "angle_moved_deg": 18.19,
+                    "max_angle_deg": 25.04,
                     "trajectory": ADV_TRAJECTORY,
-                    "clean": {"angle_moved_deg": 14.07, "trajectory": CLEAN_TRAJECTORY},
+                    "clean": {
+                        "angle_moved_deg": 14.07,
+                        "max_angle_deg": 14.07,
+                        "trajectory": CLEAN_TRAJECTORY,
+                    },
                 }
             },
         }
@@ -163,7 +168,9 @@ def test_trajectory_figure_traces_and_title():
     assert all(trace.text is None for trace in figure.data if trace is not labelled)
 
     layout = figure.layout
-    assert layout.title.text == "CLIPure-Cos: embedding moved 18.2° (adversarial input)"
+    assert layout.title.text == (
+        "CLIPure-Cos: ended 18.2° from the start, up to 25.0° on the way (adversarial input)"
+    )
     assert layout.xaxis.title.text == "purification step"
     assert layout.xaxis.dtick == 1 and layout.xaxis.tickformat == "d"
     assert layout.yaxis.title.text == "cosine"
