@@ -7,6 +7,7 @@ machine without internet gets one clear error within seconds instead of minutes 
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 import pickle
 import socket
@@ -113,6 +114,8 @@ def _file_stamp(pretrained: str) -> tuple[int, int] | None:
 def _resolve_weights(name: str, pretrained: str, cache_dir: str | None) -> _Weights:
     if pretrained.startswith("hf-hub:"):
         return _hub_repo_weights(pretrained.removeprefix("hf-hub:"), cache_dir)
+    if name.startswith("local-dir:"):
+        return _local_dir_weights(Path(name.removeprefix("local-dir:")).expanduser().resolve())
     _check_architecture(name)
     if pretrained == RANDOM_WEIGHTS:
         return _Weights(name, weights_id=f"random:seed{RANDOM_SEED}")
@@ -140,6 +143,17 @@ def _resolve_weights(name: str, pretrained: str, cache_dir: str | None) -> _Weig
         f"unknown weights {pretrained!r} for {name}. Known tags: {', '.join(tags) or 'none'}; "
         "or give a local checkpoint file, 'hf-hub:org/repo', or 'random'."
     )
+
+
+def _local_dir_weights(folder: Path) -> _Weights:
+    """A folder with open_clip_config.json and the weights (as open_clip's `local-dir:`)."""
+    if not (folder / "open_clip_config.json").is_file():
+        raise WeightsUnavailableError(
+            f"local-dir:{folder} needs an open_clip_config.json and a checkpoint in it."
+        )
+    stamps = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir())
+    digest = hashlib.sha256(repr(stamps).encode()).hexdigest()[:16]
+    return _Weights(f"local-dir:{folder}", weights_id=f"local-dir:{folder}@{digest}")
 
 
 def _check_architecture(name: str) -> None:

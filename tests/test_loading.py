@@ -223,3 +223,21 @@ def test_device_and_precision_are_validated(monkeypatch):
     with pytest.raises(InputError, match="precision"):
         load_backbone(TINY_MODEL, "random", device="cpu", precision="fp8")
     assert load_backbone(TINY_MODEL, "random").device.type == "cpu"
+
+
+def test_local_dir_with_config_and_weights(tmp_path):
+    import json
+
+    from .conftest import TINY_CONFIG
+
+    folder = tmp_path / "tiny-dir"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CONFIG}))
+    save_tiny_weights(folder / "open_clip_model.safetensors", seed=5)
+    backbone = load_backbone(f"local-dir:{folder}", device="cpu")
+    assert backbone.info.weights_id.startswith(f"local-dir:{folder}@")
+    assert not backbone.info.random_weights
+    expected = load_file(str(folder / "open_clip_model.safetensors"))["visual.conv1.weight"]
+    assert torch.equal(backbone.model.visual.conv1.weight, expected)
+    with pytest.raises(WeightsUnavailableError, match=r"open_clip_config\.json"):
+        load_backbone(f"local-dir:{tmp_path / 'missing'}", device="cpu")
