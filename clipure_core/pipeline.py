@@ -212,7 +212,7 @@ class Playground:
             runs = {}
             for condition, z in embeddings[name].items():
                 with _Stopwatch(self.backbone.device, timings, "purify"):
-                    logits, runs[condition] = _purify_and_trace(classifier, purifier, z)
+                    logits, runs[condition] = _purify_and_trace(classifier, purifier, z, seed)
                 probabilities[condition][name] = _probs(logits)
             diagnostics[name] = {**runs["adversarial"], "clean": runs["clean"]}
 
@@ -259,13 +259,20 @@ class Playground:
 
 @torch.no_grad()
 def _purify_and_trace(
-    classifier: ZeroShotClassifier, purifier: Purifier, z: torch.Tensor
+    classifier: ZeroShotClassifier, purifier: Purifier, z: torch.Tensor, seed: int
 ) -> tuple[torch.Tensor, dict]:
-    """Logits of the purified embedding, and the diagnostics of the purification."""
+    """Logits of the purified embedding, and the diagnostics of the purification.
+
+    Stochastic purifiers draw from the global RNG: seeded here, and restored afterwards.
+    """
     recorder = TrajectoryRecorder(
         purifier.null_embedding, classifier.class_embeddings, classifier.labels
     )
-    logits = classifier.logits_from_embeddings(purifier(z, gradient="full", on_step=recorder))
+    devices = [z.device] if z.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        purified = purifier(z, gradient="full", on_step=recorder)
+    logits = classifier.logits_from_embeddings(purified)
     trace = {
         "angle_moved_deg": recorder.angle_moved_deg(),
         "max_angle_deg": recorder.max_angle_deg(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 
@@ -97,3 +98,27 @@ def run_without_weights(args: list[str], home) -> subprocess.CompletedProcess:
         timeout=120,
         cwd=ASSETS.parent,
     )
+
+
+def fill_hf_cache(cache_dir, repo_id: str, files: dict[str, bytes]) -> None:
+    """Lay files out as huggingface_hub's cache does (refs/main -> snapshots/<commit>/)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache_dir / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name, data in files.items():
+        (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+        (snapshot / name).write_bytes(data)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every TCP connection fails, as on a machine without internet."""
+
+    def refuse(*args, **kwargs):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)

@@ -127,7 +127,7 @@ def test_downloaded_png_reproduces_the_reported_probabilities(client, tiny_check
         ({"steps": 100000}, "steps must be an integer from 1 to 1000"),
         ({"method": "deepfool"}, "attack method 'deepfool'"),
         ({"threat": "oracle"}, "threat model 'oracle'"),
-        ({"defenses": "clipure_diff"}, "CLIPure-Diff is not available yet"),
+        ({"defenses": "clipure_diff"}, "CLIPure-Diff needs a diffusion prior"),
     ],
 )
 def test_bad_requests_are_readable_errors_and_the_server_keeps_serving(client, override, message):

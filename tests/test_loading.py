@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import socket
 
 import open_clip
 import pytest
@@ -16,30 +15,7 @@ from safetensors.torch import load_file
 from clipure_core import InputError, WeightsUnavailableError, load_backbone
 from clipure_core.loading import clear_backbone_cache
 
-from .conftest import TINY_MODEL, save_tiny_weights
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Every TCP connection fails, as on a machine without internet."""
-
-    def refuse(*args, **kwargs):
-        raise OSError("Network is unreachable")
-
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-
-
-def fill_hf_cache(cache_dir, repo_id: str, files: dict[str, bytes]) -> None:
-    """Lay files out as huggingface_hub's cache does (refs/main -> snapshots/<commit>/)."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = cache_dir / f"models--{repo_id.replace('/', '--')}"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    for name, data in files.items():
-        (snapshot / name).write_bytes(data)
+from .conftest import TINY_MODEL, fill_hf_cache, save_tiny_weights
 
 
 def test_local_safetensors_and_pt_files_give_the_saved_weights(tmp_path, tiny_checkpoint):

@@ -111,7 +111,7 @@ def test_cos_settings_change_the_purification(playground, cat_photo):
     "kwargs,message",
     [
         ({"labels": " , "}, "at least one class name"),
-        ({"defenses": ["clipure_diff"]}, "CLIPure-Diff is not available yet"),
+        ({"defenses": ["clipure_diff"]}, "CLIPure-Diff needs a diffusion prior"),
         ({"defenses": ["jpeg"]}, "unknown defence 'jpeg'"),
         ({"threat": "oracle"}, "threat model 'oracle'"),
         ({"true_label": "zebra"}, "label 'zebra' is not in the label list"),

@@ -8,13 +8,13 @@ from ..backbone import Backbone
 from ..errors import InputError
 from .base import Purifier
 from .cos import CosPurifier, cos_purify, neg_cos_gradient
+from .diff import DiffPurifier
 from .polar import GRADIENT_MODES, polar_step
 from .trace import TrajectoryRecorder
 
-PURIFIERS: dict[str, type[Purifier]] = {CosPurifier.name: CosPurifier}
-PLANNED = {
-    "clipure_diff": "CLIPure-Diff is not available yet: it needs a diffusion prior over this "
-    "backbone's embeddings (planned). Use 'clipure_cos'.",
+PURIFIERS: dict[str, type[Purifier]] = {
+    CosPurifier.name: CosPurifier,
+    DiffPurifier.name: DiffPurifier,
 }
 
 
@@ -22,8 +22,6 @@ def build_purifier(
     name: str, backbone: Backbone, templates: str | Sequence[str] = "ensemble", **settings
 ) -> Purifier:
     """A purifier by its name ('clipure_cos'), with its settings (steps, step_size, ...)."""
-    if name in PLANNED:
-        raise InputError(PLANNED[name])
     if name not in PURIFIERS:
         raise InputError(f"unknown defence {name!r}: use one of {', '.join(PURIFIERS)}.")
     try:
@@ -36,6 +34,7 @@ __all__ = [
     "GRADIENT_MODES",
     "PURIFIERS",
     "CosPurifier",
+    "DiffPurifier",
     "Purifier",
     "TrajectoryRecorder",
     "build_purifier",

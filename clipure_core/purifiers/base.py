@@ -11,7 +11,8 @@ from torch import nn
 from ..errors import InputError
 from .polar import check_gradient_mode
 
-StepCallback = Callable[[int, torch.Tensor], None]
+# on_step(step, z, denoising_loss=None): called for z_0 ... z_steps
+StepCallback = Callable[..., None]
 MAX_PURIFY_STEPS = 1000
 
 

@@ -22,29 +22,35 @@ class TrajectoryRecorder:
         self.start: torch.Tensor | None = None
         self.rows: list[dict[str, torch.Tensor]] = []
 
-    def __call__(self, step: int, z: torch.Tensor) -> None:
+    def __call__(
+        self, step: int, z: torch.Tensor, denoising_loss: torch.Tensor | None = None
+    ) -> None:
         unit = F.normalize(z.detach().float(), dim=-1)
         if step == 0:
             self.start = unit
             self.rows = []
-        self.rows.append(
-            {
-                "cos_to_null": unit @ self.null,
-                "cos_to_start": (unit * self.start).sum(dim=-1),
-                "top_class": (unit @ self.classes.T).argmax(dim=-1),
-            }
-        )
+        row = {
+            "cos_to_null": unit @ self.null,
+            "cos_to_start": (unit * self.start).sum(dim=-1),
+            "top_class": (unit @ self.classes.T).argmax(dim=-1),
+        }
+        if denoising_loss is not None:
+            row["denoising_loss"] = denoising_loss.detach().float()
+        self.rows.append(row)
 
     def trajectory(self, sample: int = 0) -> list[dict]:
-        return [
-            {
+        trajectory = []
+        for step, row in enumerate(self.rows):
+            entry = {
                 "step": step,
                 "cos_to_null": float(row["cos_to_null"][sample]),
                 "cos_to_start": float(row["cos_to_start"][sample]),
                 "top_class": self.labels[int(row["top_class"][sample])],
             }
-            for step, row in enumerate(self.rows)
-        ]
+            if "denoising_loss" in row:
+                entry["denoising_loss"] = float(row["denoising_loss"][sample])
+            trajectory.append(entry)
+        return trajectory
 
     def angle_moved_deg(self, sample: int = 0) -> float:
         """Angle between the first and the last embedding, in degrees."""
