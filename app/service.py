@@ -16,6 +16,7 @@ from PIL import Image
 from clipure_core import AttackConfig, InputError, Playground, PlaygroundResult, load_backbone
 from clipure_core.attacks import AUTOATTACK_TARGETS, METHODS
 from clipure_core.backbone import Backbone
+from clipure_core.prior import prior_for
 from clipure_core.prompts import parse_labels
 
 from .catalog import ModelChoice
@@ -45,6 +46,8 @@ class PlaygroundRequest:
     eot_samples: int = 1
     cos_steps: int = 10
     cos_step_size: float = 30.0
+    diff_steps: int = 10
+    diff_step_size: float = 30.0
 
     def attack_config(self) -> AttackConfig:
         method = self.method.lower()
@@ -101,6 +104,10 @@ class PlaygroundService:
     def backbone(self, choice: ModelChoice) -> Backbone:
         return load_backbone(choice.name, choice.pretrained, device=self.device)
 
+    def diff_prior(self, choice: ModelChoice) -> str | None:
+        """The prior CLIPure-Diff would use with this backbone, if any."""
+        return prior_for(self.backbone(choice))
+
     def playground(self, choice: ModelChoice) -> Playground:
         backbone = self.backbone(choice)
         with self._lock:
@@ -142,7 +149,11 @@ class PlaygroundService:
                 "clipure_cos": {
                     "steps": _integer(request.cos_steps, "CLIPure-Cos steps"),
                     "step_size": _number(request.cos_step_size, "CLIPure-Cos step size"),
-                }
+                },
+                "clipure_diff": {
+                    "steps": _integer(request.diff_steps, "CLIPure-Diff steps"),
+                    "step_size": _number(request.diff_step_size, "CLIPure-Diff step size"),
+                },
             },
             on_query=on_query,
         )

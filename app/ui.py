@@ -57,10 +57,19 @@ RANDOM_BANNER = (
     "⚠️ **Random weights**: this model was started with `--pretrained random` for an "
     "offline check. Its predictions are meaningless."
 )
-DIFF_NOTE = (
-    "CLIPure-Diff needs a diffusion prior over this backbone's image embeddings; none is "
-    "available yet, so it is disabled."
-)
+
+
+def diff_note(prior: str | None) -> str:
+    """Why CLIPure-Diff is on offer or not, for the chosen backbone."""
+    if prior is None:
+        return (
+            "Disabled: CLIPure-Diff needs a diffusion prior over this backbone's image "
+            "embeddings. Only ViT-L/14 (OpenAI) has a public one; train one with "
+            "`python -m clipure_core.train_prior` and put it in CLIPURE_PRIORS_DIR."
+        )
+    return f"Prior: {prior}"
+
+
 CSS = """
 #verdict {font-size: 1.35rem; line-height: 1.6;}
 #banner {background: #fff3cd; border: 2px solid #d39e00; border-radius: 8px; padding: 4px 12px;}
@@ -177,6 +186,9 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
         use_cos,
         cos_steps,
         cos_step_size,
+        use_diff,
+        diff_steps,
+        diff_step_size,
         http: gr.Request,
         progress=gr.Progress(),
     ):
@@ -190,13 +202,17 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
             steps=steps,
             step_size=step_size or None,
             threat=threat,
-            defenses=["clipure_cos"] if use_cos else [],
+            defenses=[
+                name for name, on in (("clipure_cos", use_cos), ("clipure_diff", use_diff)) if on
+            ],
             seed=seed,
             true_label=true_label or None,
             target_label=target or None,
             eot_samples=eot,
             cos_steps=cos_steps,
             cos_step_size=cos_step_size,
+            diff_steps=diff_steps,
+            diff_step_size=diff_step_size,
         )
 
         def on_progress(done, total):
@@ -216,8 +232,10 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
             if gain
             else "No perturbation: the attack left the image unchanged."
         )
-        first_defence = next(iter(result.diagnostics), None)
-        trajectory = trajectory_figure(payload, first_defence) if first_defence else None
+        trajectories = [
+            trajectory_figure(payload, name) if name in result.diagnostics else None
+            for name in ("clipure_cos", "clipure_diff")
+        ]
         return (
             verdict_markdown(result),
             result.clean_image,
@@ -226,7 +244,7 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
             caption,
             probability_figure(payload),
             diagnostics_markdown(result),
-            trajectory,
+            *trajectories,
             str(png),
             str(data),
         )
@@ -250,9 +268,11 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
         choice = by_label[model_label]
         progress(0.1, desc=f"loading {choice.label}")
         backbone = service.backbone(choice)
+        prior = service.diff_prior(choice)
         return (
             f"Loaded **{choice.label}** on {backbone.info.device}.",
             gr.Markdown(RANDOM_BANNER, visible=backbone.info.random_weights),
+            gr.Checkbox(value=False, interactive=prior is not None, info=diff_note(prior)),
         )
 
     def label_choices(labels, current_true, current_target):
@@ -354,7 +374,15 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
                     use_cos = gr.Checkbox(True, label="CLIPure-Cos")
                     cos_steps = gr.Slider(0, 50, value=10, step=1, label="CLIPure-Cos steps")
                     cos_step_size = gr.Number(30.0, label="CLIPure-Cos step size (paper: 30)")
-                    gr.Checkbox(False, label="CLIPure-Diff", interactive=False, info=DIFF_NOTE)
+                    start_prior = service.diff_prior(start)
+                    use_diff = gr.Checkbox(
+                        False,
+                        label="CLIPure-Diff",
+                        interactive=start_prior is not None,
+                        info=diff_note(start_prior),
+                    )
+                    diff_steps = gr.Slider(0, 50, value=10, step=1, label="CLIPure-Diff steps")
+                    diff_step_size = gr.Number(30.0, label="CLIPure-Diff step size (paper: 30)")
             with gr.Column(scale=3):
                 verdict = gr.Markdown(
                     "Pick an example or upload a photo, then press **Attack and purify**.",
@@ -377,7 +405,10 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
                 probabilities = gr.Plot(label="Class probabilities", elem_id="probabilities")
                 with gr.Accordion("Purification diagnostics", open=True):
                     diagnostics = gr.Markdown()
-                    trajectory = gr.Plot(label="Trajectory", elem_id="trajectory")
+                    trajectory = gr.Plot(label="CLIPure-Cos trajectory", elem_id="trajectory")
+                    trajectory_diff = gr.Plot(
+                        label="CLIPure-Diff trajectory", elem_id="trajectory-diff"
+                    )
                 with gr.Row():
                     png_file = gr.File(label="Adversarial PNG (exactly what was evaluated)")
                     json_file = gr.File(label="Settings and result (JSON)")
@@ -409,7 +440,7 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
         model.change(
             load_model,
             model,
-            [model_status, banner],
+            [model_status, banner, use_diff],
             concurrency_id=GPU_QUEUE,
             api_visibility="private",
         )
@@ -432,6 +463,9 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
                 use_cos,
                 cos_steps,
                 cos_step_size,
+                use_diff,
+                diff_steps,
+                diff_step_size,
             ],
             [
                 verdict,
@@ -442,6 +476,7 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
                 probabilities,
                 diagnostics,
                 trajectory,
+                trajectory_diff,
                 png_file,
                 json_file,
             ],

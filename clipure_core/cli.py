@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--cos-steps", type=int, default=10)
     predict.add_argument("--cos-step-size", type=float, default=30.0)
+    predict.add_argument("--diff-steps", type=int, default=10)
+    predict.add_argument("--diff-step-size", type=float, default=30.0)
+    predict.add_argument(
+        "--prior", default=None, help="CLIPure-Diff prior checkpoint (default: found for the model)"
+    )
     predict.add_argument("--seed", type=int, default=0)
     predict.add_argument("--json", action="store_true", help="print the full result as JSON")
     predict.add_argument("--save-adversarial", default=None, help="write the adversarial PNG here")
@@ -67,6 +72,17 @@ def attack_config(args: argparse.Namespace) -> AttackConfig:
     scale = 1 / 255 if norm == "linf" else 1.0
     alpha = None if args.alpha is None else args.alpha * scale
     return AttackConfig(method, norm, args.eps * scale, args.steps, alpha, eot_samples=args.eot)
+
+
+def defense_settings(args: argparse.Namespace) -> dict[str, dict]:
+    """Per-defence settings from the CLI options."""
+    diff = {"steps": args.diff_steps, "step_size": args.diff_step_size}
+    if args.prior:
+        diff["prior"] = args.prior
+    return {
+        "clipure_cos": {"steps": args.cos_steps, "step_size": args.cos_step_size},
+        "clipure_diff": diff,
+    }
 
 
 def predict(args: argparse.Namespace) -> int:
@@ -87,9 +103,7 @@ def predict(args: argparse.Namespace) -> int:
         seed=args.seed,
         true_label=args.true_label,
         target_label=args.target,
-        defense_settings={
-            "clipure_cos": {"steps": args.cos_steps, "step_size": args.cos_step_size}
-        },
+        defense_settings=defense_settings(args),
     )
     if args.save_adversarial:
         result.adversarial_image.save(args.save_adversarial, format="PNG")

@@ -20,7 +20,7 @@ from .classifier import ZeroShotClassifier
 from .errors import InputError
 from .pixels import perturbation_norms, pil_to_pixels, pixels_to_pil, quantize_in_ball
 from .prompts import parse_labels
-from .purifiers import Purifier, TrajectoryRecorder, build_purifier
+from .purifiers import Purifier, TrajectoryRecorder, build_purifier, check_defense
 from .threats import attacked_model, check_threat
 
 UNDEFENDED = "undefended"
@@ -127,7 +127,7 @@ class Playground:
         )
 
     def purifier(self, name: str, settings: Mapping | None = None) -> Purifier:
-        settings = dict(settings or {})
+        settings = check_defense(name).resolve_settings(self.backbone, dict(settings or {}))
         return self._memoised(
             ("purifier", name, tuple(sorted(settings.items()))),
             lambda: build_purifier(name, self.backbone, self.templates, **settings),

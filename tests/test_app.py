@@ -103,6 +103,9 @@ def test_downloaded_png_reproduces_the_reported_probabilities(client, tiny_check
         True,
         10,
         30.0,
+        False,
+        10,
+        30.0,
         api_name="/run",
     )
     verdict, png, data = outputs[0], outputs[-2], outputs[-1]

@@ -127,7 +127,7 @@ def train_prior(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += float(loss)
+            total += float(loss.detach())
         report.losses.append(total / batches)
         if on_epoch is not None:
             on_epoch(epoch, report.losses[-1])

@@ -18,12 +18,17 @@ PURIFIERS: dict[str, type[Purifier]] = {
 }
 
 
+def check_defense(name: str) -> type[Purifier]:
+    if name not in PURIFIERS:
+        raise InputError(f"unknown defence {name!r}: use one of {', '.join(PURIFIERS)}.")
+    return PURIFIERS[name]
+
+
 def build_purifier(
     name: str, backbone: Backbone, templates: str | Sequence[str] = "ensemble", **settings
 ) -> Purifier:
     """A purifier by its name ('clipure_cos'), with its settings (steps, step_size, ...)."""
-    if name not in PURIFIERS:
-        raise InputError(f"unknown defence {name!r}: use one of {', '.join(PURIFIERS)}.")
+    check_defense(name)
     try:
         return PURIFIERS[name](backbone, templates, **settings)
     except TypeError as error:
@@ -38,6 +43,7 @@ __all__ = [
     "Purifier",
     "TrajectoryRecorder",
     "build_purifier",
+    "check_defense",
     "cos_purify",
     "neg_cos_gradient",
     "polar_step",

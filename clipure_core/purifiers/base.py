@@ -35,6 +35,12 @@ class Purifier(nn.Module):
     def settings(self) -> dict:
         return {"steps": self.steps, "step_size": self.step_size}
 
+    @classmethod
+    def resolve_settings(cls, backbone, settings: dict) -> dict:
+        """Settings with every default that depends on the environment made explicit (so that
+        a cached purifier is reused only for the same effective settings)."""
+        return dict(settings)
+
     def purify(
         self, z: torch.Tensor, gradient: str, on_step: StepCallback | None = None
     ) -> torch.Tensor:

@@ -75,6 +75,12 @@ class DiffPurifier(Purifier):
         self.register_buffer("condition_embed", condition.text_embed.to(dtype))
         self.register_buffer("condition_tokens", condition.text_encodings.to(dtype))
 
+    @classmethod
+    def resolve_settings(cls, backbone: Backbone, settings: dict) -> dict:
+        if isinstance(settings.get("prior"), LatentPrior | str):
+            return dict(settings)
+        return {**settings, "prior": prior_for(backbone)}
+
     @staticmethod
     def _resolve_prior(backbone: Backbone, prior: LatentPrior | str | None) -> LatentPrior:
         if isinstance(prior, LatentPrior):
