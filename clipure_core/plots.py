@@ -159,6 +159,7 @@ def trajectory_figure(result: dict, defense: str) -> go.Figure:
                 )
             )
 
+    _add_denoising_loss(figure, runs["adversarial"]["trajectory"])
     n_steps = max((row["step"] for row in runs["adversarial"]["trajectory"]), default=0)
     angle = float(runs["adversarial"]["angle_moved_deg"])
     swing = float(runs["adversarial"]["max_angle_deg"])
@@ -181,3 +182,23 @@ def trajectory_figure(result: dict, defense: str) -> go.Figure:
         margin={"b": 140},
     )
     return figure
+
+
+def _add_denoising_loss(figure: go.Figure, trajectory: list[dict]) -> None:
+    """CLIPure-Diff's denoising loss per step on a right-hand axis (absent for Cos)."""
+    points = [(row["step"], row["denoising_loss"]) for row in trajectory if "denoising_loss" in row]
+    if not points:
+        return
+    figure.add_trace(
+        go.Scatter(
+            x=[step for step, _ in points],
+            y=[loss for _, loss in points],
+            name="denoising loss (adversarial)",
+            yaxis="y2",
+            mode="lines+markers",
+            line={"color": "#7f7f7f", "dash": "dot", "width": 2},
+        )
+    )
+    figure.update_layout(
+        yaxis2={"title": "denoising loss", "overlaying": "y", "side": "right", "showgrid": False}
+    )

@@ -199,3 +199,18 @@ def test_trajectory_figure_long_run_labels_only_class_changes():
 def test_trajectory_figure_unknown_defense_raises():
     with pytest.raises(ValueError, match=r"clipure_diff.*available: clipure_cos"):
         trajectory_figure(make_result(), "clipure_diff")
+
+
+def test_trajectory_figure_adds_the_denoising_loss_when_present():
+    result = make_result()
+    diagnostics = result["diagnostics"]["clipure_cos"]
+    assert all(
+        trace.yaxis in (None, "y") for trace in trajectory_figure(result, "clipure_cos").data
+    )
+    for step, row in enumerate(diagnostics["trajectory"][:-1]):
+        row["denoising_loss"] = 0.5 - 0.1 * step
+    figure = trajectory_figure(result, "clipure_cos")
+    loss = [trace for trace in figure.data if trace.yaxis == "y2"]
+    assert len(loss) == 1 and loss[0].name == "denoising loss (adversarial)"
+    assert list(loss[0].y) == pytest.approx([0.5 - 0.1 * s for s in range(len(loss[0].y))])
+    assert figure.layout.yaxis2.title.text == "denoising loss"
