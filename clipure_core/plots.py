@@ -159,7 +159,6 @@ def trajectory_figure(result: dict, defense: str) -> go.Figure:
                 )
             )
 
-    _add_denoising_loss(figure, runs["adversarial"]["trajectory"])
     n_steps = max((row["step"] for row in runs["adversarial"]["trajectory"]), default=0)
     angle = float(runs["adversarial"]["angle_moved_deg"])
     swing = float(runs["adversarial"]["max_angle_deg"])
@@ -181,6 +180,7 @@ def trajectory_figure(result: dict, defense: str) -> go.Figure:
         legend={"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0},
         margin={"b": 140},
     )
+    _add_denoising_loss(figure, runs["adversarial"]["trajectory"])  # after the cosine axis
     return figure
 
 
