@@ -11,6 +11,7 @@ import torchattacks
 from torch import nn
 
 from .errors import InputError
+from .seeding import seeded
 
 # method -> norms it supports
 METHODS: dict[str, tuple[str, ...]] = {
@@ -161,6 +162,21 @@ def _apgd_t(model, norm, eps, steps, seed, eot, num_classes):
     )
 
 
+class _QueryCounter(nn.Module):
+    """`model` with a callback after every forward (progress, cancellation)."""
+
+    def __init__(self, model: nn.Module, on_query: Callable[[int], None] | None) -> None:
+        super().__init__()
+        self.model, self.on_query, self.queries = model, on_query, 0
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        logits = self.model(pixels)
+        self.queries += 1
+        if self.on_query is not None:
+            self.on_query(self.queries)
+        return logits
+
+
 def craft_attack(
     model: nn.Module,
     pixels: torch.Tensor,
@@ -176,30 +192,19 @@ def craft_attack(
     global RNG state is left as it was. `on_query(n)` is called after every model forward
     (progress bars; raising in it aborts the attack).
     """
-    if num_classes is None:
-        with torch.no_grad():
-            num_classes = int(model(pixels[:1]).shape[-1])
-    attack = build_attack(model, config, num_classes, seed)
-    attack.set_device(pixels.device)
-    targets = labels
-    if config.targeted_label is not None:
-        if not 0 <= config.targeted_label < num_classes:
-            raise InputError(f"target class index {config.targeted_label} is not a label index.")
-        targets = torch.full_like(labels, config.targeted_label)
-    queries = 0
-
-    def count_query(*_):
-        nonlocal queries
-        queries += 1
-        if on_query is not None:
-            on_query(queries)
-
-    hook = model.register_forward_hook(count_query)
-    devices = [pixels.device] if pixels.device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            adversarial = attack(pixels, targets)
-    finally:
-        hook.remove()
+    counted = _QueryCounter(model, on_query)  # per call: the model may be shared
+    with seeded(seed):
+        if num_classes is None:
+            with torch.no_grad():
+                num_classes = int(model(pixels[:1]).shape[-1])
+        attack = build_attack(counted, config, num_classes, seed)
+        attack.set_device(pixels.device)
+        targets = labels
+        if config.targeted_label is not None:
+            if not 0 <= config.targeted_label < num_classes:
+                raise InputError(
+                    f"target class index {config.targeted_label} is not a label index."
+                )
+            targets = torch.full_like(labels, config.targeted_label)
+        adversarial = attack(pixels, targets)
     return adversarial.detach()

@@ -25,6 +25,7 @@ from safetensors import SafetensorError
 
 from .backbone import Backbone, BackboneInfo
 from .errors import InputError, WeightsUnavailableError
+from .seeding import seeded
 
 RANDOM_WEIGHTS = "random"
 RANDOM_SEED = 0
@@ -253,8 +254,7 @@ def _create_model(weights: _Weights, device: torch.device, precision: str) -> to
     )
     try:
         if weights.checkpoint is None and not weights.model_name.startswith("local-dir:"):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(RANDOM_SEED)
+            with seeded(RANDOM_SEED):
                 return open_clip.create_model(weights.model_name, **kwargs)
         return open_clip.create_model(weights.model_name, **kwargs)
     except pickle.UnpicklingError as error:

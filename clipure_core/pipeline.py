@@ -21,6 +21,7 @@ from .errors import InputError
 from .pixels import perturbation_norms, pil_to_pixels, pixels_to_pil, quantize_in_ball
 from .prompts import parse_labels
 from .purifiers import Purifier, TrajectoryRecorder, build_purifier, check_defense
+from .seeding import derive_seed, seeded
 from .threats import attacked_model, check_threat
 
 UNDEFENDED = "undefended"
@@ -212,7 +213,11 @@ class Playground:
             runs = {}
             for condition, z in embeddings[name].items():
                 with _Stopwatch(self.backbone.device, timings, "purify"):
-                    logits, runs[condition] = _purify_and_trace(classifier, purifier, z, seed)
+                    # Own draws: a stochastic purifier must not reuse the attack's noise.
+                    purify_seed = derive_seed(seed, "purify", name, condition)
+                    logits, runs[condition] = _purify_and_trace(
+                        classifier, purifier, z, purify_seed
+                    )
                 probabilities[condition][name] = _probs(logits)
             diagnostics[name] = {**runs["adversarial"], "clean": runs["clean"]}
 
@@ -268,9 +273,7 @@ def _purify_and_trace(
     recorder = TrajectoryRecorder(
         purifier.null_embedding, classifier.class_embeddings, classifier.labels
     )
-    devices = [z.device] if z.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with seeded(seed):
         purified = purifier(z, gradient="full", on_step=recorder)
     logits = classifier.logits_from_embeddings(purified)
     trace = {

@@ -7,12 +7,13 @@ from PIL import Image
 
 LEVELS = 255
 _TOLERANCE = 1e-4  # in 8-bit levels: absorbs float error so that eps = k/255 allows k levels
+_BISECTION_STEPS = 30
 
 
 def pil_to_pixels(image: Image.Image) -> torch.Tensor:
     """An RGB PIL image as a (3, H, W) float tensor in [0, 1] (exact multiples of 1/255)."""
     data = torch.frombuffer(bytearray(image.convert("RGB").tobytes()), dtype=torch.uint8)
-    return data.view(image.height, image.width, 3).permute(2, 0, 1).float() / LEVELS
+    return data.view(image.height, image.width, 3).permute(2, 0, 1).contiguous().float() / LEVELS
 
 
 def pixels_to_pil(pixels: torch.Tensor) -> Image.Image:
@@ -37,8 +38,9 @@ def quantize_in_ball(
 
     `clean` must lie on the 8-bit grid (as `Backbone.prepare` returns it). Plain rounding can
     step past eps (L-inf with eps not a multiple of 1/255, or L2); the result here never does:
-    L-inf levels are clipped to floor(255 eps), and an L2 sample that rounding pushed outside
-    the ball is truncated toward the clean image instead, which cannot increase any |delta_i|.
+    L-inf levels are clipped to floor(255 eps); an L2 sample that rounding pushed outside the
+    ball is shrunk by the largest factor s in [0, 1] with ||round(s delta)|| <= eps (found by
+    bisection: the rounded norm grows with s), which keeps nearly all of the budget.
     """
     clean_levels = (clean * LEVELS).round()
     delta = (adversarial.detach() - clean) * LEVELS
@@ -47,13 +49,25 @@ def quantize_in_ball(
         bound = float(int(eps * LEVELS + _TOLERANCE))
         rounded = rounded.clamp(-bound, bound)
     elif norm == "l2":
-        outside = rounded.flatten(1).norm(dim=1) > eps * LEVELS + _TOLERANCE
-        truncated = (delta + delta.sign() * _TOLERANCE).trunc()
-        rounded = torch.where(outside.view(-1, *[1] * (delta.dim() - 1)), truncated, rounded)
+        rounded = _shrink_into_l2_ball(delta.flatten(1), eps * LEVELS + _TOLERANCE)
+        rounded = rounded.view_as(delta)
     else:
         raise ValueError(f"unknown norm {norm!r}")
     levels = (clean_levels + rounded).clamp(0, LEVELS)
     return levels / LEVELS
+
+
+def _shrink_into_l2_ball(delta: torch.Tensor, bound: float) -> torch.Tensor:
+    """round(s * delta) per row, with the largest s in [0, 1] keeping its norm <= bound."""
+    low = torch.zeros(delta.shape[0], 1, device=delta.device)
+    high = torch.ones_like(low)
+    fits = (delta.round().norm(dim=1, keepdim=True) <= bound).float()
+    for _ in range(_BISECTION_STEPS):
+        middle = (low + high) / 2
+        inside = (delta * middle).round().norm(dim=1, keepdim=True) <= bound
+        low, high = torch.where(inside, middle, low), torch.where(inside, high, middle)
+    scale = fits + (1 - fits) * low
+    return (delta * scale).round()
 
 
 def amplified_perturbation(

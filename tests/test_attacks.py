@@ -71,8 +71,22 @@ def test_quantisation_never_leaves_the_ball_on_its_edge():
             delta = eps * direction.sign()
         else:
             delta = eps * direction / direction.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-        rounded = quantize_in_ball(clean, (clean + delta).clamp(0, 1), norm, eps)
+        adversarial = (clean + delta).clamp(0, 1)
+        rounded = quantize_in_ball(clean, adversarial, norm, eps)
         assert within(rounded - clean, norm, eps)
+        # ... and keeps the budget: nearly the whole eps is still used after rounding.
+        kept = (
+            (rounded - clean).flatten(1).norm(dim=1)
+            if norm == "l2"
+            else ((rounded - clean).flatten(1).abs().amax(dim=1))
+        )
+        used = (
+            (adversarial - clean).flatten(1).norm(dim=1)
+            if norm == "l2"
+            else ((adversarial - clean).flatten(1).abs().amax(dim=1))
+        )
+        levels = int(eps * 255 + 1e-4) / 255
+        assert (kept >= torch.minimum(0.95 * used, torch.full_like(used, levels))).all()
     exact = quantize_in_ball(clean, (clean + 4 / 255).clamp(0, 1), "linf", 4 / 255)
     assert (exact - clean).abs().max() * 255 == pytest.approx(4, abs=1e-4)  # 4/255 keeps 4 levels
 
@@ -174,3 +188,24 @@ def test_dlr_attacks_need_enough_classes(backbone, pixels):
     few = ZeroShotClassifier(backbone, ["cat", "dog", "car"], "single")
     with pytest.raises(InputError, match="at least 4 class labels"):
         craft_attack(few, pixels, torch.tensor([0, 1]), AttackConfig("apgd-t", steps=2))
+
+
+def test_l2_attack_on_a_model_size_image_survives_rounding():
+    """A dense L2 perturbation on the sphere of a 224 x 224 image keeps ~all of its size."""
+    generator = torch.Generator().manual_seed(1)
+    clean = torch.randint(0, 256, (2, 3, 224, 224), generator=generator) / 255
+    direction = torch.randn(clean.shape, generator=generator)
+    delta = 0.5 * direction / direction.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    adversarial = (clean + delta).clamp(0, 1)
+    rounded = quantize_in_ball(clean, adversarial, "l2", 0.5)
+    size = (rounded - clean).flatten(1).norm(dim=1)
+    assert (size <= 0.5 + 1e-6).all() and (size >= 0.45).all()
+
+
+def test_pgd_l2_runs_on_prepared_photos(backbone, cat_photo):
+    from clipure_core import Playground
+
+    result = Playground(backbone, "single").run(
+        cat_photo, LABELS, AttackConfig("pgd-l2", "l2", 0.5, 3), "transfer", []
+    )
+    assert 0 < result.to_dict()["perturbation"]["l2"] <= 0.5 + 1e-6

@@ -278,3 +278,32 @@ def test_app_offers_diff_when_a_prior_exists(running_app, trained_prior, monkeyp
     monkeypatch.setenv("CLIPURE_PRIORS_DIR", str(tmp_path))
     with pytest.raises(AppError, match="CLIPure-Diff needs a diffusion prior"):
         client.predict(**request)  # no stale purifier once the prior is gone
+
+
+def test_evaluation_does_not_reuse_the_attacks_random_draws(
+    backbone, trained_prior, cat_photo, monkeypatch
+):
+    """With FGSM the attack's single query and the evaluation used to draw the same (t, noise);
+    the evaluation now has its own seed."""
+    states: list[torch.Tensor] = []
+    original = DiffPurifier.denoising_loss
+
+    def recording(self, z):
+        states.append(torch.random.get_rng_state().clone())
+        return original(self, z)
+
+    monkeypatch.setattr(DiffPurifier, "denoising_loss", recording)
+    playground = Playground(backbone, templates="single")
+    playground.run(
+        cat_photo,
+        LABELS,
+        AttackConfig("fgsm", "linf", 4 / 255, 1),
+        "paper",
+        ["clipure_diff"],
+        seed=0,
+        defense_settings={"clipure_diff": {"prior": str(trained_prior), "steps": 1}},
+    )
+    attack_states, evaluation_states = states[:1], states[1:]  # the FGSM query, then evaluation
+    assert len(evaluation_states) == 2  # clean and adversarial purification, one step each
+    for attack_state in attack_states:
+        assert all(not torch.equal(attack_state, state) for state in evaluation_states)

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from ..backbone import Backbone
 from ..errors import InputError
+from ..seeding import seeded
 from ..text_embeddings import cache_root
 from .conditioning import null_condition
 from .config import PriorConfig
@@ -103,8 +104,7 @@ def train_prior(
     """Fit `config`'s prior to unit `embeddings` (denoising loss at uniform timesteps)."""
     if config.dim != embeddings.shape[-1]:
         raise InputError(f"prior dim {config.dim} != embedding dim {embeddings.shape[-1]}.")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         prior = LatentPrior(config).to(embeddings.device)
     condition = null_condition(backbone, templates)
     optimizer = torch.optim.AdamW(prior.parameters(), lr=lr, weight_decay=0.0)
