@@ -1,4 +1,8 @@
-"""ZeroGPU on Hugging Face Spaces: GPU-bound work runs under `spaces.GPU` when present."""
+"""ZeroGPU on Hugging Face Spaces: GPU-bound work runs under `spaces.GPU` when present.
+
+ZeroGPU runs the task in another process and pickles its arguments, so the task takes only
+plain data (no callbacks, no events): live progress and the Stop flag are not available there.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +18,20 @@ SECONDS_PER_QUERY = 0.05
 MAX_SECONDS = 300
 
 
-def requested_seconds(choice, image, request, *_args) -> int:
-    """A GPU lease that fits the request: attack steps x EOT x attacked models."""
-    attacked = 1 + (len(request.defenses) if request.threat != "transfer" else 0)
+def zero_gpu() -> bool:
+    return spaces is not None
+
+
+def requested_seconds(choice, image, request) -> int:
+    """A GPU lease that fits the request: model queries of the attacks, where each query
+    through an attacked CLIPure-Diff also runs its prior `diff_steps` times."""
+    adaptive = request.threat != "transfer"
+    attacked = 1 + (len(request.defenses) if adaptive else 0)
     queries = int(request.steps) * int(request.eot_samples) * attacked
     if request.method in ("apgd-t", "autoattack"):
         queries *= 10
+    if adaptive and "clipure_diff" in request.defenses:
+        queries *= 1 + int(request.diff_steps)
     return int(min(MAX_SECONDS, BASE_SECONDS + SECONDS_PER_QUERY * queries))
 
 

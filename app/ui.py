@@ -20,7 +20,7 @@ from clipure_core.prompts import CIFAR10_CLASSNAMES, parse_labels
 
 from .catalog import ModelChoice, model_choices
 from .config import AppConfig
-from .gpu import gpu_task
+from .gpu import gpu_task, zero_gpu
 from .service import Cancelled, PlaygroundRequest, PlaygroundService
 
 LOGGER = logging.getLogger(__name__)
@@ -165,7 +165,13 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
     stops = StopRegistry()
 
     @gpu_task
-    def run_on_device(choice, image, request, on_progress, cancel):
+    def run_on_device(choice: ModelChoice, image, request: PlaygroundRequest):
+        """The GPU-bound part, with picklable arguments only (see app/gpu.py)."""
+        return service.run(choice, image, request)
+
+    def run_request(choice, image, request, on_progress=None, cancel=None):
+        if zero_gpu():  # another process: no live progress, Stop only cancels the event
+            return run_on_device(choice, image, request)
         return service.run(choice, image, request, on_progress, cancel)
 
     @friendly_errors
@@ -219,7 +225,7 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
             progress((done, total), desc="attack: model queries", unit="queries")
 
         try:
-            result = run_on_device(by_label[model_label], image, request, on_progress, cancel)
+            result = run_request(by_label[model_label], image, request, on_progress, cancel)
         finally:
             stops.finish(session, cancel)
         png, data = service.save_downloads(result)
@@ -261,7 +267,7 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
             defenses=[d.strip() for d in (defenses or "").split(",") if d.strip()],
             seed=seed,
         )
-        return run_on_device(start, image, request, None, None).to_dict()
+        return run_request(start, image, request).to_dict()
 
     @friendly_errors
     def load_model(model_label, progress=gr.Progress()):

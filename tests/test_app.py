@@ -211,11 +211,51 @@ def test_progress_totals_and_zerogpu_duration():
     short = requested_seconds(None, None, PlaygroundRequest(labels="a", steps=10))
     long = requested_seconds(None, None, PlaygroundRequest(labels="a", steps=1000, eot_samples=8))
     assert 0 < short < long <= 300
+    cos = PlaygroundRequest(labels="a", steps=50, threat="bpda", defenses=["clipure_cos"])
+    diff = PlaygroundRequest(labels="a", steps=50, threat="bpda", defenses=["clipure_diff"])
+    assert requested_seconds(None, None, diff) > requested_seconds(None, None, cos)
 
     def work():
         return 1
 
     assert gpu_task(work) is work  # without the `spaces` package nothing changes
+
+
+def test_zerogpu_task_gets_only_picklable_arguments(tiny_checkpoint, monkeypatch):
+    """A stand-in for `spaces` that pickles the call, as ZeroGPU does."""
+    import pickle
+
+    import app.gpu
+
+    leases = []
+
+    class FakeSpaces:
+        @staticmethod
+        def GPU(duration):  # the real decorator's name
+            def decorate(function):
+                def in_other_process(*args):
+                    leases.append(duration(*args))
+                    return pickle.loads(pickle.dumps(function(*pickle.loads(pickle.dumps(args)))))
+
+                return in_other_process
+
+            return decorate
+
+    monkeypatch.setattr(app.gpu, "spaces", FakeSpaces)
+    config = parse_config(
+        ["--model", TINY_MODEL, "--pretrained", str(tiny_checkpoint), "--device", "cpu"], environ={}
+    )
+    from app.ui import build_demo
+
+    demo = build_demo(config)
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, server_port=None)
+    try:
+        data = Client(url, verbose=False).predict(
+            image=handle_file(str(ASSETS / "chelsea.png")), **API_ARGS, api_name="/playground"
+        )
+    finally:
+        demo.close()
+    assert data["labels"][0] == "cat" and len(leases) == 1 and 20 <= leases[0] <= 300
 
 
 def test_startup_without_reachable_weights_exits_with_the_options(tmp_path):
