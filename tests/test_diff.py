@@ -95,6 +95,10 @@ def test_embeddings_are_cached_on_disk(backbone, image_folder, monkeypatch):
 def test_prior_is_found_for_its_backbone_only(trained_prior, backbone, monkeypatch, tmp_path):
     monkeypatch.setenv("CLIPURE_PRIORS_DIR", str(trained_prior.parent))
     assert prior_for(backbone) == str(trained_prior)
+    from clipure_core import load_backbone
+
+    other = load_backbone(backbone.info.name, "random", device="cpu")  # same arch, other weights
+    assert prior_for(other) is None
     monkeypatch.setenv("CLIPURE_PRIORS_DIR", str(tmp_path))
     assert prior_for(backbone) is None
     with pytest.raises(InputError, match="CLIPure-Diff needs a diffusion prior"):

@@ -134,3 +134,35 @@ def test_known_laion_config_is_the_papers():
     names = set(prior.state_dict())
     assert "net.causal_transformer.layers.23.1.3.g" in names  # normformer norm, 24 layers
     assert prior.net.null_text_encodings.shape == (1, 256, 768)
+
+
+def test_dalle2_training_config_layout_and_stored_buffers(golden, tmp_path, caplog):
+    config, state, data = golden
+    network_keys = {
+        "dim",
+        "depth",
+        "dim_head",
+        "heads",
+        "normformer",
+        "ff_mult",
+        "num_timesteps",
+        "num_time_embeds",
+        "num_image_embeds",
+        "num_text_embeds",
+        "max_text_len",
+    }
+    nested = {
+        "net": {k: v for k, v in config.items() if k in network_keys},
+        **{k: v for k, v in config.items() if k not in network_keys},
+    }
+    path = tmp_path / "prior.pth"
+    altered = {**state, "noise_scheduler.p2_loss_weight": torch.full((1000,), 2.0)}
+    torch.save(altered, path)
+    (tmp_path / "prior.json").write_text(json.dumps({"prior": nested}))
+    prior = load_prior(path, device="cpu")
+    assert_matches_reference(prior, data)  # p2 weights are not used by the loss
+    assert torch.equal(prior.noise_scheduler.p2_loss_weight, torch.full((1000,), 2.0))
+    assert "differs from the config" in caplog.text
+    without_steps = {k: v for k, v in config.items() if k != "num_timesteps"}
+    with pytest.raises(InputError, match="needs num_timesteps"):
+        load_prior(path, config=without_steps)

@@ -31,8 +31,8 @@ def priors_dir() -> Path:
 def prior_for(backbone: Backbone) -> str | None:
     """The checkpoint of a prior trained on this backbone's embeddings, or None.
 
-    A trained prior is a checkpoint with a JSON beside it whose "backbone" names the model
-    and the weights id (written by `python -m clipure_core.train_prior`).
+    A trained prior is a checkpoint with a JSON beside it whose "backbone" names the same
+    architecture and weights id (written by `python -m clipure_core.train_prior`).
     """
     info = backbone.info
     folder = priors_dir()
@@ -42,7 +42,10 @@ def prior_for(backbone: Backbone) -> str | None:
                 trained_on = json.loads(config_path.read_text()).get("backbone", {})
             except (OSError, json.JSONDecodeError):
                 continue
-            if trained_on.get("weights_id") == info.weights_id:
+            if (trained_on.get("model"), trained_on.get("weights_id")) == (
+                info.name,
+                info.weights_id,
+            ):
                 for suffix in (".safetensors", ".pt", ".pth"):
                     if config_path.with_suffix(suffix).is_file():
                         return str(config_path.with_suffix(suffix))

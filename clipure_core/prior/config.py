@@ -86,8 +86,11 @@ class PriorConfig:
         unknown = set(values) - known - _IGNORED - set(_UNSUPPORTED)
         if unknown:
             raise InputError(f"unknown prior config keys: {', '.join(sorted(unknown))}.")
-        if values.get("num_timesteps", 1) is None:
-            raise InputError("continuous-time priors (num_timesteps=None) are not supported.")
+        if values.get("num_timesteps") is None:
+            raise InputError(
+                "prior config needs num_timesteps (the reference's default, None, means "
+                "continuous time, which is not supported)."
+            )
         return cls(**{key: value for key, value in values.items() if key in known})
 
     def to_dict(self) -> dict:

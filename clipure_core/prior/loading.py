@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from ..loading import _hub_file, resolve_device
 from .config import PriorConfig
 from .model import LatentPrior
 
+_LOGGER = logging.getLogger(__name__)
 CONFIG_METADATA_KEY = "clipure_prior_config"
 # The checkpoint the paper's authors used: LAION's DALLE2-pytorch prior for OpenAI ViT-L/14.
 LAION_VIT_L14 = "hf-hub:zenglishuci/conditioned-prior/vit-l-14/prior_aes_finetune.pth"
@@ -58,7 +60,8 @@ def load_prior(
     """
     spec = str(checkpoint)
     path = _local_path(spec, cache_dir)
-    values = config or _stored_config(path) or KNOWN_CONFIGS.get(spec)
+    values = flatten_config(config) if config else _stored_config(path)
+    values = values or KNOWN_CONFIGS.get(spec)
     if values is None:
         raise InputError(
             f"no config for prior {spec}: pass config=... (reference keyword names) or put a "
@@ -85,8 +88,11 @@ def _local_path(spec: str, cache_dir: str | None) -> Path:
 def _stored_config(path: Path) -> dict | None:
     beside = path.with_suffix(".json")
     if beside.is_file():
-        stored = json.loads(beside.read_text())
-        return stored.get("prior", stored)
+        try:
+            stored = json.loads(beside.read_text())
+        except json.JSONDecodeError as error:
+            raise InputError(f"prior config {beside} is not valid JSON: {error}") from error
+        return flatten_config(stored.get("prior", stored))
     if path.suffix == ".safetensors":
         with safe_open(str(path), "pt") as handle:
             metadata = handle.metadata() or {}
@@ -95,18 +101,27 @@ def _stored_config(path: Path) -> dict | None:
     return None
 
 
+def flatten_config(values: dict) -> dict:
+    """Accept dalle2-pytorch's training-config layout too: {"net": {...}, ...prior keys}."""
+    if isinstance(values.get("net"), dict):
+        return {**values["net"], **{k: v for k, v in values.items() if k != "net"}}
+    return values
+
+
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as error:
         raise WeightsUnavailableError(
             f"refused to load {path}: not a plain tensor checkpoint (pickled code is never run)."
         ) from error
     except (OSError, RuntimeError, SafetensorError) as error:
         raise WeightsUnavailableError(f"could not read prior checkpoint {path}: {error}") from error
+    if not isinstance(state, dict):
+        raise WeightsUnavailableError(f"prior checkpoint {path} holds no state dict.")
     for key in ("ema_model", "model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -135,7 +150,9 @@ def _load_weights(prior: LatentPrior, state: dict[str, torch.Tensor], spec: str)
                 f"{tuple(expected[key].shape)}."
             )
         if _derived(key) and not torch.allclose(value.float(), expected[key].float(), atol=1e-5):
-            raise WeightsUnavailableError(f"prior {spec}: stored {key} differs from the config's.")
+            _LOGGER.warning(
+                "prior %s: using the stored %s, which differs from the config's", spec, key
+            )
     prior.load_state_dict({**expected, **state}, strict=True)
 
 

@@ -65,7 +65,9 @@ def embed_folder(backbone: Backbone, folder: Path, batch_size: int = 64) -> torc
     files = image_files(folder)
     stamps = [(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     key = hashlib.sha256(
-        json.dumps([backbone.info.weights_id, backbone.info.precision, stamps]).encode()
+        json.dumps(
+            [backbone.info.name, backbone.info.weights_id, backbone.info.precision, stamps]
+        ).encode()
     ).hexdigest()
     cache = cache_root() / "embeddings" / f"{key}.safetensors"
     if cache.is_file():
