@@ -312,7 +312,7 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
                 step=0.05,
                 label="eps (L2, in [0, 1] pixel units)",
             )
-        return gr.Slider(minimum=0.5, maximum=32.0, value=4.0, step=0.5, label="eps (L-inf, /255)")
+        return gr.Slider(minimum=1, maximum=32, value=4, step=1, label="eps (L-inf, /255)")
 
     with gr.Blocks(title="CLIPure playground", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
@@ -363,7 +363,7 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
                 with gr.Accordion("Attack", open=True):
                     method = gr.Dropdown(METHOD_CHOICES, value="pgd", label="Method")
                     norm = gr.Radio(["linf"], value="linf", label="Norm", interactive=False)
-                    eps = gr.Slider(0.5, 32.0, value=4.0, step=0.5, label="eps (L-inf, /255)")
+                    eps = gr.Slider(1, 32, value=4, step=1, label="eps (L-inf, /255)")
                     steps = gr.Slider(1, 200, value=10, step=1, label="Steps")
                     step_size = gr.Number(0, label="Step size (0 = 2.5 x eps / steps)")
                     target = gr.Dropdown(

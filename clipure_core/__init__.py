@@ -10,7 +10,7 @@ from .errors import InputError, WeightsUnavailableError
 from .loading import clear_backbone_cache, load_backbone
 from .pipeline import Playground, PlaygroundResult
 from .prompts import LABEL_PRESETS, TEMPLATE_PRESETS, parse_labels, resolve_templates
-from .purifiers import CosPurifier, Purifier, build_purifier, cos_purify
+from .purifiers import CosPurifier, DiffPurifier, Purifier, build_purifier, cos_purify
 from .threats import THREATS, attacked_model
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "BackboneInfo",
     "CosPurifier",
     "DefendedClassifier",
+    "DiffPurifier",
     "InputError",
     "Playground",
     "PlaygroundResult",

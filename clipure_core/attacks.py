@@ -63,6 +63,11 @@ class AttackConfig:
                 f"{method} supports norm {' or '.join(METHODS[method])}, not {self.norm!r}."
             )
         _check_number("eps", self.eps, 0, MAX_EPS[self.norm])
+        if self.norm == "linf" and self.eps * 255 < 1 - 1e-4:
+            raise InputError(
+                f"L-inf eps {self.eps * 255:.2f}/255 is below one 8-bit level: the evaluated "
+                "8-bit image could not change. Use eps >= 1/255."
+            )
         if self.alpha is not None:
             _check_number("alpha (step size)", self.alpha, 0, MAX_EPS[self.norm])
         _check_count("steps", self.steps, MAX_STEPS)
@@ -88,7 +93,9 @@ class AttackConfig:
         return self.steps
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "step_size": self.step_size, "steps": self.effective_steps}
+        # APGD variants choose their own step sizes.
+        step_size = None if self.method.startswith(("apgd", "autoattack")) else self.step_size
+        return {**asdict(self), "step_size": step_size, "steps": self.effective_steps}
 
 
 def _check_number(name: str, value: float, low: float, high: float) -> None:

@@ -106,7 +106,10 @@ def predict(args: argparse.Namespace) -> int:
         defense_settings=defense_settings(args),
     )
     if args.save_adversarial:
-        result.adversarial_image.save(args.save_adversarial, format="PNG")
+        try:
+            result.adversarial_image.save(args.save_adversarial, format="PNG")
+        except OSError as error:
+            raise InputError(f"cannot write {args.save_adversarial}: {error}") from error
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0

@@ -168,13 +168,21 @@ class Playground:
         attack = attack or AttackConfig()
         check_threat(threat)
         labels, notices = parse_labels(labels)
-        defenses = list(dict.fromkeys(defenses))
+        if isinstance(defenses, str):
+            defenses = defenses.split(",")
+        defenses = list(dict.fromkeys(name.strip() for name in defenses if name.strip()))
         models = [UNDEFENDED, *defenses]
         defense_settings = defense_settings or {}
         classifier = self.classifier(labels)
         purifiers = {name: self.purifier(name, defense_settings.get(name)) for name in defenses}
         if target_label is not None:
             attack = dataclasses.replace(attack, targeted_label=_index(labels, target_label))
+        levels = attack.eps * 255
+        if attack.norm == "linf" and abs(levels - round(levels)) > 1e-4:
+            notices.append(
+                f"eps {levels:.2f}/255 acts as {int(levels + 1e-4)}/255: the evaluated image "
+                "has 8-bit pixels."
+            )
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise InputError(f"seed must be a non-negative integer, got {seed!r}.")
         timings = {"attack": 0.0, "purify": 0.0, "encode": 0.0}

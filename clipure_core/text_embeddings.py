@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from safetensors.torch import load_file, save_file
 from .backbone import Backbone
 
 _LOGGER = logging.getLogger(__name__)
-_MEMORY: dict[str, torch.Tensor] = {}
+_MEMORY: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
+MEMORY_ENTRIES = 256  # label sets kept in memory (least recently used dropped first)
 _LOCK = threading.Lock()
 
 
@@ -37,9 +39,11 @@ def cache_root() -> Path:
 def prompt_group_embeddings(backbone: Backbone, groups: Sequence[Sequence[str]]) -> torch.Tensor:
     """(G, D): for each group of prompts, the mean of their unit-norm text embeddings."""
     key = _cache_key(backbone, groups)
+    memory_key = (key, str(backbone.device))
     with _LOCK:
-        if key in _MEMORY:
-            return _MEMORY[key]
+        if memory_key in _MEMORY:
+            _MEMORY.move_to_end(memory_key)
+            return _MEMORY[memory_key]
         path = cache_root() / "text" / f"{key}.safetensors"
         embeddings = _read(path, backbone.device)
         if embeddings is None:
@@ -47,7 +51,9 @@ def prompt_group_embeddings(backbone: Backbone, groups: Sequence[Sequence[str]])
                 [backbone.normalized_text(list(group)).mean(dim=0) for group in groups]
             )
             _write(path, embeddings)
-        _MEMORY[key] = embeddings
+        _MEMORY[memory_key] = embeddings
+        if len(_MEMORY) > MEMORY_ENTRIES:
+            _MEMORY.popitem(last=False)
         return embeddings
 
 

@@ -209,3 +209,16 @@ def test_pgd_l2_runs_on_prepared_photos(backbone, cat_photo):
         cat_photo, LABELS, AttackConfig("pgd-l2", "l2", 0.5, 3), "transfer", []
     )
     assert 0 < result.to_dict()["perturbation"]["l2"] <= 0.5 + 1e-6
+
+
+def test_linf_eps_below_one_level_is_refused_and_fractions_are_announced(backbone, cat_photo):
+    from clipure_core import Playground
+
+    with pytest.raises(InputError, match="below one 8-bit level"):
+        AttackConfig(eps=0.5 / 255)
+    result = Playground(backbone, "single").run(
+        cat_photo, LABELS, AttackConfig(eps=4.5 / 255, steps=2), defenses="clipure_cos"
+    )
+    assert "eps 4.50/255 acts as 4/255" in " ".join(result.notices)
+    assert result.models == ["undefended", "clipure_cos"]  # a comma string of defences
+    assert AttackConfig("apgd-ce").to_dict()["step_size"] is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -67,7 +69,7 @@ def test_text_embeddings_are_cached_in_memory_and_on_disk(backbone, monkeypatch)
     groups = [["a photo of a zebra.", "a zebra."], ["a photo of a yak."]]
     first = cache.prompt_group_embeddings(backbone, groups)
     assert list((cache.cache_root() / "text").glob("*.safetensors"))
-    monkeypatch.setattr(cache, "_MEMORY", {})
+    monkeypatch.setattr(cache, "_MEMORY", OrderedDict())
 
     def fail(*_):
         raise AssertionError("the disk cache should have answered")
@@ -84,7 +86,7 @@ def test_text_embeddings_are_cached_in_memory_and_on_disk(backbone, monkeypatch)
 def test_unreadable_cache_file_is_recomputed(backbone, monkeypatch):
     groups = [["a photo of a lynx."]]
     expected = cache.prompt_group_embeddings(backbone, groups)
-    monkeypatch.setattr(cache, "_MEMORY", {})
+    monkeypatch.setattr(cache, "_MEMORY", OrderedDict())
     for path in (cache.cache_root() / "text").glob("*.safetensors"):
         path.write_bytes(b"garbage")
     assert torch.allclose(cache.prompt_group_embeddings(backbone, groups), expected)

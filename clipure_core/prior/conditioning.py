@@ -44,13 +44,21 @@ def null_condition(
         raise InputError(f"text encodings {encodings!r}: use one of {', '.join(ENCODING_MODES)}.")
     prompts = null_prompts(resolve_templates(templates))
     tokens = backbone.tokenize(prompts)
-    final_norm = backbone.model.ln_final
     captured: list[torch.Tensor] = []
-    handle = final_norm.register_forward_hook(lambda _m, _i, output: captured.append(output))
+    handle = None
+    if encodings == "tokens":
+        final_norm = getattr(backbone.model, "ln_final", None)
+        if final_norm is None:
+            raise InputError(
+                f"{backbone.info.name} has no final text layer norm to take token encodings "
+                "from; use text_encodings='pooled' or a prior without token encodings."
+            )
+        handle = final_norm.register_forward_hook(lambda _m, _i, output: captured.append(output))
     try:
         pooled = backbone.model.encode_text(tokens).float()
     finally:
-        handle.remove()
+        if handle is not None:
+            handle.remove()
     eos_id = getattr(backbone.tokenizer, "eot_token_id", DEFAULT_EOS_ID)
     before_eos = (tokens == eos_id).long().cumsum(dim=-1) == 0
     keep = F.pad(before_eos, (1, -1), value=True) & (tokens != 0)  # up to and incl. the EOS

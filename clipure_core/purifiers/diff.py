@@ -55,13 +55,14 @@ class DiffPurifier(Purifier):
             raise InputError(
                 f"CLIPure-Diff timesteps: integers with 0 <= t_min <= t_max < {timesteps}."
             )
-        if not 0.0 <= cond_drop_prob <= 1.0:
+        if not isinstance(cond_drop_prob, int | float) or not 0.0 <= cond_drop_prob <= 1.0:
             raise InputError("CLIPure-Diff cond_drop_prob: a probability in [0, 1].")
         self.t_min, self.t_max = t_min, t_max
         self.text_encodings_mode = text_encodings
         self.cond_drop_prob = float(cond_drop_prob)
         self.batch_coupled = bool(batch_coupled)
-        condition = null_condition(backbone, templates, text_encodings)
+        uses_tokens = self.prior.config.condition_on_text_encodings
+        condition = null_condition(backbone, templates, text_encodings if uses_tokens else "pooled")
         if condition.text_embed.shape[-1] != self.prior.config.dim or (
             self.prior.config.condition_on_text_encodings
             and condition.text_encodings.shape[-1] != self.prior.config.dim
@@ -112,10 +113,8 @@ class DiffPurifier(Purifier):
         times = torch.randint(self.t_min, self.t_max + 1, (batch,), device=z.device)
         scaled = (z * self.prior.image_embed_scale).to(dtype)
         noise = torch.randn_like(scaled)
-        text_embed, text_tokens = (
-            self.condition_embed.expand(batch, -1),
-            self.condition_tokens.expand(batch, -1, -1),
-        )
+        text_embed = self.condition_embed.expand(batch, -1)
+        text_tokens = self.condition_tokens.expand(batch, -1, -1)
         return self.prior.denoise_loss(
             scaled,
             times,
