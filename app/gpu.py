@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .service import PlaygroundRequest
+
 try:  # only installed on Spaces
     import spaces
 except ImportError:
@@ -22,7 +24,7 @@ def zero_gpu() -> bool:
     return spaces is not None
 
 
-def requested_seconds(choice, image, request) -> int:
+def requested_seconds(choice: object, image: object, request: PlaygroundRequest) -> int:
     """A GPU lease that fits the request: model queries of the attacks, where each query
     through an attacked CLIPure-Diff also runs its prior `diff_steps` times."""
     adaptive = request.threat != "transfer"

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import gradio as gr
 import torch
-from PIL import Image
 
-from clipure_core import THREATS, InputError, WeightsUnavailableError
+from clipure_core import THREATS, InputError, PlaygroundResult, WeightsUnavailableError
 from clipure_core.attacks import METHODS
 from clipure_core.pixels import amplified_perturbation
 from clipure_core.plots import model_title, probability_figure, trajectory_figure
@@ -128,7 +127,7 @@ def friendly_errors(function: Callable) -> Callable:
     return wrapper
 
 
-def verdict_markdown(result) -> str:
+def verdict_markdown(result: PlaygroundResult) -> str:
     """One line per model: a mark (still right or fooled), its title and its verdict."""
     adversarial = result.predictions()["adversarial"]
     lines = []
@@ -140,7 +139,7 @@ def verdict_markdown(result) -> str:
     return "\n\n".join([f"True label: **{result.true_label}**", *lines])
 
 
-def diagnostics_markdown(result) -> str:
+def diagnostics_markdown(result: PlaygroundResult) -> str:
     """Per defence: how far purification moved the embedding, in the end and on the way."""
     rows = [
         "| defence | input | ended from start | largest swing |",
@@ -513,7 +512,3 @@ def launch_options(config: AppConfig) -> dict:
         "show_error": True,
         "theme": gr.themes.Soft(),
     }
-
-
-def example_image(name: str) -> Image.Image:
-    return Image.open(ASSETS / name)

@@ -10,33 +10,20 @@ medians and their ratio, measured in one run.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from timing import device_name, median_ms
 
 from clipure_core import load_backbone
 from clipure_core.prior import LatentPrior, PriorConfig
 from clipure_core.prior.loading import KNOWN_CONFIGS, LAION_VIT_L14
 from clipure_core.purifiers import DiffPurifier
-
-
-def median_ms(function, device: torch.device, repeats: int) -> float:
-    function()  # warm-up
-    samples = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        function()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        samples.append((time.perf_counter() - start) * 1000)
-    return statistics.median(samples)
 
 
 def main() -> None:
@@ -67,11 +54,7 @@ def main() -> None:
 
     forward_ms = median_ms(forward, device, args.repeats * 3)
     purify_ms = median_ms(purify, device, args.repeats)
-    where = (
-        torch.cuda.get_device_name()
-        if device.type == "cuda"
-        else (f"CPU, {torch.get_num_threads()} threads")
-    )
+    where = device_name(device)
     millions = sum(p.numel() for p in prior.parameters()) / 1e6
     print(
         f"device: {where}; backbone {args.model} ({backbone.info.precision}); prior dim "

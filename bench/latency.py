@@ -14,35 +14,21 @@ Random weights are used (the timing does not depend on them), so it runs offline
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from timing import device_name, median_ms
 
 from clipure_core import AttackConfig, Playground, cos_purify, load_backbone
 
 ASSET = Path(__file__).resolve().parents[1] / "assets" / "chelsea.png"
 ATTACK_STEPS = 10
-
-
-def timed(function, device: torch.device, repeats: int) -> float:
-    """Median wall time of `function()` in milliseconds (one warm-up call first)."""
-    function()
-    samples = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        function()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        samples.append((time.perf_counter() - start) * 1000)
-    return statistics.median(samples)
 
 
 def main() -> None:
@@ -83,15 +69,11 @@ def main() -> None:
     def purify():
         cos_purify(z, null, 10, 30.0)
 
-    request_ms = timed(request, device, args.repeats)
-    floor_ms = timed(floor, device, args.repeats)
-    forward_ms = timed(forward, device, args.repeats * 4)
-    cos_ms = timed(purify, device, args.repeats * 20)
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name()
-    else:
-        name = f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; model: {args.model}; embedding dim {z.shape[-1]}")
+    request_ms = median_ms(request, device, args.repeats)
+    floor_ms = median_ms(floor, device, args.repeats)
+    forward_ms = median_ms(forward, device, args.repeats * 4)
+    cos_ms = median_ms(purify, device, args.repeats * 20)
+    print(f"device: {device_name(device)}; model: {args.model}; embedding dim {z.shape[-1]}")
     print(
         f"request {request_ms:8.1f} ms | floor {floor_ms:8.1f} ms | "
         f"ratio {request_ms / floor_ms:.3f} (target <= 1.10)"

@@ -110,7 +110,9 @@ def _check_count(name: str, value: int, high: int) -> None:
         raise InputError(f"{name} must be an integer from 1 to {high}, got {value!r}.")
 
 
-def build_attack(model: nn.Module, config: AttackConfig, num_classes: int, seed: int):
+def build_attack(
+    model: nn.Module, config: AttackConfig, num_classes: int, seed: int
+) -> torchattacks.attack.Attack:
     """The torchattacks object that runs `config` against `model`."""
     if num_classes < MIN_CLASSES.get(config.method, 2):
         raise InputError(
@@ -161,7 +163,9 @@ def build_attack(model: nn.Module, config: AttackConfig, num_classes: int, seed:
     return attack
 
 
-def _apgd_t(model, norm, eps, steps, seed, eot, num_classes):
+def _apgd_t(
+    model: nn.Module, norm: str, eps: float, steps: int, seed: int, eot: int, num_classes: int
+) -> torchattacks.APGDT:
     # torchattacks tries num_classes - 1 targets; cap them at AutoAttack's 9.
     targets = min(num_classes - 1, AUTOATTACK_TARGETS)
     return torchattacks.APGDT(

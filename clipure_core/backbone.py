@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -41,7 +41,9 @@ class Backbone(nn.Module):
     mean/std and encodes. Parameters are frozen: attacks differentiate w.r.t. pixels only.
     """
 
-    def __init__(self, model: nn.Module, tokenizer, info: BackboneInfo) -> None:
+    def __init__(
+        self, model: nn.Module, tokenizer: Callable[[list[str]], torch.Tensor], info: BackboneInfo
+    ) -> None:
         super().__init__()
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer

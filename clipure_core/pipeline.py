@@ -134,7 +134,7 @@ class Playground:
             lambda: build_purifier(name, self.backbone, self.templates, **settings),
         )
 
-    def _memoised(self, key: tuple, build: Callable[[], torch.nn.Module]):
+    def _memoised(self, key: tuple, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
         with self._lock:
             if key in self._memo:
                 self._memo.move_to_end(key)
@@ -243,7 +243,15 @@ class Playground:
             notices=notices,
         )
 
-    def _settings(self, labels, true_label, attack, threat, purifiers, seed) -> dict:
+    def _settings(
+        self,
+        labels: list[str],
+        true_label: str,
+        attack: AttackConfig,
+        threat: str,
+        purifiers: dict[str, Purifier],
+        seed: int,
+    ) -> dict:
         info = self.backbone.info
         attack_settings = attack.to_dict()
         templates = self.templates if isinstance(self.templates, str) else list(self.templates)

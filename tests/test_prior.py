@@ -129,7 +129,7 @@ def test_known_laion_config_is_the_papers():
     config = PriorConfig.from_dict(KNOWN_CONFIGS[LAION_VIT_L14])
     assert (config.dim, config.depth, config.heads, config.dim_head) == (768, 24, 32, 64)
     assert config.normformer and config.condition_on_text_encodings
-    assert config.drop_probs == (0.1, 0.1)  # what the reference still applied at test time
+    assert config.cond_drop_prob == 0.1  # what the reference still applied at test time
     prior = LatentPrior(config)
     names = set(prior.state_dict())
     assert "net.causal_transformer.layers.23.1.3.g" in names  # normformer norm, 24 layers

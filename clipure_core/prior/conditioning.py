@@ -23,12 +23,6 @@ class TextCondition:
     text_embed: torch.Tensor
     text_encodings: torch.Tensor
 
-    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return (
-            self.text_embed.expand(size, -1),
-            self.text_encodings.expand(size, -1, -1),
-        )
-
 
 @torch.no_grad()
 def null_condition(

@@ -67,15 +67,6 @@ class PriorConfig:
     def embed_scale(self) -> float:
         return self.image_embed_scale or self.dim**0.5
 
-    @property
-    def drop_probs(self) -> tuple[float, float]:
-        """(text, image) condition drop probabilities of training, as the reference reads them."""
-        text = self.cond_drop_prob if self.text_cond_drop_prob is None else self.text_cond_drop_prob
-        image = (
-            self.cond_drop_prob if self.image_cond_drop_prob is None else self.image_cond_drop_prob
-        )
-        return text, image
-
     @classmethod
     def from_dict(cls, values: dict) -> PriorConfig:
         """Build from reference-style keywords (network and prior settings in one dict)."""

@@ -15,7 +15,9 @@ from torch import nn
 class GainLayerNorm(nn.Module):
     """Layer norm with a gain and no bias; `stable` divides by the row maximum first."""
 
-    def __init__(self, dim: int, eps: float = 1e-5, fp16_eps: float = 1e-3, stable: bool = False):
+    def __init__(
+        self, dim: int, eps: float = 1e-5, fp16_eps: float = 1e-3, stable: bool = False
+    ) -> None:
         super().__init__()
         self.eps, self.fp16_eps, self.stable = eps, fp16_eps, stable
         self.g = nn.Parameter(torch.ones(dim))
@@ -31,7 +33,7 @@ class GainLayerNorm(nn.Module):
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding on the first `dim` features, rotating adjacent pairs."""
 
-    def __init__(self, dim: int, theta: float = 10000.0):
+    def __init__(self, dim: int, theta: float = 10000.0) -> None:
         super().__init__()
         exponents = torch.arange(0, dim, 2)[: dim // 2].float() / dim
         self.freqs = nn.Parameter(1.0 / theta**exponents, requires_grad=False)
@@ -51,7 +53,7 @@ class RotaryEmbedding(nn.Module):
 class RelativePositionBias(nn.Module):
     """T5-style bucketed bias for causal attention (queries look back only)."""
 
-    def __init__(self, heads: int = 8, num_buckets: int = 32, max_distance: int = 128):
+    def __init__(self, heads: int = 8, num_buckets: int = 32, max_distance: int = 128) -> None:
         super().__init__()
         self.num_buckets, self.max_distance = num_buckets, max_distance
         self.relative_attention_bias = nn.Embedding(num_buckets, heads)
@@ -77,7 +79,9 @@ class SwiGLU(nn.Module):
         return value * F.silu(gate)
 
 
-def feed_forward(dim: int, mult: float = 4, dropout: float = 0.0, normformer: bool = False):
+def feed_forward(
+    dim: int, mult: float = 4, dropout: float = 0.0, normformer: bool = False
+) -> nn.Sequential:
     """Pre-norm SwiGLU feed-forward; `normformer` adds a norm after the activation."""
     inner = int(mult * dim)
     return nn.Sequential(

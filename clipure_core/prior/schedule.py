@@ -55,8 +55,3 @@ class NoiseSchedule(nn.Module):
         signal = self.sqrt_alphas_cumprod[t].unsqueeze(-1).to(x_start.dtype)
         spread = self.sqrt_one_minus_alphas_cumprod[t].unsqueeze(-1).to(x_start.dtype)
         return signal * x_start + spread * noise
-
-    def v_target(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        signal = self.sqrt_alphas_cumprod[t].unsqueeze(-1).to(x_start.dtype)
-        spread = self.sqrt_one_minus_alphas_cumprod[t].unsqueeze(-1).to(x_start.dtype)
-        return signal * noise - spread * x_start

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..backbone import Backbone
 from ..errors import InputError
 from .polar import check_gradient_mode
 
@@ -36,7 +37,7 @@ class Purifier(nn.Module):
         return {"steps": self.steps, "step_size": self.step_size}
 
     @classmethod
-    def resolve_settings(cls, backbone, settings: dict) -> dict:
+    def resolve_settings(cls, backbone: Backbone, settings: dict) -> dict:
         """Settings with every default that depends on the environment made explicit (so that
         a cached purifier is reused only for the same effective settings)."""
         return dict(settings)

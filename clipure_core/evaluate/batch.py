@@ -1,0 +1,185 @@
+"""One batch on the device: clean predictions, then attacks under every (eps, threat), with
+encoder forwards shared wherever several models are evaluated on the same image.
+
+Threat semantics are those of `Playground.run`: under `transfer` every model sees the image
+crafted against the undefended classifier; under an adaptive threat the undefended model
+keeps its white-box image and each defence is attacked through its own purifier. The
+undefended model's attack does not depend on the threat, so it is crafted once per eps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from ..attacks import AttackConfig, craft_attack
+from ..classifier import ZeroShotClassifier
+from ..pixels import LEVELS, quantize_in_ball
+from ..purifiers import Purifier
+from ..threats import attacked_model
+from .config import UNDEFENDED
+
+STAGES = ("clean", "attack", "evaluate")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One attack setting of a run: eps in command-line units, and a threat model."""
+
+    eps: float
+    threat: str
+
+
+def image_source(model: str, threat: str) -> str:
+    """The model whose adversarial image `model` is evaluated on under `threat`."""
+    return UNDEFENDED if model == UNDEFENDED or threat == "transfer" else model
+
+
+class _Stages:
+    """Wall seconds per stage on `device` (CUDA is synchronised at stage boundaries)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds = dict.fromkeys(STAGES, 0.0)
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        self._sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            self.seconds[stage] += time.perf_counter() - start
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+class BatchEvaluator:
+    """Evaluates batches of prepared pixels for every model and condition of a run.
+
+    Batch i is a pure function of (pixels, labels, seed + i): attacks are seeded with it,
+    and the purifiers' draws with seeds derived from it, whichever process runs the batch.
+    """
+
+    def __init__(
+        self,
+        classifier: ZeroShotClassifier,
+        purifiers: Mapping[str, Purifier],
+        models: Sequence[str],
+        conditions: Sequence[Condition],
+        attacks: Mapping[float, AttackConfig],
+        seed: int,
+    ) -> None:
+        missing = [name for name in models if name != UNDEFENDED and name not in purifiers]
+        if missing:
+            raise ValueError(f"no purifier for {', '.join(missing)}.")
+        self.classifier = classifier
+        self.purifiers = dict(purifiers)
+        self.models = list(models)
+        self.conditions = list(conditions)
+        self.attacks = dict(attacks)
+        self.seed = seed
+
+    @property
+    def device(self) -> torch.device:
+        return self.classifier.backbone.device
+
+    def __call__(self, pixels: torch.Tensor, labels: torch.Tensor, batch_index: int) -> dict:
+        """Predictions (class indices) and perturbation sizes of one batch, and its timings."""
+        stages = _Stages(self.device)
+        seed = self.seed + batch_index
+        with stages("clean"):
+            clean_z = self._encode(pixels)
+            clean = {model: self._predict(model, clean_z, seed, "clean") for model in self.models}
+        adversarial, cache, cached_eps = [], {}, None
+        for condition in self.conditions:
+            if condition.eps != cached_eps:  # images of another eps are not reused
+                cache, cached_eps = {}, condition.eps
+            adversarial.append(self._condition(pixels, labels, condition, seed, stages, cache))
+        return {"clean": clean, "adversarial": adversarial, "seconds": stages.seconds}
+
+    def _condition(
+        self,
+        pixels: torch.Tensor,
+        labels: torch.Tensor,
+        condition: Condition,
+        seed: int,
+        stages: _Stages,
+        cache: dict,
+    ) -> dict:
+        """Adversarial predictions of every model under one condition; `cache` keeps crafted
+        images and predictions that later conditions of the batch can reuse."""
+        result: dict = {"eps": condition.eps, "threat": condition.threat}
+        predictions, linf, l2 = {}, {}, {}
+        for model in self.models:
+            source = image_source(model, condition.threat)
+            threat = condition.threat if source != UNDEFENDED else "*"
+            key = (condition.eps, source, threat)
+            if key not in cache:
+                cache[key] = self._craft(pixels, labels, condition, source, seed, stages)
+            adversarial, z = cache[key]
+            if (key, model) not in cache:
+                with stages("evaluate"):
+                    cache[(key, model)] = self._predict(model, z, seed, repr(key))
+            predictions[model] = cache[(key, model)]
+            linf[model], l2[model] = _perturbation(pixels, adversarial)
+        return {**result, "predictions": predictions, "linf": linf, "l2": l2}
+
+    def _craft(
+        self,
+        pixels: torch.Tensor,
+        labels: torch.Tensor,
+        condition: Condition,
+        source: str,
+        seed: int,
+        stages: _Stages,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The 8-bit adversarial image of `source` under `condition`, and its embedding."""
+        config = self.attacks[condition.eps]
+        target = attacked_model(self.classifier, self.purifiers.get(source), condition.threat)
+        with stages("attack"):
+            raw = craft_attack(
+                target, pixels, labels, config, seed, num_classes=len(self.classifier.labels)
+            )
+            adversarial = quantize_in_ball(pixels, raw, config.norm, config.eps)
+        with stages("evaluate"):
+            z = self._encode(adversarial)
+        return adversarial, z
+
+    def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            z = self.classifier.backbone.encode_image(pixels)
+        return z.clone()  # a normal tensor: purifiers may differentiate internally
+
+    @torch.no_grad()
+    def _predict(self, model: str, z: torch.Tensor, seed: int, image: str) -> list[int]:
+        """Class indices `model` predicts for embeddings `z`. A stochastic purifier draws from
+        its own seed (never the attack's draws), and leaves the global RNG as it was."""
+        if model != UNDEFENDED:
+            devices = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(_derived_seed(seed, "purify", model, image))
+                z = self.purifiers[model](z)
+        return self.classifier.logits_from_embeddings(z).argmax(dim=-1).tolist()
+
+
+def _derived_seed(seed: int, *tags: str) -> int:
+    """A seed for one use of `seed`, independent of its other uses."""
+    digest = hashlib.sha256(repr((seed, *tags)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+def _perturbation(clean: torch.Tensor, adversarial: torch.Tensor) -> tuple[list, list]:
+    """Per image L-inf and L2 size of an 8-bit perturbation in [0, 1] pixel units, computed
+    from whole 8-bit levels in float64 (so that 4 levels read exactly 4/255)."""
+    levels = (adversarial.double() * LEVELS).round() - (clean.double() * LEVELS).round()
+    levels = levels.flatten(1)
+    return (levels.abs().amax(dim=1) / LEVELS).tolist(), (levels.norm(dim=1) / LEVELS).tolist()

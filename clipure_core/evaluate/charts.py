@@ -1,0 +1,188 @@
+"""report.html: accuracy bars per defence and threat model, accuracy vs eps, and the tables.
+
+The page is self-contained (plotly.js is embedded once), so it opens offline.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+
+import plotly.graph_objects as go
+
+from ..plots import model_title
+
+CLEAN_COLOR = "#1f77b4"
+THREAT_COLORS = {"transfer": "#2ca02c", "paper": "#ff7f0e", "bpda": "#d62728", "full": "#9467bd"}
+FONT_SIZE = 15
+
+
+def _error_bars(entries: Sequence[dict]) -> dict:
+    """Asymmetric error bars from each entry's Wilson interval."""
+    return {
+        "type": "data",
+        "symmetric": False,
+        "array": [entry["ci95"][1] - entry["accuracy"] for entry in entries],
+        "arrayminus": [entry["accuracy"] - entry["ci95"][0] for entry in entries],
+    }
+
+
+def _eps_text(results: dict, eps: float) -> str:
+    return f"{eps:g}/255" if results["settings"]["attack"]["norm"] == "linf" else f"{eps:g} (L2)"
+
+
+def accuracy_figure(results: dict, eps: float) -> go.Figure:
+    """Clean and robust accuracy (95 % intervals) per model, one bar per threat model."""
+    models = results["settings"]["models"]
+    titles = [model_title(model) for model in models]
+    clean = [results["clean"][model] for model in models]
+    figure = go.Figure(
+        go.Bar(
+            x=titles,
+            y=[entry["accuracy"] for entry in clean],
+            name="clean",
+            marker_color=CLEAN_COLOR,
+            error_y=_error_bars(clean),
+            texttemplate="%{y:.1%}",
+            textposition="outside",
+        )
+    )
+    for threat in results["settings"]["threats"]:
+        entries = [_robust(results, eps, threat, model) for model in models]
+        figure.add_trace(
+            go.Bar(
+                x=titles,
+                y=[entry["accuracy"] for entry in entries],
+                name=f"robust ({threat})",
+                marker_color=THREAT_COLORS.get(threat),
+                error_y=_error_bars(entries),
+                texttemplate="%{y:.1%}",
+                textposition="outside",
+            )
+        )
+    attack = results["settings"]["attack"]
+    figure.update_layout(
+        title_text=(
+            f"Accuracy under {attack['method']} ({attack['steps']} steps), "
+            f"eps = {_eps_text(results, eps)}, n = {results['subset']['n']}"
+        ),
+        barmode="group",
+        font_size=FONT_SIZE,
+        yaxis={"range": [0, 1.1], "tickformat": ".0%", "title_text": "accuracy"},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0},
+        margin={"t": 120},
+        height=520,
+    )
+    return figure
+
+
+def eps_figure(results: dict) -> go.Figure:
+    """Robust accuracy vs eps per (model, threat); eps = 0 is the clean accuracy."""
+    settings = results["settings"]
+    eps_values = sorted(settings["attack"]["eps"])
+    figure = go.Figure()
+    for model in settings["models"]:
+        for threat in settings["threats"]:
+            entries = [results["clean"][model]]
+            entries += [_robust(results, eps, threat, model) for eps in eps_values]
+            figure.add_trace(
+                go.Scatter(
+                    x=[0.0, *eps_values],
+                    y=[entry["accuracy"] for entry in entries],
+                    error_y=_error_bars(entries),
+                    mode="lines+markers",
+                    name=f"{model_title(model)} ({threat})",
+                    line={"color": THREAT_COLORS.get(threat), "width": 3},
+                    marker={"size": 9},
+                    line_dash="solid" if model == "undefended" else "dash",
+                )
+            )
+    units = "/255" if settings["attack"]["norm"] == "linf" else " (L2, pixels in [0, 1])"
+    figure.update_layout(
+        title_text="Robust accuracy vs eps (eps = 0: clean)",
+        font_size=FONT_SIZE,
+        xaxis={"title_text": f"eps{units}"},
+        yaxis={"range": [0, 1.05], "tickformat": ".0%", "title_text": "accuracy"},
+        height=520,
+    )
+    return figure
+
+
+def _robust(results: dict, eps: float, threat: str, model: str) -> dict:
+    for entry in results["robust"]:
+        if (entry["eps"], entry["threat"], entry["model"]) == (eps, threat, model):
+            return entry
+    raise KeyError(f"no robust accuracy for eps={eps}, threat={threat}, model={model}.")
+
+
+def figures(results: dict) -> list[go.Figure]:
+    """The report's charts: bars for each eps, then accuracy vs eps if several were run."""
+    eps_values = results["settings"]["attack"]["eps"]
+    charts = [accuracy_figure(results, eps) for eps in eps_values]
+    if len(eps_values) > 1:
+        charts.append(eps_figure(results))
+    return charts
+
+
+def report_html(results: dict) -> str:
+    """The whole report page."""
+    parts = [
+        figure.to_html(full_html=False, include_plotlyjs=index == 0)
+        for index, figure in enumerate(figures(results))
+    ]
+    settings = results["settings"]
+    title = f"CLIPure evaluation: {settings['model']} on {settings['data']['source']}"
+    return (
+        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title>"
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1>{_settings_table(results)}{_accuracy_table(results)}"
+        + "".join(parts)
+        + "</body></html>\n"
+    )
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    head = "".join(f"<th>{html.escape(str(cell))}</th>" for cell in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>"
+        for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _settings_table(results: dict) -> str:
+    settings = results["settings"]
+    attack = settings["attack"]
+    rows = [
+        ("model", f"{settings['model']} ({settings['pretrained']}, {settings['precision']})"),
+        (
+            "data",
+            f"{settings['data']['source']}: {results['subset']['n']} images, seed "
+            f"{settings['seed']}",
+        ),
+        (
+            "attack",
+            f"{attack['method']}, {attack['norm']}, eps {attack['eps']} "
+            f"({attack['eps_units']}), {attack['steps']} steps, EOT {attack['eot_samples']}",
+        ),
+        ("threat models", ", ".join(settings["threats"])),
+        ("models", ", ".join(settings["models"])),
+        ("versions", ", ".join(f"{k} {v}" for k, v in results["versions"].items())),
+    ]
+    return "<h2>Settings</h2>" + _table(("setting", "value"), rows)
+
+
+def _accuracy_table(results: dict) -> str:
+    rows = [("clean", "", model, _cell(entry)) for model, entry in results["clean"].items()] + [
+        (entry["threat"], f"{entry['eps']:g}", entry["model"], _cell(entry))
+        for entry in results["robust"]
+    ]
+    header = ("threat", "eps", "model", "accuracy [95 % interval] (correct/n)")
+    return "<h2>Accuracy</h2>" + _table(header, rows)
+
+
+def _cell(entry: dict) -> str:
+    low, high = entry["ci95"]
+    return f"{entry['accuracy']:.2%} [{low:.1%}, {high:.1%}] ({entry['correct']}/{entry['n']})"

@@ -1,0 +1,217 @@
+"""Command line: `python -m clipure_core.evaluate --data DIR|cifar10|imagenet-val --out DIR ...`.
+
+Under torchrun every rank runs this same command; rank 0 prints and writes the outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..attacks import METHODS
+from ..errors import InputError, WeightsUnavailableError
+from ..threats import THREATS
+from .config import EvalConfig
+from .data import KEYWORDS, DataUnavailableError
+from .report import summary_lines
+from .runner import run_evaluation
+from .store import PARTIAL_DIR
+
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m clipure_core.evaluate",
+        description="Clean and robust accuracy of zero-shot CLIP and CLIPure on a dataset, "
+        "resumable, and sharded across processes under torchrun.",
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--data", required=True, help=f"an ImageFolder directory, or {' / '.join(KEYWORDS)}"
+    )
+    data.add_argument(
+        "--data-root", default=None, help="CIFAR-10 location (download target), ImageNet val dir"
+    )
+    data.add_argument(
+        "--class-names", default=None, help="ImageFolder names: JSON {folder: name} or lines"
+    )
+    data.add_argument("--val-labels", default=None, help="flat ImageNet val: 'IMAGE WNID' lines")
+    data.add_argument(
+        "--num-images",
+        "--n",
+        dest="n",
+        type=_count,
+        default=1000,
+        help="images to evaluate, or 'all' (under torchrun write --num-images: torchrun reads "
+        "--n as an abbreviation of its own options)",
+    )
+    data.add_argument("--seed", type=int, default=0, help="subset and attack seed")
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", default="ViT-B-32", help="open_clip architecture")
+    model.add_argument(
+        "--pretrained", default="openai", help="open_clip tag, checkpoint file, hf-hub:ID, random"
+    )
+    model.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    model.add_argument("--precision", default=None, help="fp32 (default), fp16 or bf16 (GPU)")
+    model.add_argument("--templates", default="ensemble", help="ensemble (80 CLIP) or single")
+    attack = parser.add_argument_group("attack")
+    attack.add_argument("--attack", default="autoattack", choices=sorted(METHODS))
+    attack.add_argument(
+        "--norm", default=None, choices=["linf", "l2"], help="default: linf (pgd-l2: l2)"
+    )
+    attack.add_argument(
+        "--eps", type=_floats, default=(4.0,), help="comma-separated; L-inf in /255, L2 in [0, 1]"
+    )
+    attack.add_argument(
+        "--steps", type=int, default=None, help="default: 100 (APGD, AutoAttack), 10 (PGD)"
+    )
+    attack.add_argument("--alpha", type=float, default=None, help="PGD step size, units of eps")
+    attack.add_argument("--eot", type=int, default=1, help="EOT samples per gradient")
+    attack.add_argument(
+        "--threat", type=_names, default=("paper",), help=f"comma-separated: {', '.join(THREATS)}"
+    )
+    defense = parser.add_argument_group("models")
+    defense.add_argument(
+        "--defense",
+        type=_names,
+        default=("none", "clipure_cos"),
+        help="comma-separated models: none (undefended CLIP), clipure_cos, clipure_diff",
+    )
+    defense.add_argument("--cos-steps", type=int, default=10)
+    defense.add_argument("--cos-step-size", type=float, default=30.0)
+    defense.add_argument(
+        "--cos-batch-coupled",
+        action="store_true",
+        help="normalise the CLIPure-Cos step by the whole batch (reference code reproduction)",
+    )
+    defense.add_argument("--diff-steps", type=int, default=10)
+    defense.add_argument("--diff-step-size", type=float, default=30.0)
+    defense.add_argument(
+        "--prior", default=None, help="CLIPure-Diff prior checkpoint (default: found for the model)"
+    )
+    defense.add_argument(
+        "--defense-settings",
+        type=_json_object,
+        default={},
+        help='more settings per defence as JSON, e.g. \'{"clipure_diff": {"t_min": 800}}\'',
+    )
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", required=True, type=Path, help="output folder (resumed if present)")
+    run.add_argument("--batch-size", type=int, default=64)
+    run.add_argument(
+        "--max-batches",
+        type=int,
+        default=None,
+        help="stop after this many batches per process; rerun to continue (time-limited jobs)",
+    )
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> EvalConfig:
+    cos = {
+        "steps": args.cos_steps,
+        "step_size": args.cos_step_size,
+        "batch_coupled": args.cos_batch_coupled,
+    }
+    unknown = [name for name in args.defense_settings if name not in args.defense]
+    if unknown:
+        raise InputError(f"--defense-settings: {unknown[0]!r} is not in --defense.")
+    diff = {"steps": args.diff_steps, "step_size": args.diff_step_size}
+    if args.prior:
+        diff["prior"] = args.prior
+    settings = {"clipure_cos": cos, "clipure_diff": diff}
+    for name, extra in args.defense_settings.items():
+        settings[name] = {**settings.get(name, {}), **extra}
+    return EvalConfig(
+        data=args.data,
+        out=args.out,
+        data_root=args.data_root,
+        class_names=args.class_names,
+        val_labels=args.val_labels,
+        model=args.model,
+        pretrained=args.pretrained,
+        device=args.device,
+        precision=args.precision,
+        templates=args.templates,
+        n=args.n,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        attack=args.attack,
+        norm=args.norm or METHODS[args.attack][0],
+        eps=args.eps,
+        steps=args.steps,
+        alpha=args.alpha,
+        eot=args.eot,
+        threats=args.threat,
+        models=args.defense,
+        defense_settings=settings,
+        max_batches=args.max_batches,
+        progress=not args.no_progress,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        outcome = run_evaluation(config_from_args(args))
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: finished batches are kept in {args.out / PARTIAL_DIR}; "
+            "run the same command again to resume.",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    except (InputError, WeightsUnavailableError, DataUnavailableError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if not outcome.root:
+        return 0
+    if outcome.results is None:
+        print(
+            f"{outcome.finished_batches} of {outcome.total_batches} batches finished; "
+            "run the same command again to continue."
+        )
+        return 0
+    for notice in outcome.results["notices"]:
+        print(f"note: {notice}")
+    for line in summary_lines(outcome.results):
+        print(line)
+    print(f"outputs: {args.out}/results.json, per_image.csv, report.html")
+    return 0
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip().lower() for part in text.split(",") if part.strip())
+
+
+def _count(text: str) -> int | None:
+    if text.strip().lower() == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'all', got {text!r}") from None
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"invalid JSON: {error}") from None
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise argparse.ArgumentTypeError('expected {"defence": {"setting": value}}')
+    return value

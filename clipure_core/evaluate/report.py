@@ -1,0 +1,115 @@
+"""The final outputs of a run: results.json, per_image.csv and report.html, and a text summary."""
+
+from __future__ import annotations
+
+import csv
+import io
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+
+import open_clip
+import torch
+import torchattacks
+import torchvision
+
+from .aggregate import ROW_FIELDS, clean_accuracy, image_rows, robust_accuracy, stage_seconds
+from .charts import report_html
+from .store import write_json_atomic, write_text_atomic
+
+SCHEMA = "clipure-eval/1"
+RESULTS_FILE = "results.json"
+ROWS_FILE = "per_image.csv"
+REPORT_FILE = "report.html"
+
+
+def versions() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "open_clip": open_clip.__version__,
+        "torchattacks": torchattacks.__version__,
+    }
+
+
+def build_results(
+    settings: dict,
+    records: Sequence[dict],
+    rows: Sequence[dict],
+    invocation: dict,
+    notices: Sequence[str] = (),
+) -> dict:
+    """The results.json document (see README, 'Batch evaluation')."""
+    classes = settings["data"]["classes"]
+    per_class = [0] * len(classes)
+    for record in records:
+        for target in record["targets"]:
+            per_class[target] += 1
+    stages = stage_seconds(records)
+    process_s = sum(stages.values())
+    n = sum(per_class)
+    return {
+        "schema": SCHEMA,
+        "settings": settings,
+        "versions": versions(),
+        "subset": {"n": n, "per_class": per_class},
+        "clean": clean_accuracy(records, settings["models"]),
+        "robust": robust_accuracy(rows),
+        "timings": {
+            "stages_s": stages,
+            "process_s": process_s,
+            "images_per_process_s": n / process_s if process_s else None,
+            "this_invocation": invocation,
+        },
+        "notices": list(notices),
+    }
+
+
+def write_outputs(
+    out: Path,
+    settings: dict,
+    records: Sequence[dict],
+    invocation: dict,
+    notices: Sequence[str] = (),
+) -> dict:
+    """Write the three output files into `out` and return the results document."""
+    rows = image_rows(records, settings["data"]["classes"])
+    results = build_results(settings, records, rows, invocation, notices)
+    write_text_atomic(out / ROWS_FILE, rows_csv(rows))
+    write_text_atomic(out / REPORT_FILE, report_html(results))
+    write_json_atomic(out / RESULTS_FILE, results, indent=2)  # last: its presence = complete
+    return results
+
+
+def rows_csv(rows: Sequence[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=ROW_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def summary_lines(results: dict) -> list[str]:
+    """A short human-readable summary: accuracies with their 95 % intervals."""
+    attack = results["settings"]["attack"]
+    units = "/255" if attack["norm"] == "linf" else ""
+    rows = [("clean", model, summary) for model, summary in results["clean"].items()]
+    rows += [
+        (f"{entry['threat']} eps={entry['eps']:g}{units}", entry["model"], entry)
+        for entry in results["robust"]
+    ]
+    first = max(len(row[0]) for row in rows)
+    second = max(len(row[1]) for row in rows)
+    lines = [f"{results['subset']['n']} images, {attack['method']} ({attack['steps']} steps)"]
+    lines += [f"  {a:<{first}}  {b:<{second}}  {_percent(summary)}" for a, b, summary in rows]
+    speed = results["timings"]["this_invocation"].get("images_per_s")
+    if speed:
+        lines.append(f"  {speed:.3g} images/s in this invocation")
+    return lines
+
+
+def _percent(summary: dict) -> str:
+    low, high = summary["ci95"]
+    counts = f"({summary['correct']}/{summary['n']})"
+    return f"{summary['accuracy']:7.2%}  [{low:.1%}, {high:.1%}]  {counts}"

@@ -1,0 +1,260 @@
+"""Run or resume an evaluation: plan the batches, share them among ranks, store each finished
+batch, and let rank 0 merge them into the outputs.
+
+Batch i always holds the same images and is attacked with seed + i, so its result does not
+depend on which process runs it, on how many there are, or on earlier interruptions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from ..backbone import Backbone
+from ..classifier import ZeroShotClassifier
+from ..errors import InputError
+from ..loading import load_backbone
+from ..purifiers import Purifier, build_purifier, check_defense
+from .batch import BatchEvaluator, Condition
+from .config import EvalConfig
+from .data import EvalDataset, load_dataset
+from .distributed import Cluster, start_cluster
+from .report import write_outputs
+from .store import PartialStore
+from .subset import assign, plan_batches, stratified_subset
+
+
+@dataclass
+class _Setup:
+    """What every rank builds before the batch loop."""
+
+    dataset: EvalDataset
+    subset: list[int]
+    backbone: Backbone
+    classifier: ZeroShotClassifier
+    purifiers: dict[str, Purifier]
+    options: dict[str, dict]  # per defence, as resolved (e.g. the prior CLIPure-Diff found)
+    notices: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How far a run got. `results` is the results.json document, on rank 0 of a complete
+    run only."""
+
+    finished_batches: int
+    total_batches: int
+    results: dict | None = None
+    root: bool = True
+
+    @property
+    def complete(self) -> bool:
+        return self.finished_batches == self.total_batches
+
+
+def run_evaluation(config: EvalConfig, dataset: EvalDataset | None = None) -> Outcome:
+    """Run (or resume) `config` in this process, as one rank of a torchrun world if there is
+    one; rank 0 then writes the outputs once every batch is finished. `dataset` replaces
+    `config.data` (synthetic or in-memory data)."""
+    started = time.perf_counter()
+    cluster, device = start_cluster(config.device)
+    try:
+        return _Run(config, cluster, device).execute(started, dataset)
+    finally:
+        cluster.close()
+
+
+class _Run:
+    def __init__(self, config: EvalConfig, cluster: Cluster, device: torch.device) -> None:
+        self.config = config
+        self.cluster = cluster
+        self.device = device
+
+    def execute(self, started: float, dataset: EvalDataset | None) -> Outcome:
+        config, cluster = self.config, self.cluster
+        setup = cluster.root_first(lambda: self._setup(dataset))
+        settings = self._settings(setup)
+        store = PartialStore(config.out, settings)
+        cluster.check_all(store.check_settings())
+        batches = plan_batches(len(setup.subset), config.batch_size)
+        held = cluster.all_gather(store.done())
+        pending = [index for index in range(len(batches)) if index not in set().union(*held)]
+        shares = [
+            assign(pending, rank, cluster.world_size)[: config.max_batches]
+            for rank in range(cluster.world_size)
+        ]
+        finished = len(set().union(*held, *shares))
+        loop_start = time.perf_counter()
+        computed = self._loop(setup, store, batches, shares[cluster.rank])
+        # Rank 0 gets the finished batches it does not hold (no shared disk is assumed).
+        missing_at_root = (held[cluster.rank] | set(computed)) - held[0] - set(shares[0])
+        gathered = cluster.gather(
+            {
+                "records": [store.read(index) for index in sorted(missing_at_root)],
+                "images": sum(len(batches[index]) for index in computed),
+                "batches": len(computed),
+            }
+        )
+        self._keep(store, gathered)
+        if not cluster.is_root or finished < len(batches):
+            return Outcome(finished, len(batches), root=cluster.is_root)
+        wall = time.perf_counter() - loop_start
+        images = sum(part["images"] for part in gathered)
+        invocation = {
+            "processes": cluster.world_size,
+            "batches": sum(part["batches"] for part in gathered),
+            "images": images,
+            "setup_s": loop_start - started,
+            "wall_s": wall,
+            "images_per_s": images / wall if images and wall > 0 else None,
+        }
+        records = [store.read(index) for index in range(len(batches))]
+        results = write_outputs(config.out, settings, records, invocation, setup.notices)
+        return Outcome(finished, len(batches), results)
+
+    @staticmethod
+    def _keep(store: PartialStore, gathered: list[dict] | None) -> None:
+        """On rank 0, store the batch records other ranks sent (None elsewhere)."""
+        if gathered is None:
+            return
+        stored = store.done()
+        for part in gathered:
+            for record in part["records"]:
+                if record["batch"] not in stored:
+                    store.write(record)
+
+    def _setup(self, dataset: EvalDataset | None) -> _Setup:
+        config = self.config
+        notices = []
+        if dataset is None:
+            dataset = load_dataset(
+                config.data, config.data_root, config.class_names, config.val_labels
+            )
+        n = config.n or len(dataset)
+        if n > len(dataset):
+            notices.append(f"--n {n}: the dataset has {len(dataset)} images; using all.")
+        subset = stratified_subset(dataset.targets, n, config.seed)
+        backbone = load_backbone(config.model, config.pretrained, self.device, config.precision)
+        if backbone.info.random_weights:
+            notices.append("random weights: the accuracies are meaningless (a speed check).")
+        classifier = ZeroShotClassifier(backbone, dataset.classifier_labels, config.templates)
+        if len(classifier.labels) != len(dataset.classes):
+            raise InputError("the class names changed when parsed; make them distinct.")
+        options = {
+            name: check_defense(name).resolve_settings(
+                backbone, dict(config.defense_settings.get(name, {}))
+            )
+            for name in config.defenses
+        }
+        purifiers = {
+            name: build_purifier(name, backbone, config.templates, **options[name])
+            for name in config.defenses
+        }
+        if "paper" in config.threats and purifiers:
+            notices.append(
+                "threat 'paper' treats the purifier's inner gradient as a constant, as the "
+                "paper's released evaluation did; this masks gradients: compare with 'bpda'."
+            )
+        return _Setup(dataset, subset, backbone, classifier, purifiers, options, notices)
+
+    def _settings(self, setup: _Setup) -> dict:
+        """Everything the numbers depend on; a resume must match it exactly."""
+        config, info = self.config, setup.backbone.info
+        chosen = [(setup.dataset.ids[i], setup.dataset.targets[i]) for i in setup.subset]
+        digest = hashlib.sha256(json.dumps(chosen, ensure_ascii=False).encode()).hexdigest()
+        return {
+            "model": config.model,
+            "pretrained": config.pretrained,
+            "weights_id": info.weights_id,
+            "precision": info.precision,
+            "device_type": self.device.type,
+            "templates": config.templates,
+            "data": {
+                "source": setup.dataset.source,
+                "classes": list(setup.dataset.classes),
+                "n_requested": config.n,
+                "n": len(setup.subset),
+                "subset_sha256": digest,
+            },
+            "seed": config.seed,
+            "batch_size": config.batch_size,
+            "attack": config.attack_settings(),
+            "threats": list(config.threats),
+            "models": list(config.models),
+            "defenses": {
+                name: {**_json_safe(setup.options[name]), **purifier.settings()}
+                for name, purifier in setup.purifiers.items()
+            },
+        }
+
+    def _evaluator(self, setup: _Setup) -> BatchEvaluator:
+        config = self.config
+        conditions = [Condition(eps, threat) for eps in config.eps for threat in config.threats]
+        attacks = {eps: config.attack_config(eps) for eps in config.eps}
+        return BatchEvaluator(
+            setup.classifier, setup.purifiers, config.models, conditions, attacks, config.seed
+        )
+
+    def _loop(
+        self, setup: _Setup, store: PartialStore, batches: list[range], mine: list[int]
+    ) -> list[int]:
+        """Evaluate this rank's batches, storing each as it finishes; returns their indices."""
+        evaluator = self._evaluator(setup)
+        dataset, subset = setup.dataset, setup.subset
+        total = sum(len(batches[index]) for index in mine)
+        bar = tqdm(
+            total=total,
+            unit="img",
+            unit_scale=self.cluster.world_size if self.cluster.distributed else False,
+            desc="evaluating",
+            disable=not (self.config.progress and self.cluster.is_root),
+            dynamic_ncols=True,
+        )
+
+        def load(index: int) -> torch.Tensor:
+            items = [subset[position] for position in batches[index]]
+            return torch.stack([setup.backbone.prepare(dataset.image(item)) for item in items])
+
+        done: list[int] = []
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipure-load")
+        try:
+            upcoming: Future | None = pool.submit(load, mine[0]) if mine else None
+            for step, index in enumerate(mine):
+                waited = time.perf_counter()
+                pixels = upcoming.result()
+                waited = time.perf_counter() - waited
+                upcoming = pool.submit(load, mine[step + 1]) if step + 1 < len(mine) else None
+                items = [subset[position] for position in batches[index]]
+                targets = [dataset.targets[item] for item in items]
+                labels = torch.tensor(targets, device=self.device)
+                result = evaluator(pixels, labels, index)
+                result["seconds"]["load"] = waited
+                store.write(
+                    {
+                        "batch": index,
+                        "positions": list(batches[index]),
+                        "ids": [dataset.ids[item] for item in items],
+                        "targets": targets,
+                        **result,
+                    }
+                )
+                done.append(index)
+                bar.update(len(items))
+        finally:
+            bar.close()
+            pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C: do not wait for a load
+        return done
+
+
+def _json_safe(options: dict) -> dict:
+    """Options as JSON values (an object, such as a loaded prior, becomes its type name)."""
+    return {
+        key: value if isinstance(value, str | int | float | bool | None) else type(value).__name__
+        for key, value in options.items()
+    }
