@@ -9,7 +9,6 @@ undefended model's attack does not depend on the threat, so it is crafted once p
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ from ..attacks import AttackConfig, craft_attack
 from ..classifier import ZeroShotClassifier
 from ..pixels import LEVELS, quantize_in_ball
 from ..purifiers import Purifier
+from ..seeding import derive_seed, seeded
 from ..threats import attacked_model
 from .config import UNDEFENDED
 
@@ -164,17 +164,9 @@ class BatchEvaluator:
         """Class indices `model` predicts for embeddings `z`. A stochastic purifier draws from
         its own seed (never the attack's draws), and leaves the global RNG as it was."""
         if model != UNDEFENDED:
-            devices = [self.device] if self.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(_derived_seed(seed, "purify", model, image))
+            with seeded(derive_seed(seed, "purify", model, image)):
                 z = self.purifiers[model](z)
         return self.classifier.logits_from_embeddings(z).argmax(dim=-1).tolist()
-
-
-def _derived_seed(seed: int, *tags: str) -> int:
-    """A seed for one use of `seed`, independent of its other uses."""
-    digest = hashlib.sha256(repr((seed, *tags)).encode()).digest()
-    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
 
 
 def _perturbation(clean: torch.Tensor, adversarial: torch.Tensor) -> tuple[list, list]:
