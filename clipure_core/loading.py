@@ -171,7 +171,7 @@ def _tag_checkpoint(name: str, tag: str, cfg: dict, cache_dir: str | None) -> st
     if cfg.get("hf_hub"):
         repo_id, filename = os.path.split(cfg["hf_hub"])
         candidates = (filename,) if filename else _HUB_WEIGHT_FILES
-        return _hub_file(repo_id, candidates, cache_dir, what)
+        return hub_file(repo_id, candidates, cache_dir, what)
     url = cfg["url"]
     target = Path(cache_dir or Path.home() / ".cache" / "clip") / os.path.basename(url)
     if not target.is_file():
@@ -181,13 +181,13 @@ def _tag_checkpoint(name: str, tag: str, cfg: dict, cache_dir: str | None) -> st
 
 def _hub_repo_weights(repo_id: str, cache_dir: str | None) -> _Weights:
     what = f"model hf-hub:{repo_id}"
-    config = _hub_file(repo_id, ("open_clip_config.json",), cache_dir, what)
-    _hub_file(repo_id, _HUB_WEIGHT_FILES, cache_dir, what)
+    config = hub_file(repo_id, ("open_clip_config.json",), cache_dir, what)
+    hub_file(repo_id, _HUB_WEIGHT_FILES, cache_dir, what)
     snapshot = Path(config).parent
     return _Weights(f"local-dir:{snapshot}", weights_id=f"hf-hub:{repo_id}@{snapshot.name}")
 
 
-def _hub_file(repo_id: str, filenames: tuple[str, ...], cache_dir: str | None, what: str) -> str:
+def hub_file(repo_id: str, filenames: tuple[str, ...], cache_dir: str | None, what: str) -> str:
     """First of `filenames` found in the HF cache; otherwise downloaded if the hub answers."""
     for filename in filenames:
         try:
@@ -211,11 +211,11 @@ def _hub_file(repo_id: str, filenames: tuple[str, ...], cache_dir: str | None, w
 def _require_network(what: str, tried: list[str], source: str) -> None:
     if hf_constants.HF_HUB_OFFLINE:
         raise _unavailable(what, [*tried, "download: skipped, HF_HUB_OFFLINE is set"])
-    if not _hub_reachable(source):
+    if not hub_reachable(source):
         raise _unavailable(what, [*tried, f"download: {source} is unreachable (no internet?)"])
 
 
-def _hub_reachable(url: str) -> bool:
+def hub_reachable(url: str) -> bool:
     """Can we open a TCP connection to the host of `url` within a few seconds?"""
     proxies = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
     if any(os.environ.get(variable) for variable in proxies):

@@ -156,7 +156,7 @@ def test_imagenet_val_flat_folder_with_labels_file(tmp_path):
 
 
 def test_cifar10_offline_without_a_copy_names_data_root(tmp_path, monkeypatch):
-    monkeypatch.setattr(data_module, "_hub_reachable", lambda url: False)
+    monkeypatch.setattr(data_module, "hub_reachable", lambda url: False)
     with pytest.raises(DataUnavailableError, match="--data-root") as caught:
         load_dataset("cifar10", root=str(tmp_path))
     assert "unreachable" in str(caught.value) and str(tmp_path) in str(caught.value)

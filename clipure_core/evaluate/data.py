@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import InputError
-from ..loading import _hub_reachable
+from ..loading import hub_reachable
 from ..prompts import LABEL_PRESETS
 from ..text_embeddings import cache_root
 
@@ -172,7 +172,7 @@ def load_cifar10(root: Path, download: bool = True) -> ArrayDataset:
         tried = f"{root} has no complete copy (torchvision's cifar-10-batches-py)"
         if not download:
             raise _cifar_unavailable(tried, "download: not allowed") from None
-        if not _hub_reachable(CIFAR10_URL):
+        if not hub_reachable(CIFAR10_URL):
             raise _cifar_unavailable(tried, f"download: {CIFAR10_URL} is unreachable") from None
         try:
             dataset = TorchCIFAR10(str(root), train=False, download=True)

@@ -12,7 +12,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from ..errors import InputError, WeightsUnavailableError
-from ..loading import _hub_file, resolve_device
+from ..loading import hub_file, resolve_device
 from .config import PriorConfig
 from .model import LatentPrior
 
@@ -78,7 +78,7 @@ def _local_path(spec: str, cache_dir: str | None) -> Path:
         if len(parts) < 3:
             raise InputError(f"{spec}: use hf-hub:org/repo/path/to/file.")
         repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
-        return Path(_hub_file(repo_id, (filename,), cache_dir, f"prior {spec}"))
+        return Path(hub_file(repo_id, (filename,), cache_dir, f"prior {spec}"))
     path = Path(spec).expanduser()
     if not path.is_file():
         raise WeightsUnavailableError(f"prior checkpoint not found: {path.resolve()}")

@@ -47,7 +47,7 @@ class DiffPurifier(Purifier):
         batch_coupled: bool = False,
     ) -> None:
         super().__init__(steps=steps, step_size=step_size)
-        self.prior = self._resolve_prior(backbone, prior)
+        self.prior, self.prior_source = self._resolve_prior(backbone, prior)
         timesteps = self.prior.config.timesteps
         if not (
             isinstance(t_min, int) and isinstance(t_max, int) and 0 <= t_min <= t_max < timesteps
@@ -83,9 +83,12 @@ class DiffPurifier(Purifier):
         return {**settings, "prior": prior_for(backbone)}
 
     @staticmethod
-    def _resolve_prior(backbone: Backbone, prior: LatentPrior | str | None) -> LatentPrior:
+    def _resolve_prior(
+        backbone: Backbone, prior: LatentPrior | str | None
+    ) -> tuple[LatentPrior, str]:
+        """The prior and where it came from (a checkpoint, or an in-memory module)."""
         if isinstance(prior, LatentPrior):
-            return prior
+            return prior, "in-memory LatentPrior"
         checkpoint = prior or prior_for(backbone)
         if checkpoint is None:
             raise InputError(
@@ -94,11 +97,13 @@ class DiffPurifier(Purifier):
                 "CLIPURE_PRIORS_DIR) and no public one exists. Train one with "
                 "`python -m clipure_core.train_prior`."
             )
-        return cached_prior(str(checkpoint), backbone.device, backbone.input_dtype)
+        loaded = cached_prior(str(checkpoint), backbone.device, backbone.input_dtype)
+        return loaded, str(checkpoint)
 
     def settings(self) -> dict:
         return {
             **super().settings(),
+            "prior": self.prior_source,
             "t_min": self.t_min,
             "t_max": self.t_max,
             "text_encodings": self.text_encodings_mode,
