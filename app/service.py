@@ -16,6 +16,7 @@ from PIL import Image
 from clipure_core import AttackConfig, InputError, Playground, PlaygroundResult, load_backbone
 from clipure_core.attacks import AUTOATTACK_TARGETS, METHODS
 from clipure_core.backbone import Backbone
+from clipure_core.images import open_image
 from clipure_core.prior import prior_for
 from clipure_core.prompts import parse_labels
 
@@ -116,7 +117,7 @@ class PlaygroundService:
     def run(
         self,
         choice: ModelChoice,
-        image: Image.Image | None,
+        image: str | Path | Image.Image | None,
         request: PlaygroundRequest,
         on_progress: Callable[[int, int], None] | None = None,
         cancel: threading.Event | None = None,
@@ -124,6 +125,7 @@ class PlaygroundService:
         """Run `request`; `on_progress(done, total)` per model query; `cancel` aborts it."""
         if image is None:
             raise InputError("no image: upload or paste a photo, or click an example.")
+        image = open_image(image)
         attack = request.attack_config()
         defenses = [name for name in request.defenses if name]
         attacked = 1 + (len(defenses) if request.threat != "transfer" else 0)

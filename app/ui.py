@@ -322,7 +322,7 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
         with gr.Row():
             with gr.Column(scale=2):
                 image = gr.Image(
-                    type="pil",
+                    type="filepath",
                     image_mode=None,
                     sources=["upload", "clipboard"],
                     label="Photo",
@@ -420,7 +420,7 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
 
         with gr.Column(visible=False):
             api_inputs = [
-                gr.Image(type="pil", image_mode=None, label="image"),
+                gr.Image(type="filepath", image_mode=None, label="image"),
                 gr.Textbox("cat, dog", label="labels"),
                 gr.Textbox("pgd", label="method"),
                 gr.Textbox("linf", label="norm"),

@@ -7,10 +7,9 @@ import json
 import sys
 from collections.abc import Sequence
 
-from PIL import Image, UnidentifiedImageError
-
 from .attacks import METHODS, AttackConfig
 from .errors import InputError, WeightsUnavailableError
+from .images import open_image
 from .loading import load_backbone
 from .pipeline import Playground
 from .threats import THREATS
@@ -86,11 +85,7 @@ def defense_settings(args: argparse.Namespace) -> dict[str, dict]:
 
 
 def predict(args: argparse.Namespace) -> int:
-    try:
-        image = Image.open(args.image)
-        image.load()
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
-        raise InputError(f"cannot read image {args.image}: {error}") from error
+    image = open_image(args.image)
     backbone = load_backbone(args.model, args.pretrained, args.device, args.precision)
     playground = Playground(backbone, args.templates)
     defenses = [name.strip() for name in args.defense.split(",") if name.strip()]

@@ -75,7 +75,7 @@ def test_errors_are_one_message_and_exit_code_2(capsys, tiny_checkpoint, tmp_pat
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
     code = main(["predict", str(broken), "--labels", "a,b", *weights])
-    assert code == 2 and "cannot read image" in capsys.readouterr().err
+    assert code == 2 and "not a readable image" in capsys.readouterr().err
 
 
 def test_no_internet_startup_exits_nonzero_with_the_options(tmp_path):
