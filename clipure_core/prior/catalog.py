@@ -53,8 +53,10 @@ def prior_for(backbone: Backbone) -> str | None:
 
 
 def cached_prior(checkpoint: str, device: torch.device, dtype: torch.dtype) -> LatentPrior:
-    """`load_prior`, once per process for each checkpoint, device and dtype."""
-    key = (checkpoint, str(device), dtype)
+    """`load_prior`, once per process for each checkpoint (file version), device and dtype."""
+    path = Path(checkpoint)
+    version = (path.stat().st_size, path.stat().st_mtime_ns) if path.is_file() else None
+    key = (checkpoint, version, str(device), dtype)
     with _LOCK:
         if key not in _LOADED:
             _LOADED[key] = load_prior(checkpoint, device=device, dtype=dtype)
