@@ -8,11 +8,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from open_clip import get_input_dtype, get_model_preprocess_cfg
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import nn
 from torchvision.transforms import CenterCrop, InterpolationMode, Resize
 
 from .errors import InputError
+from .images import check_aspect_ratio, normalize_image
 from .pixels import pil_to_pixels
 
 TEXT_BATCH = 256
@@ -72,16 +73,14 @@ class Backbone(nn.Module):
     def prepare(self, image: Image.Image) -> torch.Tensor:
         """Photo -> (3, S, S) float pixels in [0, 1] on the 8-bit grid, on the model's device.
 
-        EXIF orientation is honoured, transparency is composited on white, the shortest side is
-        resized to S with the model's interpolation and the centre S x S is cropped.
+        `images.normalize_image` makes the upright 8-bit RGB picture (first frame of an
+        animation, EXIF orientation, 16-bit scaled to 8, transparency on white, CMYK and
+        palettes to RGB); the shortest side is resized to S with the model's interpolation
+        and the centre S x S is cropped. Aspect ratios over `images.MAX_ASPECT_RATIO` are
+        refused (the resized intermediate would be huge).
         """
-        image = ImageOps.exif_transpose(image)
-        has_alpha = image.mode in ("RGBA", "LA", "PA")
-        if has_alpha or (image.mode == "P" and "transparency" in image.info):
-            rgba = image.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(background, rgba)
-        image = image.convert("RGB")
+        check_aspect_ratio(image.width, image.height)
+        image = normalize_image(image)
         image = Resize(self.image_size, interpolation=self.interpolation)(image)
         image = CenterCrop(self.image_size)(image)
         return pil_to_pixels(image).to(self.device)

@@ -134,6 +134,11 @@ def _resolve_weights(name: str, pretrained: str, cache_dir: str | None) -> _Weig
             preprocess={k: tag_cfg[k] for k in _PREPROCESS_KEYS if k in tag_cfg},
             weights_id=f"tag:{name}/{pretrained}",
         )
+    if path.is_dir():
+        raise WeightsUnavailableError(
+            f"{pretrained} is a folder; give the checkpoint file inside it, or use "
+            "--model local-dir:FOLDER for a folder with open_clip_config.json."
+        )
     if path.suffix in CHECKPOINT_SUFFIXES or os.sep in pretrained:
         raise WeightsUnavailableError(
             f"checkpoint file not found: {pretrained} (resolved to {path.resolve()}). "
@@ -262,7 +267,15 @@ def _create_model(weights: _Weights, device: torch.device, precision: str) -> to
             f"refused to load {weights.checkpoint}: it is not a plain tensor checkpoint "
             f"(loading is weights-only, pickled code is never run). Details: {error}"
         ) from error
-    except (RuntimeError, OSError, ValueError, KeyError, SafetensorError) as error:
+    except (
+        RuntimeError,
+        OSError,
+        ValueError,
+        KeyError,
+        AttributeError,
+        TypeError,
+        SafetensorError,
+    ) as error:
         raise WeightsUnavailableError(
             f"could not load weights into {weights.model_name}: {error}"
         ) from error

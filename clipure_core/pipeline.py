@@ -183,8 +183,8 @@ class Playground:
                 f"eps {levels:.2f}/255 acts as {int(levels + 1e-4)}/255: the evaluated image "
                 "has 8-bit pixels."
             )
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise InputError(f"seed must be a non-negative integer, got {seed!r}.")
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+            raise InputError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}.")
         timings = {"attack": 0.0, "purify": 0.0, "encode": 0.0}
 
         pixels = self.backbone.prepare(image).unsqueeze(0)

@@ -68,13 +68,23 @@ def null_prompts(templates: Sequence[str]) -> list[str]:
 def parse_labels(labels: str | Sequence[str]) -> tuple[list[str], list[str]]:
     """Turn a preset name, a comma-separated string or a list into clean, unique labels.
 
+    Whitespace runs become one space; any script and emoji are kept as given. At least one
+    label, at most MAX_LABELS (after removing duplicates), each at most MAX_LABEL_CHARS.
     Returns (labels, notices); notices tell the user what was changed (duplicates dropped).
     """
+    if labels is None:
+        labels = ""
     if isinstance(labels, str):
         key = labels.strip().lower().replace("-", "").replace("_", "")
         if key in LABEL_PRESETS:
             return list(LABEL_PRESETS[key]), []
         labels = labels.split(",")
+    try:
+        labels = list(labels)
+    except TypeError:
+        raise InputError(
+            f"labels must be comma-separated text or a list of names, got {labels!r:.80}."
+        ) from None
     cleaned = [" ".join(str(label).split()) for label in labels]
     cleaned = [label for label in cleaned if label]
     if not cleaned:

@@ -217,3 +217,12 @@ def test_local_dir_with_config_and_weights(tmp_path):
     assert torch.equal(backbone.model.visual.conv1.weight, expected)
     with pytest.raises(WeightsUnavailableError, match=r"open_clip_config\.json"):
         load_backbone(f"local-dir:{tmp_path / 'missing'}", device="cpu")
+
+
+def test_checkpoint_that_is_not_a_state_dict_or_is_a_folder(tmp_path):
+    odd = tmp_path / "list.pt"
+    torch.save([torch.zeros(2)], odd)
+    with pytest.raises(WeightsUnavailableError, match="could not load weights"):
+        load_backbone(TINY_MODEL, pretrained=str(odd), device="cpu")
+    with pytest.raises(WeightsUnavailableError, match="is a folder"):
+        load_backbone(TINY_MODEL, pretrained=str(tmp_path), device="cpu")
