@@ -1,11 +1,12 @@
 """Entry point of the CLIPure playground (also the Hugging Face Space's app_file).
 
 python app.py [--model ViT-B-32] [--pretrained openai|FILE|hf-hub:org/repo|random]
-              [--device cpu|cuda] [--host 127.0.0.1] [--port 7860] [--share]
+              [--device cpu|cuda] [--host 127.0.0.1] [--port 7860] [--share] [--queue-size 32]
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from app.config import parse_config
@@ -21,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from app.ui import build_demo, launch_options
 
+    # One line per request: its outcome, counts and timings (never labels, images or paths).
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("app").setLevel(logging.INFO)
     demo = build_demo(config)
     demo.launch(**launch_options(config))
     return 0

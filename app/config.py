@@ -31,6 +31,17 @@ def _flag(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _queue_size(value: str) -> int:
+    """How many jobs may wait in the queue: a whole number >= 1 (more are turned away)."""
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {value!r}")
+    return size
+
+
 def parse_config(
     argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> AppConfig:
@@ -63,7 +74,12 @@ def parse_config(
         default=_flag(default("SHARE", "")),
         help="create a public gradio.live link (off unless asked)",
     )
-    parser.add_argument("--queue-size", type=int, default=int(default("QUEUE_SIZE", 32)))
+    parser.add_argument(
+        "--queue-size",
+        type=_queue_size,
+        default=default("QUEUE_SIZE", "32"),
+        help="jobs that may wait for the model (default 32); more get a 'busy' message",
+    )
     args = parser.parse_args(argv)
     return AppConfig(
         args.model,

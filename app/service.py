@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
+import shutil
 import tempfile
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +17,13 @@ from pathlib import Path
 from PIL import Image
 
 from clipure_core import AttackConfig, InputError, Playground, PlaygroundResult, load_backbone
-from clipure_core.attacks import AUTOATTACK_TARGETS, METHODS
+from clipure_core.attacks import (
+    AUTOATTACK_TARGETS,
+    MAX_EOT_SAMPLES,
+    MAX_EPS,
+    MAX_STEPS,
+    METHODS,
+)
 from clipure_core.backbone import Backbone
 from clipure_core.images import open_image
 from clipure_core.prior import prior_for
@@ -23,6 +32,7 @@ from clipure_core.prompts import parse_labels
 from .catalog import ModelChoice
 
 FILE_LIFETIME_S = 3600
+MAX_SEED = 2**32 - 1  # seeds the UI and the API accept (the engine takes any < 2**64)
 
 
 class Cancelled(Exception):
@@ -51,26 +61,60 @@ class PlaygroundRequest:
     diff_step_size: float = 30.0
 
     def attack_config(self) -> AttackConfig:
-        method = self.method.lower()
+        """The engine's AttackConfig, every field checked in the units the UI shows."""
+        method = _text(self.method, "attack method").strip().lower()
         if method not in METHODS and method != "apgd":
-            raise InputError(f"attack method {self.method!r}: use one of {', '.join(METHODS)}.")
-        scale = 1 / 255 if self.norm.lower() == "linf" else 1.0
-        step_size = None if not self.step_size else self.step_size * scale
+            raise InputError(f"attack method {method!r}: use one of {', '.join(METHODS)}.")
+        norm = _text(self.norm, "norm").strip().lower().replace("-", "")
+        if norm not in MAX_EPS:
+            raise InputError(f"norm {norm!r}: use linf or l2.")
+        scale = 1 / 255 if norm == "linf" else 1.0
+        eps = _in_budget(self.eps, "eps", norm, linf_low=1)
+        step_size = self.step_size
+        if step_size:  # 0 or None: 2.5 x eps / steps
+            step_size = _in_budget(step_size, "step size", norm, linf_low=0) * scale
         return AttackConfig(
             method,
-            self.norm,
-            _number(self.eps, "eps") * scale,
-            _integer(self.steps, "steps"),
-            step_size,
-            eot_samples=_integer(self.eot_samples, "EOT samples"),
+            norm,
+            eps * scale,
+            _count(self.steps, "steps", 1, MAX_STEPS),
+            step_size or None,
+            eot_samples=_count(self.eot_samples, "EOT samples", 1, MAX_EOT_SAMPLES),
         )
+
+    def check(self) -> None:
+        """Refuse fields of the wrong kind (e.g. null from the API) with a readable message;
+        values are checked where they are used."""
+        _text(self.labels, "labels", allow_list=True)
+        _text(self.threat, "threat model")
+        for name in self.defenses or ():
+            _text(name, "defence")
+        _text(self.true_label, "true label")
+        _text(self.target_label, "target label")
+
+
+def _text(value, name: str, allow_list: bool = False) -> str:
+    """`value` as text ('' for None); a number, a mapping... is an InputError."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if allow_list and isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return ", ".join(value)
+    raise InputError(f"{name} must be text, got {value!r}.")
 
 
 def _number(value, name: str) -> float:
+    """A finite float, or an InputError naming the field."""
+    if isinstance(value, bool):
+        raise InputError(f"{name} must be a number, got {value!r}.")
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
         raise InputError(f"{name} must be a number, got {value!r}.") from None
+    if not math.isfinite(number):
+        raise InputError(f"{name} must be a finite number, got {value!r}.")
+    return number
 
 
 def _integer(value, name: str) -> int:
@@ -78,6 +122,36 @@ def _integer(value, name: str) -> int:
     if not number.is_integer():
         raise InputError(f"{name} must be a whole number, got {value!r}.")
     return int(number)
+
+
+def _count(value, name: str, low: int, high: int) -> int:
+    """A whole number in [low, high], with the limits in the message."""
+    number = _integer(value, name)
+    if not low <= number <= high:
+        raise InputError(f"{name} must be an integer from {low} to {high}, got {value!r}.")
+    return number
+
+
+def _in_budget(value, name: str, norm: str, linf_low: float) -> float:
+    """eps or a step size in UI units: L-inf in /255 (from `linf_low` to 255), L2 in pixel
+    units (0 < value <= MAX_EPS["l2"])."""
+    number = _number(value, name)
+    if norm == "linf" and not (linf_low <= number <= 255 and number > 0):
+        low = f"[{linf_low:g}" if linf_low > 0 else "(0"
+        raise InputError(
+            f"{name} must be in {low}, 255] for L-inf (in units of 1/255: 4 means 4/255), "
+            f"got {value!r}."
+        )
+    if norm == "l2" and not 0 < number <= MAX_EPS["l2"]:
+        raise InputError(
+            f"{name} must be in (0, {MAX_EPS['l2']:g}] for L2 (pixel units in [0, 1]), "
+            f"got {value!r}."
+        )
+    return number
+
+
+def _seed(value) -> int:
+    return _count(value, "seed", 0, MAX_SEED)
 
 
 def estimated_queries(config: AttackConfig, targets: int, num_labels: int) -> int:
@@ -101,6 +175,8 @@ class PlaygroundService:
         self._playgrounds: dict[int, Playground] = {}
         self._lock = threading.Lock()
         self.output_dir = Path(tempfile.mkdtemp(prefix="clipure-playground-"))
+        # removed when the service is garbage-collected or at the latest at interpreter exit
+        weakref.finalize(self, shutil.rmtree, self.output_dir, ignore_errors=True)
 
     def backbone(self, choice: ModelChoice) -> Backbone:
         return load_backbone(choice.name, choice.pretrained, device=self.device)
@@ -125,9 +201,11 @@ class PlaygroundService:
         """Run `request`; `on_progress(done, total)` per model query; `cancel` aborts it."""
         if image is None:
             raise InputError("no image: upload or paste a photo, or click an example.")
-        image = open_image(image)
+        request.check()
         attack = request.attack_config()
-        defenses = [name for name in request.defenses if name]
+        seed = _seed(request.seed)
+        image = open_image(image)
+        defenses = [name for name in request.defenses or () if name]
         attacked = 1 + (len(defenses) if request.threat != "transfer" else 0)
         label_count = len(parse_labels(request.labels)[0])
         total = estimated_queries(attack, attacked, label_count)
@@ -144,7 +222,7 @@ class PlaygroundService:
             attack,
             threat=request.threat,
             defenses=defenses,
-            seed=_integer(request.seed, "seed"),
+            seed=seed,
             true_label=request.true_label or None,
             target_label=request.target_label or None,
             defense_settings={

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import threading
+import time
+import traceback
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import gradio as gr
 import torch
+from PIL import Image
 
 from clipure_core import THREATS, InputError, PlaygroundResult, WeightsUnavailableError
 from clipure_core.attacks import METHODS
+from clipure_core.images import MAX_FILE_BYTES
 from clipure_core.pixels import amplified_perturbation
 from clipure_core.plots import model_title, probability_figure, trajectory_figure
 from clipure_core.prompts import CIFAR10_CLASSNAMES, parse_labels
@@ -20,6 +26,7 @@ from clipure_core.prompts import CIFAR10_CLASSNAMES, parse_labels
 from .catalog import ModelChoice, model_choices
 from .config import AppConfig
 from .gpu import gpu_task, zero_gpu
+from .jobs import cancellable, explain_full_queue
 from .service import Cancelled, PlaygroundRequest, PlaygroundService
 
 LOGGER = logging.getLogger(__name__)
@@ -82,9 +89,10 @@ class StopRegistry:
         self._events: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
 
-    def start(self, session: str) -> threading.Event:
+    def start(self, session: str, event: threading.Event | None = None) -> threading.Event:
+        """Register the running job's cancel flag (a new one if `event` is None)."""
         with self._lock:
-            event = self._events[session] = threading.Event()
+            event = self._events[session] = event or threading.Event()
             return event
 
     def stop(self, session: str) -> None:
@@ -98,33 +106,73 @@ class StopRegistry:
                 del self._events[session]
 
 
+OUT_OF_MEMORY = (
+    "Out of memory: try fewer attack steps, fewer EOT samples, fewer labels or a smaller model."
+)
+UNEXPECTED = (
+    "Something went wrong on the server (it has been logged). Please try again, perhaps with "
+    "other settings."
+)
+
+
+def _readable(message: str) -> gr.Error:
+    """The error the user sees. gradio prints no traceback of it: its message may quote the
+    user's input, and the server log holds no user data."""
+    return gr.Error(message, print_exception=False)
+
+
+def free_memory() -> None:
+    """Give memory back after an out-of-memory error: collect the failed request's tensors,
+    then return PyTorch's cached CUDA blocks (a no-op where CUDA was never initialised)."""
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
 def friendly_errors(function: Callable) -> Callable:
-    """Turn every failure into a readable gr.Error; tracebacks go to the server log only."""
+    """Turn every failure into a readable gr.Error. The server log gets the outcome, the time
+    taken and, for unexpected errors, the exception's type and stack (code locations only,
+    never its message nor the request's labels or image)."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
+        started = time.perf_counter()
         try:
             return function(*args, **kwargs)
         except gr.Error:
             raise
         except Cancelled:
-            raise gr.Error("Stopped.") from None
+            _log_outcome(function, "stopped", started)
+            raise _readable("Stopped.") from None
         except (InputError, WeightsUnavailableError) as error:
-            raise gr.Error(str(error)) from None
+            _log_outcome(function, f"refused ({type(error).__name__})", started)
+            raise _readable(str(error)) from None
         except torch.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            raise gr.Error(
-                "Out of memory: try fewer attack steps, fewer EOT samples, fewer labels or a "
-                "smaller model."
-            ) from None
-        except Exception:
-            LOGGER.exception("request failed")
-            raise gr.Error(
-                "Something went wrong on the server (it has been logged). Please try again, "
-                "perhaps with other settings."
-            ) from None
+            pass  # handled below, out of this block: its traceback holds the request's tensors
+        except Exception as error:
+            stack = "".join(traceback.format_tb(error.__traceback__))
+            outcome = f"failed ({type(error).__name__}; its message is not logged)"
+            _log_outcome(function, outcome, started, logging.ERROR, stack)
+            raise _readable(UNEXPECTED) from None
+        _log_outcome(function, "out of memory", started, logging.WARNING)
+        free_memory()
+        raise _readable(OUT_OF_MEMORY)
 
     return wrapper
+
+
+def _log_outcome(
+    function: Callable, outcome: str, started: float, level: int = logging.INFO, stack: str = ""
+) -> None:
+    """One log line per request that did not finish: handler, outcome, time (and a stack)."""
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    LOGGER.log(
+        level,
+        "%s: %s after %.0f ms%s",
+        function.__name__,
+        outcome,
+        elapsed_ms,
+        stack and ":\n" + stack,
+    )
 
 
 def verdict_markdown(result: PlaygroundResult) -> str:
@@ -157,6 +205,9 @@ def diagnostics_markdown(result: PlaygroundResult) -> str:
 
 
 def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> gr.Blocks:
+    """The playground's Blocks, queued. Every job that runs a model goes through one queue
+    (`GPU_QUEUE`, one job at a time, at most `config.queue_size` waiting) and stops at its next
+    model query when Stop is pressed, its client cancels it or its client disconnects."""
     service = service or PlaygroundService(config.device)
     choices = model_choices(config.model, config.pretrained)
     by_label: dict[str, ModelChoice] = {choice.label: choice for choice in choices}
@@ -168,11 +219,40 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
         """The GPU-bound part, with picklable arguments only (see app/gpu.py)."""
         return service.run(choice, image, request)
 
-    def run_request(choice, image, request, on_progress=None, cancel=None):
+    def run_request(choice, image, request, on_progress=None, cancel=None) -> PlaygroundResult:
+        """One request on `choice`; logs its counts and timings, never its labels or image."""
         if zero_gpu():  # another process: no live progress, Stop only cancels the event
-            return run_on_device(choice, image, request)
-        return service.run(choice, image, request, on_progress, cancel)
+            result = run_on_device(choice, image, request)
+        else:
+            result = service.run(choice, image, request, on_progress, cancel)
+        settings = result.settings
+        LOGGER.info(
+            "request done: %d labels, %s x %d steps, %d defences, %.0f ms",
+            len(result.labels),
+            settings["attack"]["method"],
+            settings["attack"]["steps"],
+            len(settings["defenses"]),
+            result.timings_ms["total"],
+        )
+        return result
 
+    def hand_over(component: gr.Component, path: Path) -> str:
+        """Move a file into gradio's cache (emptied by `delete_cache`), removing ours."""
+        try:
+            return component.move_resource_to_block_cache(path)
+        finally:
+            path.unlink(missing_ok=True)
+
+    def view(component: gr.Image, image: Image.Image) -> str:
+        """`image` as a PNG of its own in gradio's cache. (gradio would store a returned PIL
+        image as a lossy WebP at a path shared by every identical image, rewriting it in
+        place: a user downloading it while another request returns the same image could
+        get a cut file.)"""
+        path = service.output_dir / f"view-{uuid.uuid4().hex[:12]}.png"
+        image.save(path, format="PNG")
+        return hand_over(component, path)
+
+    @cancellable
     @friendly_errors
     def run(
         model_label,
@@ -196,9 +276,10 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
         diff_step_size,
         http: gr.Request,
         progress=gr.Progress(),
+        cancel: threading.Event | None = None,
     ):
         session = http.session_hash or "anonymous"
-        cancel = stops.start(session)
+        cancel = stops.start(session, cancel)
         request = PlaygroundRequest(
             labels=labels,
             method=method,
@@ -228,6 +309,7 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
         finally:
             stops.finish(session, cancel)
         png, data = service.save_downloads(result)
+        png, data = hand_over(png_file, png), hand_over(json_file, data)
         perturbation, gain = amplified_perturbation(result.clean_image, result.adversarial_image)
         payload = result.to_dict()
         size = payload["perturbation"]
@@ -243,19 +325,32 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
         ]
         return (
             verdict_markdown(result),
-            result.clean_image,
-            result.adversarial_image,
-            perturbation,
+            view(clean_view, result.clean_image),
+            view(adversarial_view, result.adversarial_image),
+            view(perturbation_view, perturbation),
             caption,
             probability_figure(payload),
             diagnostics_markdown(result),
             *trajectories,
-            str(png),
-            str(data),
+            png,
+            data,
         )
 
+    @cancellable
     @friendly_errors
-    def api_playground(image, labels, method, norm, eps, steps, threat, defenses, seed):
+    def api_playground(
+        image,
+        labels,
+        method,
+        norm,
+        eps,
+        steps,
+        threat,
+        defenses,
+        seed,
+        progress=gr.Progress(),
+        cancel: threading.Event | None = None,
+    ):
         request = PlaygroundRequest(
             labels=labels,
             method=method,
@@ -266,7 +361,11 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
             defenses=[d.strip() for d in (defenses or "").split(",") if d.strip()],
             seed=seed,
         )
-        return run_request(start, image, request).to_dict()
+
+        def on_progress(done, total):
+            progress((done, total), desc="attack: model queries", unit="queries")
+
+        return run_request(start, image, request, on_progress, cancel).to_dict()
 
     @friendly_errors
     def load_model(model_label, progress=gr.Progress()):
@@ -420,15 +519,15 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
 
         with gr.Column(visible=False):
             api_inputs = [
-                gr.Image(type="filepath", image_mode=None, label="image"),
+                gr.File(label="image", type="filepath"),
                 gr.Textbox("cat, dog", label="labels"),
                 gr.Textbox("pgd", label="method"),
                 gr.Textbox("linf", label="norm"),
                 gr.Number(4.0, label="eps"),
-                gr.Number(10, precision=0, label="steps"),
+                gr.Number(10, label="steps"),
                 gr.Textbox("transfer", label="threat"),
                 gr.Textbox("clipure_cos", label="defenses"),
-                gr.Number(0, precision=0, label="seed"),
+                gr.Number(0, label="seed"),
             ]
             api_output = gr.JSON(label="result")
             api_trigger = gr.Button("api")
@@ -498,17 +597,19 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
             api_playground, api_inputs, api_output, api_name="playground", concurrency_id=GPU_QUEUE
         )
     demo.queue(default_concurrency_limit=1, max_size=config.queue_size)
+    explain_full_queue(demo)
     return demo
 
 
 def launch_options(config: AppConfig) -> dict:
-    """Keyword arguments of `demo.launch` for this configuration."""
+    """Keyword arguments of `demo.launch` for this configuration. No `allowed_paths`: gradio
+    serves only its own cache (uploads, results) and the app's static files."""
     return {
         "server_name": config.host,
         "server_port": config.port,
         "share": config.share,
         "css": CSS,
-        "max_file_size": "20mb",
+        "max_file_size": MAX_FILE_BYTES,  # also refused by clipure_core.images.open_image
         "show_error": True,
         "theme": gr.themes.Soft(),
     }

@@ -179,6 +179,9 @@ class _QueryCounter(nn.Module):
     def __init__(self, model: nn.Module, on_query: Callable[[int], None] | None) -> None:
         super().__init__()
         self.model, self.on_query, self.queries = model, on_query, 0
+        # torchattacks restores the wrapper's mode onto the model after the attack: start from
+        # the model's own, or a fresh (training) wrapper would switch it to train mode.
+        self.train(model.training)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         logits = self.model(pixels)

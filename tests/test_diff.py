@@ -132,8 +132,14 @@ def test_purification_is_seeded_keeps_unit_norm_and_traces_the_loss(purifier):
 def test_full_gradient_is_exact_and_differs_from_paper(backbone, trained_prior):
     prior = load_prior(trained_prior, device="cpu", dtype=torch.float64)
     purifier = DiffPurifier(backbone, "single", prior=prior, steps=2, step_size=0.3).double()
-    z = torch.randn(2, 32, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x: seeded(4, purifier, x, gradient="full"), (z,))
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 32, dtype=torch.float64, generator=generator).requires_grad_(True)
+    # The reference's final "stable" layer norm divides by a detached row maximum, so finite
+    # differences see that division (through the norm's eps) and autograd does not: a tiny,
+    # intended gap, hence the tolerances.
+    assert torch.autograd.gradcheck(
+        lambda x: seeded(4, purifier, x, gradient="full"), (z,), atol=1e-4, rtol=1e-3
+    )
     grads = {}
     for mode in ("full", "paper"):
         point = z.detach().clone().requires_grad_(True)
