@@ -122,3 +122,43 @@ def no_network(monkeypatch):
 
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+# A real browser: Debian's Chromium driven by Playwright (never a downloaded browser build).
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+VIEWPORT = {"width": 1600, "height": 1200}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        yield chromium
+        chromium.close()
+
+
+# One cheap /playground request on the tiny model.
+ONE_STEP_API_ARGS = {
+    "labels": "cat, dog",
+    "method": "pgd",
+    "norm": "linf",
+    "eps": 4,
+    "steps": 1,
+    "threat": "transfer",
+    "defenses": "clipure_cos",
+    "seed": 0,
+}

@@ -43,19 +43,10 @@ from clipure_core.images import MAX_ASPECT_RATIO, MAX_FILE_BYTES, open_image
 from clipure_core.pixels import pil_to_pixels
 from clipure_core.prompts import MAX_LABEL_CHARS, MAX_LABELS
 
-from .conftest import TINY_MODEL, save_tiny_weights
+from .conftest import ONE_STEP_API_ARGS, TINY_MODEL, save_tiny_weights
 
 ONE_STEP = AttackConfig(steps=1)
-API_ARGS = {
-    "labels": "cat, dog",
-    "method": "pgd",
-    "norm": "linf",
-    "eps": 4,
-    "steps": 1,
-    "threat": "transfer",
-    "defenses": "clipure_cos",
-    "seed": 0,
-}
+API_ARGS = ONE_STEP_API_ARGS
 RED, WHITE = (255, 0, 0), (255, 255, 255)
 # What gradio says when its gr.Image input cannot even open a file (see _api_message).
 GRADIO_PREPROCESS = "Could not preprocess input component at index 0"

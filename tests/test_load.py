@@ -24,7 +24,7 @@ import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from gradio_client.utils import QueueError, Status
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 import app.ui
 import clipure_core.pipeline as pipeline
@@ -34,8 +34,8 @@ from app.jobs import BUSY_MESSAGE, JobFlag, in_worker
 from app.ui import build_demo, launch_options
 from clipure_core import AttackConfig, Playground, load_backbone
 
-from .conftest import ASSETS, TINY_MODEL
-from .test_browser import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, pick_cat_example
+from .conftest import ASSETS, TINY_MODEL, VIEWPORT
+from .test_browser import pick_cat_example
 
 CLIENTS, REQUESTS_PER_CLIENT = 16, 3
 # Distinct requests (image, labels, steps, seed); client i sends requests i, i+1, i+2.
@@ -268,16 +268,6 @@ def test_a_lost_connection_stops_the_attack_on_the_server(two_model_app, model_q
                 break  # leaving the block closes the connection mid-job
     assert settles(model_queries), "the attack went on after its client went away"
     assert len(model_queries) < LONG_QUERIES
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        yield chromium
-        chromium.close()
 
 
 def start_long_run_in_a_page(browser, url: str, queries: list[float]) -> Page:

@@ -33,19 +33,10 @@ from app.service import PlaygroundService
 from app.ui import build_demo, launch_options
 from clipure_core.images import MAX_FILE_BYTES
 
-from .conftest import ASSETS, TINY_CONFIG, TINY_MODEL
+from .conftest import ASSETS, ONE_STEP_API_ARGS, TINY_CONFIG, TINY_MODEL
 
 ROOT = ASSETS.parent
-API_ARGS = {
-    "labels": "cat, dog",
-    "method": "pgd",
-    "norm": "linf",
-    "eps": 4,
-    "steps": 1,
-    "threat": "transfer",
-    "defenses": "clipure_cos",
-    "seed": 0,
-}
+API_ARGS = ONE_STEP_API_ARGS
 
 
 def run_inputs(model_label: str, image, labels: str, true_label: str = "") -> list:
