@@ -31,6 +31,7 @@ class ZeroShotClassifier(nn.Module):
         self.register_buffer(
             "class_embeddings", class_embeddings(backbone, self.labels, self.templates)
         )
+        self.eval()  # inference only: torchattacks restores this mode after every attack
 
     def logits_from_embeddings(self, z: torch.Tensor) -> torch.Tensor:
         return self.backbone.logit_scale * F.normalize(z, dim=-1) @ self.class_embeddings.T
@@ -57,6 +58,7 @@ class DefendedClassifier(nn.Module):
         self.classifier = classifier
         self.purifier = purifier
         self.gradient = gradient
+        self.eval()
 
     def logits_from_embeddings(
         self, z: torch.Tensor, on_step: StepCallback | None = None

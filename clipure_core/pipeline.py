@@ -6,8 +6,7 @@ import dataclasses
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import open_clip
@@ -201,7 +200,7 @@ class Playground:
         adversarial_pixels, adversarial_z = {}, {}
         for target in attack_targets:
             model = attacked_model(classifier, purifiers.get(target), threat)
-            with _Stopwatch(self.backbone.device, timings, "attack"), _modes_kept(model):
+            with _Stopwatch(self.backbone.device, timings, "attack"):
                 raw = craft_attack(
                     model, pixels, y_tensor, attack, seed, len(labels), on_query=on_query
                 )
@@ -299,23 +298,6 @@ def _purify_and_trace(
         "trajectory": recorder.trajectory(),
     }
     return logits, trace
-
-
-@contextmanager
-def _modes_kept(module: torch.nn.Module) -> Iterator[None]:
-    """Give every submodule of `module` its train/eval mode back afterwards.
-
-    torchattacks ends an attack with `model.train()` when the model it was given says
-    `training`, and craft_attack hands it a new wrapper module (training by default) around
-    ours: without this, every request after the first would run the backbone, and a CLIPure-Diff
-    prior with dropout, in train mode (other numbers than the first request; dropout on).
-    """
-    modes = [(submodule, submodule.training) for submodule in module.modules()]
-    try:
-        yield
-    finally:
-        for submodule, training in modes:
-            submodule.training = training
 
 
 def _index(labels: list[str], label: str) -> int:

@@ -32,6 +32,7 @@ class Purifier(nn.Module):
             raise InputError(f"{self.title} step size: a finite number > 0.")
         self.steps = steps
         self.step_size = float(step_size)
+        self.eval()  # inference only (a prior's dropout stays off)
 
     def settings(self) -> dict:
         return {"steps": self.steps, "step_size": self.step_size}
