@@ -110,6 +110,8 @@ def test_run_writes_the_documented_outputs(reference_run):
         "subset",
         "clean",
         "robust",
+        "worst_case",
+        "paired",
         "timings",
         "notices",
     }

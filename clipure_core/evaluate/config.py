@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..attacks import AUTOATTACK_STEPS, AttackConfig
+from ..attacks import AUTOATTACK_STEPS, SQUARE_QUERIES, AttackConfig
 from ..errors import InputError
 from ..threats import check_threat
 from .protocols import (
@@ -16,7 +16,6 @@ from .protocols import (
     EOT_METHODS,
     EXTRA_ATTACK_THREAT,
     NOISE_STEPS,
-    SQUARE_QUERIES,
     release_templates,
     resolve,
 )

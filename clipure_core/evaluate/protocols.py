@@ -22,20 +22,21 @@ PROTOCOLS: dict[str, str] = {
 }
 
 # Attacks whose torchattacks implementation averages gradients over EOT samples.
-EOT_METHODS = ("pgd", "fgsm", "apgd-ce", "apgd-dlr", "apgd-t", "autoattack", "autoattack-standard")
+EOT_METHODS = ("pgd", "fgsm", "apgd-ce", "apgd-dlr", "apgd-t", "autoattack")
 
 ADAPTIVE_EOT = 20  # gradient samples per step against a stochastic defence
 ADAPTIVE_DRAWS = 10  # evaluation draws of a stochastic defence; robust = correct in all
 ADAPTIVE_THREATS = ("transfer", "bpda", "full")
-ADAPTIVE_EXTRA_ATTACKS = ("square", "noise")  # they query the defended model's outputs only
+ADAPTIVE_EXTRA_ATTACKS = (
+    "square",
+    "noise",
+)  # Square: AutoAttack's 5000 queries  # they query the defended model's outputs only
 EXTRA_ATTACK_THREAT = "full"  # the threat recorded for them: the exact defended model
-SQUARE_QUERIES = 5000  # AutoAttack's Square budget
-NOISE_STEPS = 1
+NOISE_STEPS = 1  # one draw
 
 RELEASE_BATCH_SIZE = 2
 RELEASE_THREAT = "release"
 RELEASE_STAGES = ("apgd-ce", "apgd-t")  # the release's AutoAttack, version='custom'
-RELEASE_APGD_RESTARTS = 5
 
 # The release's prompt templates for CIFAR-10 and CIFAR-100 (the "cifar10"/"cifar100" lists of
 # CLIP_eval/zeroshot-templates.json in the authors' CLIPure repository). Its "imagenet1k" list

@@ -22,14 +22,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..attacks import AttackConfig, craft_attack
+from ..attacks import RELEASE_APGD_RESTARTS, AttackConfig, craft_attack
 from ..classifier import ZeroShotClassifier
 from ..purifiers import Purifier
 from ..seeding import derive_seed, seeded
 from ..threats import attacked_model
 from .config import EvalConfig
 from .distributed import Cluster
-from .protocols import RELEASE_APGD_RESTARTS, RELEASE_STAGES
+from .protocols import RELEASE_STAGES
 from .store import PartialStore
 from .subset import assign
 

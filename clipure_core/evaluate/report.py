@@ -125,8 +125,8 @@ def summary_lines(results: dict) -> list[str]:
     second = max(len(row[1]) for row in rows)
     protocol = results["settings"]["protocol"]
     lines = [
-        f"{results['subset']['n']} images, protocol {protocol}, {attack['method']} "
-        f"({attack['steps']} steps)"
+        f"{results['subset']['n']} images, {attack['method']} ({attack['steps']} steps), "
+        f"protocol {protocol}"
     ]
     lines += [f"  {a:<{first}}  {b:<{second}}  {text}" for a, b, text in rows]
     for entry in results["paired"]:
