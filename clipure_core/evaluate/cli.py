@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..attacks import METHODS
+from ..attacks import METHODS, SQUARE_QUERIES
 from ..errors import InputError, WeightsUnavailableError
 from ..threats import THREATS
 from .compare import compare_main
@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"run every attack with this many seeds and report the spread (1 to "
         f"{MAX_ATTACK_SEEDS}; default 1)",
+    )
+    protocol.add_argument(
+        "--square-queries",
+        type=int,
+        default=SQUARE_QUERIES,
+        help=f"query budget of the adaptive protocol's Square attack (default {SQUARE_QUERIES})",
     )
     attack = parser.add_argument_group("attack")
     attack.add_argument(
@@ -191,6 +197,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         protocol=args.protocol,
         eval_draws=args.eval_draws,
         attack_seeds=args.attack_seeds,
+        square_queries=args.square_queries,
     )
 
 

@@ -19,6 +19,10 @@ from .stats import mcnemar_exact
 from .store import write_text_atomic
 
 
+# Settings two runs should share for a fair comparison (the protocols differ on purpose).
+SAME_SETTINGS = ("model", "weights_id", "pretrained", "templates", "seed")
+
+
 def load_run(folder: Path) -> tuple[dict, list[dict]]:
     """results.json and per_image.csv of a finished run."""
     path = Path(folder) / RESULTS_FILE
@@ -76,10 +80,16 @@ def compare_runs(first: tuple[dict, list[dict]], second: tuple[dict, list[dict]]
                     "p_value": mcnemar_exact(only_a, only_b),
                 }
             )
+    differing = [
+        key
+        for key in SAME_SETTINGS
+        if results_a["settings"].get(key) != results_b["settings"].get(key)
+    ]
     return {
         "a": _describe(results_a),
         "b": _describe(results_b),
         "same_images": same_images,
+        "differing_settings": differing,
         "clean": clean,
         "worst_case": worst_case,
         "paired": paired,
@@ -118,6 +128,8 @@ def comparison_lines(comparison: dict, names: Sequence[str]) -> list[str]:
     rows = [("", "model", "A", "B"), *table_rows(comparison)]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines += ["  " + "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) for row in rows]
+    if comparison["differing_settings"]:
+        lines.append(f"note: the runs differ in {', '.join(comparison['differing_settings'])}.")
     if not comparison["same_images"]:
         lines.append("the runs evaluated different images: no paired test.")
     for entry in comparison["paired"]:

@@ -23,7 +23,6 @@ from .protocols import (
 UNDEFENDED = "undefended"
 MODEL_ALIASES = {"none": UNDEFENDED, "clip": UNDEFENDED}
 DEFAULT_STEPS = {"pgd": 10, "pgd-l2": 10, "fgsm": 1}  # APGD variants and AutoAttack: 100
-EXTRA_STEPS = {"square": SQUARE_QUERIES, "noise": NOISE_STEPS}
 MAX_ATTACK_SEEDS = 16
 MAX_EVAL_DRAWS = 64
 
@@ -82,6 +81,7 @@ class EvalConfig:
     protocol: str = "custom"
     eval_draws: int | None = None
     attack_seeds: int | None = None
+    square_queries: int = SQUARE_QUERIES
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
@@ -165,7 +165,8 @@ class EvalConfig:
 
     def extra_attack(self, method: str, eps: float) -> AttackConfig:
         """One of the adaptive protocol's gradient-free attacks (Square, noise) at `eps`."""
-        return AttackConfig(method, self.norm, eps * self.eps_scale, EXTRA_STEPS[method])
+        steps = self.square_queries if method == "square" else NOISE_STEPS
+        return AttackConfig(method, self.norm, eps * self.eps_scale, steps)
 
     def eot_for(self, method: str, stochastic: bool) -> int:
         """EOT samples of `method` against a model (adaptive: ADAPTIVE_EOT for stochastic
@@ -233,6 +234,7 @@ class EvalConfig:
             ],
             "eval_draws_stochastic": self.eval_draws,
             "attack_seeds": self.attack_seeds,
+            "square_queries": self.square_queries if self.protocol == "adaptive" else None,
         }
 
 
