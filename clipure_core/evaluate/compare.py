@@ -18,7 +18,6 @@ from .report import RESULTS_FILE, ROWS_FILE
 from .stats import mcnemar_exact
 from .store import write_text_atomic
 
-
 # Settings two runs should share for a fair comparison (the protocols differ on purpose).
 SAME_SETTINGS = ("model", "weights_id", "pretrained", "templates", "seed")
 
