@@ -102,19 +102,20 @@ class EvalConfig:
             "cos_batch_coupled": coupled or None,
         }
         resolved = resolve(self.protocol, given)
-        for name in ("attack", "threats", "batch_size", "precision", "eval_draws"):
+        for name in ("attack", "threats", "batch_size", "precision", "eval_draws", "attack_seeds"):
             object.__setattr__(self, name, resolved.get(name))
-        object.__setattr__(self, "attack_seeds", resolved.get("attack_seeds") or 1)
-        if self.protocol == "adaptive":
-            if self.eot is not None and self.eot < ADAPTIVE_EOT:
-                raise InputError(
-                    f"--protocol adaptive attacks stochastic defences with EOT >= "
-                    f"{ADAPTIVE_EOT}; got --eot {self.eot}."
-                )
-            object.__setattr__(self, "eval_draws", self.eval_draws or ADAPTIVE_DRAWS)
-        else:
+        if self.attack_seeds is None:
+            object.__setattr__(self, "attack_seeds", 1)
+        if self.protocol == "adaptive" and self.eot is not None and self.eot < ADAPTIVE_EOT:
+            raise InputError(
+                f"--protocol adaptive attacks stochastic defences with EOT >= {ADAPTIVE_EOT}; "
+                f"got --eot {self.eot}."
+            )
+        if self.protocol != "adaptive":
             object.__setattr__(self, "eot", resolved["eot"])
-        object.__setattr__(self, "eval_draws", self.eval_draws or 1)
+        if self.eval_draws is None:
+            default = ADAPTIVE_DRAWS if self.protocol == "adaptive" else 1
+            object.__setattr__(self, "eval_draws", default)
         self._resolve_templates()
         _integer("batch size", self.batch_size, 1)
         _integer("seed", self.seed, 0)
