@@ -319,6 +319,7 @@ def test_compare_shows_release_and_adaptive_side_by_side(
     assert main(["compare", str(release_run), str(adaptive_run), "--json"]) == 0
     comparison = json.loads(capsys.readouterr().out)
     assert comparison["same_images"]  # the same seed and --num-images: the same subset
+    assert comparison["differing_settings"] == []  # same model, weights, templates, seed
     release, adaptive = results_of(release_run), results_of(adaptive_run)
     for line in comparison["worst_case"]:
         assert line["a"] in release["worst_case"] and line["b"] in adaptive["worst_case"]
