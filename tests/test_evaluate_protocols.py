@@ -5,6 +5,7 @@ k draws, attack seeds, the paired comparison and the compare command."""
 from __future__ import annotations
 
 import json
+import threading
 from collections import defaultdict
 
 import numpy as np
@@ -116,14 +117,14 @@ class ScriptedRelease:
         }
 
 
-def scripted_run(out, budget=None):
+def scripted_run(out, budget=None, cluster=None):
     config = EvalConfig(data="x", out=out, protocol="release", models=("none",), max_batches=budget)
     evaluator = ScriptedRelease()
 
     def load(positions):
         return torch.tensor(positions), torch.zeros(len(positions), dtype=torch.long)
 
-    run = ReleaseRun(config, evaluator, Cluster(), {"run": "scripted"}, load)
+    run = ReleaseRun(config, evaluator, cluster or Cluster(), {"run": "scripted"}, load)
     return run, run.run(7, config.models), evaluator.calls
 
 
@@ -158,6 +159,42 @@ def outcomes(stages: dict) -> dict:
         name: [{k: v for k, v in record.items() if k != "seconds"} for record in records]
         for name, records in stages.items()
     }
+
+
+class ThreadCluster(Cluster):
+    """Ranks as threads of one process, exchanging values as torch.distributed would."""
+
+    def __init__(self, rank: int, world_size: int, slots: list, barrier: threading.Barrier):
+        super().__init__(rank, world_size)
+        self.slots, self.wait = slots, barrier.wait
+
+    def all_gather(self, value):
+        self.slots[self.rank] = value
+        self.wait()
+        values = list(self.slots)
+        self.wait()
+        return values
+
+
+def test_release_stages_shared_between_ranks_equal_one_process(tmp_path):
+    _, alone, _ = scripted_run(tmp_path / "alone")
+    slots, barrier = [None, None], threading.Barrier(2)
+    results = [None, None]
+
+    def rank(index: int) -> None:  # each rank has its own disk
+        cluster = ThreadCluster(index, 2, slots, barrier)
+        results[index] = scripted_run(tmp_path / f"rank{index}", cluster=cluster)
+
+    threads = [threading.Thread(target=rank, args=(index,)) for index in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    calls = [call for _, _, made in results for call in made]
+    assert sorted(calls) == sorted(EXPECTED_CALLS)  # every pair attacked once, by one rank
+    assert all(made for _, _, made in results)  # both ranks worked
+    for _, stages, _ in results:
+        assert outcomes(stages) == outcomes(alone)
 
 
 # --- the release protocol on the tiny model ---------------------------------------------------

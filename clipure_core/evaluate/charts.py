@@ -14,7 +14,13 @@ from ..plots import model_title
 from .labels import condition_label
 
 CLEAN_COLOR = "#1f77b4"
-THREAT_COLORS = {"transfer": "#2ca02c", "paper": "#ff7f0e", "bpda": "#d62728", "full": "#9467bd"}
+THREAT_COLORS = {
+    "transfer": "#2ca02c",
+    "paper": "#ff7f0e",
+    "bpda": "#d62728",
+    "full": "#9467bd",
+    "release": "#8c564b",
+}
 FONT_SIZE = 15
 
 

@@ -32,6 +32,11 @@ RELEASE_CPU = (
     "protocol release runs the backbone in fp16, which is slow on CPU (ViT-B-32: seconds per "
     "forward and backward); use a GPU for more than a few images."
 )
+RELEASE_THREAT_CUSTOM = (
+    "threat 'release' crafts each image against the release's float16 model; this protocol "
+    "then classifies it with the run's own model (float32, per-image steps). For the "
+    "release's own predictions, paired as it paired them, use --protocol release."
+)
 RELEASE_SUBSET = (
     "protocol release evaluates this run's seeded, class-stratified subset, not the release's "
     "robustbench image list; the adversarial images are not rounded to 8 bits, as in the release."
@@ -48,6 +53,8 @@ def run_notices(
         notices.append(PAPER)
     if "bpda" in config.threats and defended:
         notices.append(BPDA)
+    if "release" in config.threats and config.protocol != "release":
+        notices.append(RELEASE_THREAT_CUSTOM)
     if config.protocol == "release":
         notices.append(RELEASE)
         notices.append(RELEASE_SUBSET)

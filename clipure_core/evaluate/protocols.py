@@ -83,6 +83,7 @@ FIXED: dict[str, ProtocolDefaults] = {
         attack="autoattack",
         threats=(RELEASE_THREAT,),
         batch_size=RELEASE_BATCH_SIZE,
+        precision="fp32",  # the release threat casts its own copy to float16
         eot=1,
         eval_draws=1,
         attack_seeds=1,
