@@ -131,7 +131,7 @@ class _Run:
         evaluator = ReleaseEvaluator(
             setup.classifier, setup.purifiers, config.threats[0], config.seed
         )
-        bar = self._bar(len(setup.subset), "release protocol")
+        bar = self._bar(None, "release protocol (images clean, then attacked)")
         run = ReleaseRun(config, evaluator, cluster, settings, self._loader(setup), bar.update)
         loop_start = time.perf_counter()
         try:
@@ -139,13 +139,14 @@ class _Run:
         finally:
             bar.close()
         progress = run.progress
+        computed = sum(cluster.all_gather(run.computed))  # every rank takes part
         if not cluster.is_root or stages is None:
             return Outcome(progress.finished, progress.known, root=cluster.is_root)
         wall = time.perf_counter() - loop_start
         images = len(setup.subset)
         invocation = {
             "processes": cluster.world_size,
-            "batches": sum(cluster.all_gather(run.computed)),
+            "batches": computed,
             "images": images,
             "setup_s": loop_start - started,
             "wall_s": wall,
@@ -168,7 +169,7 @@ class _Run:
 
         return load
 
-    def _bar(self, total: int, description: str) -> tqdm:
+    def _bar(self, total: int | None, description: str) -> tqdm:
         return tqdm(
             total=total,
             unit="img",
