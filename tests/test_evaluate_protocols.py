@@ -20,6 +20,7 @@ from clipure_core.evaluate.config import EvalConfig
 from clipure_core.evaluate.distributed import Cluster
 from clipure_core.evaluate.release import ReleaseRun, batch_records
 from clipure_core.evaluate.stats import mcnemar_exact
+from clipure_core.evaluate.store import PartialStore
 from clipure_core.purifiers import PURIFIERS, Purifier, build_purifier
 from clipure_core.threats import attacked_model
 
@@ -144,6 +145,12 @@ def test_release_stages_pair_still_robust_images_in_order_and_resume(tmp_path):
     # resumed with the work done: nothing is attacked again
     _, again, calls = scripted_run(tmp_path / "whole")
     assert calls == [] and again == stages
+    # a stored pair that is not the pair planned now (an earlier stage came out otherwise)
+    # does not count: it is attacked again
+    stage = PartialStore(tmp_path / "whole", {"run": "scripted"}, "eps4_apgd-t_undefended")
+    stage.write({**stage.read(0), "positions": [0, 5]})
+    _, again, calls = scripted_run(tmp_path / "whole")
+    assert calls == [("apgd-t", [0, 3])] and outcomes(again) == outcomes(stages)
     # stopped after 5 pairs, then finished: the same stages, each pair attacked once
     first, partial, calls_before = scripted_run(tmp_path / "chunked", budget=5)
     assert partial is None and not first.progress.complete

@@ -189,7 +189,7 @@ class ReleaseRun:
     ) -> list[dict] | None:
         """Run (or resume) one stage; all its records (on every rank) once finished."""
         store = self.store(name)
-        held = self.cluster.all_gather(store.done())
+        held = self.cluster.all_gather(_matching(store, pairs))
         pending = [index for index in range(len(pairs)) if index not in set().union(*held)]
         mine = assign(pending, self.cluster.rank, self.cluster.world_size)
         if self.budget is not None:
@@ -207,18 +207,28 @@ class ReleaseRun:
             self.computed += 1
             if self.on_pair is not None:
                 self.on_pair(len(pairs[index]))
-        stored = store.done()
+        stored = _matching(store, pairs)
         for part in self.cluster.all_gather(records):  # every rank needs the whole stage
             for record in part:
                 if record["batch"] not in stored:
                     store.write(record)
-        finished = store.done()
-        self.progress.finished += len(finished & set(range(len(pairs))))
+        finished = _matching(store, pairs)
+        self.progress.finished += len(finished)
         self.progress.known += len(pairs)
         if len(finished) < len(pairs):
             self.progress.complete = False
             return None
         return [store.read(index) for index in range(len(pairs))]
+
+
+def _matching(store: PartialStore, pairs: list[list[int]]) -> set[int]:
+    """Finished pairs of a stage whose stored images are the pairs planned now (a stage
+    recomputed with another outcome re-pairs the next one: its old pairs do not count)."""
+    return {
+        index
+        for index in store.done()
+        if index < len(pairs) and store.read(index)["positions"] == pairs[index]
+    }
 
 
 def still_right(
