@@ -140,7 +140,7 @@ class BatchEvaluator:
             source = image_source(model, condition.threat)
             threat = condition.threat if source != UNDEFENDED else "*"
             key = (condition.eps, source, threat)
-            if condition.attack is not None:  # a run of one attack keeps its original keys
+            if not self._run_attack(condition):  # the run's attack keeps its original keys
                 key += (condition.attack_name, condition.seed_index)
             if key not in cache:
                 cache[key] = self._craft(pixels, labels, condition, source, seed, stages)
@@ -153,6 +153,12 @@ class BatchEvaluator:
             linf[model], l2[model] = _perturbation(pixels, adversarial)
         result |= {"predictions": predictions, "linf": linf, "l2": l2}
         return result | {"correct_draws": correct_draws, "draws": dict(self.draws)}
+
+    def _run_attack(self, condition: Condition) -> bool:
+        """Whether `condition` is the run's attack for its eps with the first attack seed
+        (its crafted images and evaluation draws then keep the seeds they always had)."""
+        same = condition.attack is None or condition.attack == self.attacks.get(condition.eps)
+        return same and condition.seed_index == 0
 
     def _craft(
         self,
