@@ -135,12 +135,16 @@ class Playground:
         )
 
     def _memoised(self, key: tuple, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+        # Built outside the lock: one request encoding many labels must not hold up another
+        # whose labels are cached (two requests building the same module both build it).
         with self._lock:
             if key in self._memo:
                 self._memo.move_to_end(key)
                 return self._memo[key]
-            module = build()
-            self._memo[key] = module
+        module = build()
+        with self._lock:
+            module = self._memo.setdefault(key, module)
+            self._memo.move_to_end(key)
             if len(self._memo) > _MEMO_SIZE:
                 self._memo.popitem(last=False)
             return module
