@@ -35,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="open_clip tag, local checkpoint file, hf-hub:org/repo, or 'random'",
     )
     predict.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
-    predict.add_argument("--precision", default=None, help="fp32 (default), fp16 or bf16 (GPU)")
+    predict.add_argument(
+        "--precision", default=None, help="fp32 (default), bf16 or fp16 (slow on CPU)"
+    )
     predict.add_argument("--templates", default="ensemble", help="ensemble (80 CLIP) or single")
     predict.add_argument("--attack", default="pgd", choices=sorted(METHODS))
     predict.add_argument("--norm", default=None, help="linf or l2 (default: the method's first)")

@@ -18,6 +18,7 @@ from .attacks import AttackConfig, craft_attack
 from .backbone import Backbone
 from .classifier import ZeroShotClassifier
 from .errors import InputError
+from .loading import precision_notice
 from .pixels import perturbation_norms, pil_to_pixels, pixels_to_pil, quantize_in_ball
 from .prompts import parse_labels
 from .purifiers import Purifier, TrajectoryRecorder, build_purifier, check_defense
@@ -172,6 +173,8 @@ class Playground:
         attack = attack or AttackConfig()
         check_threat(threat)
         labels, notices = parse_labels(labels)
+        info = self.backbone.info
+        notices += [notice] if (notice := precision_notice(info.precision, info.device)) else []
         if isinstance(defenses, str):
             defenses = defenses.split(",")
         defenses = list(dict.fromkeys(name.strip() for name in defenses if name.strip()))
