@@ -112,7 +112,8 @@ class Backbone(nn.Module):
     ) -> torch.Tensor:
         """List of N strings -> (N, D) float32 embeddings (not normalised), equal to the
         model's `encode_text` (to float rounding) but at the prompts' own length where the
-        text tower allows it. `on_batch(done)` follows each batch; raising from it stops."""
+        text tower allows it. `on_batch(done)` comes before each batch and after the last;
+        raising from it stops before the next batch."""
         return encode_prompts(self.model, self.tokenizer, texts, self.device, batch_size, on_batch)
 
     def normalized_text(

@@ -100,7 +100,8 @@ def prompt_group_embeddings(
 
     Groups found in memory or on disk are not encoded; the others are, `CHUNK_PROMPTS`
     prompts at a time, each chunk cached as soon as it is done. `on_progress` (default: the
-    one `text_progress` installed) sees (prompts done, prompts to encode) after every batch.
+    one `text_progress` installed) sees (prompts done, prompts to encode) before every batch
+    and at the end; after a chunk, `measured_rate` already includes it.
     """
     on_progress = on_progress or _PROGRESS.get()
     keys = [group_key(backbone, group) for group in groups]
@@ -187,13 +188,11 @@ def _encode(
     total = sum(len(group) for group in groups.values())
     device = str(backbone.device)
     done, started, found = 0, time.perf_counter(), {}
-    if on_progress is not None:
-        on_progress(0, total)
     for chunk in _chunks(list(groups.items())):
         texts = [prompt for _, group in chunk for prompt in group]
 
-        def on_batch(finished: int, before: int = done) -> None:
-            if on_progress is not None:
+        def on_batch(finished: int, before: int = done, size: int = len(texts)) -> None:
+            if on_progress is not None and finished < size:  # the chunk's end: reported below
                 on_progress(before + finished, total)
 
         embeddings = backbone.normalized_text(texts, on_batch=on_batch)
@@ -208,6 +207,8 @@ def _encode(
         if elapsed > 0:
             with _LOCK:
                 _RATES[_rate_key(backbone)] = done / elapsed
+        if on_progress is not None:
+            on_progress(done, total)
     return found
 
 

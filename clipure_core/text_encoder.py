@@ -24,7 +24,7 @@ from torch import nn
 TEXT_BATCH = 256  # prompts per forward pass
 END_TOKEN_POOLING = ("argmax", "eos")
 
-BatchCallback = Callable[[int], None]  # prompts finished in this call so far; may raise
+BatchCallback = Callable[[int], None]  # prompts done so far; raising stops before the next batch
 
 
 def fallback_reason(model: nn.Module) -> str | None:
@@ -86,7 +86,8 @@ def encode_tokens(
 
     Where `fallback_reason(model)` is None, prompts are sorted by length and each batch runs
     at its own longest prompt's length; otherwise batches go through `model.encode_text`.
-    `on_batch(done)` is called after each batch; an exception it raises ends the encoding.
+    `on_batch(done)` is called before each batch and after the last, with the number of
+    prompts finished; an exception it raises ends the encoding before the next batch.
     """
     count = tokens.shape[0]
     if fallback_reason(model) is not None:
@@ -97,14 +98,16 @@ def encode_tokens(
         order = torch.argsort(lengths, stable=True)
     chunks = []
     for start in range(0, count, batch_size):
+        if on_batch is not None:
+            on_batch(start)
         index = order[start : start + batch_size]
         if lengths is None:
             chunks.append(model.encode_text(tokens[index]).float())
         else:
             length = int(lengths[index].max())
             chunks.append(encode_at_length(model, tokens[index], length).float())
-        if on_batch is not None:
-            on_batch(min(start + batch_size, count))
+    if on_batch is not None:
+        on_batch(count)
     if not chunks:
         return torch.empty(0, 0, device=tokens.device)
     embeddings = torch.cat(chunks)

@@ -132,14 +132,15 @@ def test_eos_pooling_runs_at_the_prompts_length_too():
 def test_progress_after_every_batch_and_stop_at_the_next(backbone):
     seen = []
     backbone.encode_text(PROMPTS, batch_size=4, on_batch=seen.append)
-    assert seen == [4, 8, 9]
+    assert seen == [0, 4, 8, 9]  # before each batch, and at the end
 
     class Stop(Exception):
         pass
 
     def stop_after_first(done):
         seen.append(done)
-        raise Stop
+        if done:
+            raise Stop
 
     seen.clear()
     recorder = TransformerLengths(backbone.model.transformer)
@@ -148,7 +149,7 @@ def test_progress_after_every_batch_and_stop_at_the_next(backbone):
             backbone.encode_text(PROMPTS, batch_size=4, on_batch=stop_after_first)
     finally:
         recorder.handle.remove()
-    assert seen == [4] and len(recorder.lengths) == 1
+    assert seen == [0, 4] and len(recorder.lengths) == 1  # the second batch never ran
 
 
 # --- the cache ----------------------------------------------------------------------------
@@ -230,17 +231,16 @@ def test_progress_counts_prompts_and_a_stop_keeps_the_finished_chunks(backbone, 
     templates = TEMPLATES[:10]
     seen = []
 
-    def stop_in_third_chunk(done, total):
+    def stop_before_third_chunk(done, total):
         seen.append((done, total))
-        if done > 40:
+        if done >= 40:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        cache.class_embeddings(backbone, labels, templates, stop_in_third_chunk)
-    assert seen[0] == (0, 60) and seen[-1][0] > 40
-    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+        cache.class_embeddings(backbone, labels, templates, stop_before_third_chunk)
+    assert seen == [(0, 60), (20, 60), (20, 60), (40, 60)]  # chunks of 2 labels x 10
     groups = cache.class_prompt_groups(labels, templates)
-    assert cache.missing_prompts(backbone, groups) == 20  # the chunk in flight, not the others
+    assert cache.missing_prompts(backbone, groups) == 20  # the two finished chunks are cached
     assert cache.measured_rate(backbone) > 0
     rate = cache.measured_rate(backbone)
     assert cache.estimate_seconds(backbone, 100) == pytest.approx(100 / rate)
