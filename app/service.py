@@ -275,7 +275,7 @@ class PlaygroundService:
             if on_progress is not None:
                 on_progress(done, total, f"text embeddings: {total:,} prompts", "prompts")
 
-        self.encode_text(choice, playground, labels, bool(defenses), request, on_progress, cancel)
+        self.encode_text(choice, playground, labels, bool(defenses), on_progress, cancel)
         with text_progress(on_text):  # whatever is left to encode (e.g. CLIPure-Diff's prompt)
             return playground.run(
                 image,
@@ -305,7 +305,6 @@ class PlaygroundService:
         playground: Playground,
         labels: list[str],
         null_prompt: bool,
-        request: PlaygroundRequest,
         on_progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> None:
@@ -329,7 +328,7 @@ class PlaygroundService:
                 decided = True
                 if (total - done) / rate > self.text_limit_s:
                     raise InputError(
-                        self.text_refusal(choice, request, labels, templates, total, done, rate)
+                        self.text_refusal(choice, labels, templates, total, done, rate)
                     )
             if on_progress is not None:
                 if rate is None:
@@ -344,7 +343,6 @@ class PlaygroundService:
     def text_refusal(
         self,
         choice: ModelChoice,
-        request: PlaygroundRequest,
         labels: list[str],
         templates: tuple[str, ...],
         total: int,
