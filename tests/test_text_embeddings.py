@@ -291,7 +291,8 @@ def test_a_request_with_cached_labels_never_waits_for_one_that_encodes(backbone)
         reader.join(10)
         assert not reader.is_alive(), "a cached request waited for an encoding one"
         assert isinstance(other[0], ZeroShotClassifier)
-        direct = threading.Thread(target=cache.class_embeddings, args=(backbone, ["cat"], ["{}"]))
+        cached = (backbone, ["dog", "cat"], ["a photo of a {}."])  # without the Playground
+        direct = threading.Thread(target=cache.class_embeddings, args=cached)
         direct.start()
         direct.join(10)
         assert not direct.is_alive()
