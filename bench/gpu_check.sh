@@ -11,9 +11,10 @@
 #                                    # script itself; the CUDA-only steps are listed, not run
 #
 # Environment: PYTHON (default: .venv/bin/python if present, else python3), GPU_CHECK_STEPS
-# (AutoAttack steps in the throughput benchmark; default 10, the paper uses 100). Each step's
-# full output is kept under $GPU_CHECK_LOGS (default: a new temporary folder). Exit code: the
-# number of failed steps (0: all passed).
+# (AutoAttack steps in the throughput benchmark; default 10, the paper uses 100),
+# GPU_CHECK_ONLY (an extended regex: run only the steps whose names match, e.g. 'latency').
+# Each step's full output is kept under $GPU_CHECK_LOGS (default: a new temporary folder).
+# Exit code: the number of failed steps (0: all passed).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mode=cuda
@@ -52,7 +53,7 @@ else
   latency=(--device cpu --repeats 1)
   text=(--device cpu --repeats 1 --labels 1 --imagenet-sample 2)
   diff=(--device cpu --model ViT-B-32 --repeats 1)
-  throughput=(--device cpu --steps 1 --n 2 --batch-sizes 1,2 --skip-scaling)
+  throughput=(--device cpu --steps 1 --n 2 --batch-sizes 1,2 --scaling-n 2 --skip-scaling)
 fi
 
 names=() statuses=() seconds=() figures=()
@@ -64,6 +65,10 @@ step() {
   local name=$1 pattern=$2
   shift 2
   local log="$logs/${name// /_}.log" start=$SECONDS status
+  if [ -n "${GPU_CHECK_ONLY:-}" ] && ! [[ $name =~ $GPU_CHECK_ONLY ]]; then
+    names+=("$name") statuses+=("not selected (GPU_CHECK_ONLY)") seconds+=(0) figures+=("")
+    return
+  fi
   echo "=== $name: $*"
   if "$@" >"$log" 2>&1; then status=ok; else status="FAILED (exit $?)"; failed=$((failed + 1)); fi
   cat "$log"
