@@ -52,7 +52,7 @@ def run_audit(
     image: Image.Image,
     labels: str | Sequence[str],
     *,
-    true_label: str | None = None,
+    true_label: str | int | None = None,
     eps: float = 4 / 255,
     norm: str = "linf",
     steps: int = 10,
@@ -68,6 +68,7 @@ def run_audit(
     """Audit one photo: the threat matrix (each condition x each model), the pixel gradient
     under each gradient condition, and the sanity checks.
 
+    `true_label` (a label, or its index) defaults to undefended CLIP's clean prediction.
     `eps` is in [0, 1] pixel units (L-inf 4/255). Gradient conditions run PGD (L-inf) or
     PGD-L2 with `steps` steps; Square gets `square_queries` queries. `eot` gradients are
     averaged per step for the models whose predictions turn out random (EOT). `conditions` /
@@ -146,7 +147,7 @@ class _Audit:
 
     # ---- the run ---------------------------------------------------------------------------
     def run(
-        self, image: Image.Image, true_label: str | None, on_progress: ProgressCallback | None
+        self, image: Image.Image, true_label: str | int | None, on_progress: ProgressCallback | None
     ) -> AuditResult:
         timer = Timer(self.backbone.device)
         if self.backbone.info.random_weights:
@@ -160,7 +161,7 @@ class _Audit:
         with timer("clean"), torch.no_grad():
             self.images[("clean", UNDEFENDED)] = pixels
             self.embeddings[("clean", UNDEFENDED)] = self.backbone.encode_image(pixels)
-            if true_label:
+            if true_label is not None and true_label != "":
                 y = _label_index(self.labels, true_label)
             else:
                 clean_z = self.embeddings[("clean", UNDEFENDED)]
@@ -292,7 +293,7 @@ class _Audit:
         for model in self.models:
             key = ("clean", UNDEFENDED) if condition == "clean" else attack_key(condition, model)
             if key not in self.embeddings:
-                self._craft(key, pixels, progress)
+                self._craft(key, pixels, progress, condition, self._config(*key))
             z = self.embeddings[key]
             probs = self._logits(
                 model, z, derive_seed(self.seed, "evaluate", condition, model)
@@ -308,17 +309,15 @@ class _Audit:
         key: Key,
         pixels: torch.Tensor,
         progress: Progress,
-        config: AttackConfig | None = None,
-        stage: str | None = None,
+        stage: str,
+        config: AttackConfig,
     ) -> None:
-        """Attack for `key`, round to 8 bits inside the ball, encode once."""
-        condition, model = key[0], key[1]
-        if config is None:
-            config = self._config(condition, model)
+        """Run `config` against the module of `key`, round to 8 bits inside the ball, and
+        encode the image once (every model evaluated on it reuses the embedding)."""
         budget = config.estimated_queries(len(self.labels))
-        with progress.stage(stage or condition, budget) as on_query:
+        with progress.stage(stage, budget) as on_query:
             raw = craft_attack(
-                self._module((condition, model)),
+                self._module(key),
                 pixels,
                 self.y,
                 config,
@@ -327,7 +326,7 @@ class _Audit:
                 on_query=on_query,
             )
         adversarial = quantize_in_ball(pixels, raw, config.norm, config.eps)
-        with progress.stage(stage or condition, 1), torch.no_grad():
+        with progress.stage(stage, 1), torch.no_grad():
             self.images[key] = adversarial
             self.embeddings[key] = self.backbone.encode_image(adversarial)
 
@@ -345,7 +344,7 @@ class _Audit:
             config = single_step_attack(self.norm, self.eps, self.model_eot[model])
             key = ("single_step", model)
             self.modules[key] = self._module(attack_key("full", model))
-            self._craft(key, pixels, progress, config, "single_step")
+            self._craft(key, pixels, progress, "single_step", config)
             fooled[model] = not self._correct(model, key)
         return fooled
 
@@ -375,7 +374,7 @@ class _Audit:
                 key = (f"sweep_{eps:.6g}", model)
                 self.modules[key] = self._module(attack_key("full", model))
                 config = gradient_attack(self.norm, eps, self.steps, self.model_eot[model])
-                self._craft(key, pixels, progress, config, "eps_sweep")
+                self._craft(key, pixels, progress, "eps_sweep", config)
                 results.append((eps, not self._correct(model, key)))
             sweeps[model] = results
         return sweeps
@@ -525,7 +524,12 @@ class _Audit:
         return settings
 
 
-def _label_index(labels: list[str], label: str) -> int:
+def _label_index(labels: list[str], label: str | int) -> int:
+    """A label's index; an int is taken as the index itself (label lists may repeat names)."""
+    if isinstance(label, int) and not isinstance(label, bool):
+        if not 0 <= label < len(labels):
+            raise InputError(f"true label index {label} is not a label index.")
+        return label
     cleaned = " ".join(str(label).split())
     if cleaned not in labels:
         raise InputError(f"label {label!r} is not in the label list ({', '.join(labels[:10])}...).")
