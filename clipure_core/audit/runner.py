@@ -155,7 +155,8 @@ class _Audit:
         if "release" in self.conditions and self.backbone.device.type == "cpu":
             self.notices.append(
                 "'as released' runs the model in half precision, which CPUs run slowly (ViT-B-32: "
-                "several seconds per gradient): this audit takes minutes on CPU."
+                "~9x a float32 gradient, 7-25 s each): this audit takes minutes on CPU; leave "
+                "'release' out of the conditions for a quick look."
             )
         pixels = self.backbone.prepare(image).unsqueeze(0)
         with timer("clean"), torch.no_grad():
