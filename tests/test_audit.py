@@ -421,6 +421,23 @@ def test_cli_audits_a_data_set_and_counts(capsys, tiny_checkpoint, tmp_path):
         assert row["correct"] == correct and row["accuracy"] == pytest.approx(correct / 3)
     assert {row["name"] for row in data["checks"]} == {"randomness"}  # no noise condition
     assert all(sum(row["counts"].values()) == 3 for row in data["checks"])
+    code, out, _ = cli(
+        capsys,
+        "--data",
+        str(tmp_path),
+        "--model",
+        TINY_MODEL,
+        "--pretrained",
+        str(tiny_checkpoint),
+        "--num-images",
+        "2",
+        "--conditions",
+        "clean",
+        "--checks",
+        "randomness",
+    )
+    assert code == 0 and "2 images; accuracy per condition" in out
+    assert "randomness [undefended]: 2 / 0 / 0" in out
 
 
 def test_data_set_images_are_judged_against_their_folder(backbone, tmp_path):
