@@ -141,7 +141,6 @@ class _Audit:
             name: purifier.title for name, purifier in self.purifiers.items()
         }
         self.modules: dict[Key, nn.Module] = {}
-        self.images: dict[Key, torch.Tensor] = {}
         self.embeddings: dict[Key, torch.Tensor] = {}
         self.model_eot: dict[str, int] = dict.fromkeys(self.models, 1)
 
@@ -160,7 +159,6 @@ class _Audit:
             )
         pixels = self.backbone.prepare(image).unsqueeze(0)
         with timer("clean"), torch.no_grad():
-            self.images[("clean", UNDEFENDED)] = pixels
             self.embeddings[("clean", UNDEFENDED)] = self.backbone.encode_image(pixels)
             if true_label is not None and true_label != "":
                 y = _label_index(self.labels, true_label)
@@ -328,7 +326,6 @@ class _Audit:
             )
         adversarial = quantize_in_ball(pixels, raw, config.norm, config.eps)
         with progress.stage(stage, 1), torch.no_grad():
-            self.images[key] = adversarial
             self.embeddings[key] = self.backbone.encode_image(adversarial)
 
     def _config(self, condition: str, model: str) -> AttackConfig:
