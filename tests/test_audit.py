@@ -469,3 +469,22 @@ def test_data_set_images_are_judged_against_their_folder(backbone, tmp_path):
 def test_cli_bad_input_exits_2_with_a_message(capsys, args, message):
     code, _, err = cli(capsys, *args)
     assert code == 2 and message in err
+
+
+def test_audit_without_defences_covers_undefended_clip_only(backbone, cat_photo):
+    result = run_audit(
+        Playground(backbone, "single"),
+        cat_photo,
+        LABELS,
+        defenses="",
+        conditions="noise,full",
+        checks="noise_control,zero_gradients",
+        **FAST,
+    )
+    assert list(result.models) == [UNDEFENDED]
+    assert [(c.condition, c.model) for c in result.matrix] == [
+        ("clean", UNDEFENDED), ("noise", UNDEFENDED), ("full", UNDEFENDED),
+    ]  # fmt: skip
+    assert [(c.name, c.model) for c in result.checks] == [
+        ("zero_gradients", UNDEFENDED), ("noise_control", UNDEFENDED),
+    ]  # fmt: skip
