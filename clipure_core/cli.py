@@ -1,5 +1,6 @@
 """Command line: `python -m clipure_core predict IMAGE --labels "cat,dog" [...]`, and
-`python -m clipure_core cache-text --labels imagenet1k [...]` to fill the text cache."""
+`python -m clipure_core cache-text --labels imagenet1k [...]` to fill the text cache;
+`python -m clipure_core audit IMAGE --labels ...` (see `audit/cli.py`)."""
 
 from __future__ import annotations
 
@@ -86,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     text.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     text.add_argument("--precision", default=None, help="fp32 (default), bf16 or fp16")
     text.add_argument("--templates", default="ensemble", help="ensemble (80 CLIP) or single")
+    text.set_defaults(handler=cache_text)
+    # imported here: the audit's command module imports this one (defaults, defence flags)
+    from .audit.cli import add_audit_parser
+
+    add_audit_parser(commands)
     return parser
 
 
@@ -184,7 +190,7 @@ def cache_text(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return cache_text(args) if args.command == "cache-text" else predict(args)
+        return getattr(args, "handler", predict)(args)
     except (InputError, WeightsUnavailableError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
