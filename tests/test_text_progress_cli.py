@@ -3,6 +3,10 @@ fills the cache that the app and later runs read."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
+import pytest
+
 from clipure_core import load_backbone
 from clipure_core import text_embeddings as cache
 from clipure_core.cli import main
@@ -13,6 +17,13 @@ from .conftest import ASSETS, TINY_MODEL
 from .test_evaluate_run import base_args, image_folder, tiny_model_dir  # noqa: F401 (fixtures)
 
 ENSEMBLE = TEMPLATE_PRESETS["ensemble"]
+
+
+@pytest.fixture(autouse=True)
+def empty_text_cache(monkeypatch, tmp_path):
+    """Each test starts from empty text caches (memory and disk), whatever ran before."""
+    monkeypatch.setenv("CLIPURE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache, "_MEMORY", OrderedDict())
 
 
 def test_cache_text_fills_the_cache_with_a_progress_bar(tiny_checkpoint, capsys):
@@ -38,7 +49,8 @@ def test_predict_shows_text_progress(tiny_checkpoint, capsys):
     code = main(args)
     assert code == 0
     err = capsys.readouterr().err
-    assert "text embeddings" in err and "240/240" in err  # the null prompt came before
+    assert "text embeddings" in err and "240/240" in err  # 3 labels x 80 templates
+    assert "80/80" in err  # then CLIPure-Cos's null prompt
 
 
 def test_evaluate_shows_text_progress(tiny_model_dir, image_folder, tmp_path, capsys):  # noqa: F811
