@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import open_clip
 import pytest
 import torch
@@ -58,6 +59,34 @@ def tiny_checkpoint(tmp_path_factory):
 @pytest.fixture(scope="session")
 def backbone(tiny_checkpoint):
     return load_backbone(TINY_MODEL, pretrained=str(tiny_checkpoint), device="cpu")
+
+
+# Batch evaluation (tests/test_evaluate_*.py): a tiny model folder and a synthetic ImageFolder.
+CLASSES = ["cat", "dog", "sports_car", "bird"]  # folder names; 'sports car' to the model
+IMAGES_PER_CLASS = 3
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """The tiny model as a `local-dir:` folder, loadable by subprocesses too."""
+    folder = tmp_path_factory.mktemp("tiny-model")
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CONFIG}))
+    save_tiny_weights(folder / "open_clip_model.safetensors", seed=7)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory):
+    """4 classes x 3 random images of mixed sizes."""
+    root = tmp_path_factory.mktemp("synthetic")
+    rng = np.random.default_rng(0)
+    for name in CLASSES:
+        (root / name).mkdir()
+        for i in range(IMAGES_PER_CLASS):
+            size = (int(rng.integers(24, 48)), int(rng.integers(24, 48)), 3)
+            image = rng.integers(0, 256, size, dtype=np.uint8)
+            Image.fromarray(image).save(root / name / f"{i}.png")
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""Batch evaluation building blocks: intervals, subsets, sharding, datasets, the partial store."""
+"""Batch evaluation building blocks: intervals, the McNemar test, subsets, sharding, datasets,
+the partial store, protocols."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ from PIL import Image
 
 from clipure_core import InputError
 from clipure_core.evaluate import data as data_module
+from clipure_core.evaluate.config import EvalConfig
 from clipure_core.evaluate.data import DataUnavailableError, load_dataset
-from clipure_core.evaluate.stats import wilson_interval
+from clipure_core.evaluate.protocols import RELEASE_CIFAR_TEMPLATES
+from clipure_core.evaluate.release import release_pairs, stage_attack
+from clipure_core.evaluate.stats import mcnemar_exact, wilson_interval
 from clipure_core.evaluate.store import PartialStore
 from clipure_core.evaluate.subset import assign, plan_batches, stratified_subset
 
@@ -200,3 +204,73 @@ def test_store_refuses_other_settings_and_ignores_broken_batches(tmp_path):
     message = other.check_settings()
     assert "attack.eps: [4.0] -> [8.0]" in message and "--out" in message
     assert other.done() == set()  # batches of other settings never count
+
+
+# --- the exact McNemar test -------------------------------------------------------------------
+
+
+def test_mcnemar_exact_known_values():
+    # two-sided exact binomial test of the discordant pairs with p = 1/2, by hand:
+    assert mcnemar_exact(0, 5) == pytest.approx(2 / 32)  # 2 * C(5, 0) / 2^5
+    assert mcnemar_exact(9, 1) == pytest.approx(2 * (1 + 10) / 1024)  # symmetric in its inputs
+    assert mcnemar_exact(1, 9) == mcnemar_exact(9, 1)
+    assert mcnemar_exact(2, 8) == pytest.approx(2 * (1 + 10 + 45) / 1024)
+    assert mcnemar_exact(3, 3) == 1.0  # the doubled tail passes 1
+    assert mcnemar_exact(0, 0) == 1.0  # no discordant pair: no evidence
+    assert mcnemar_exact(0, 2000) < 1e-300  # large counts in exact integer arithmetic
+    with pytest.raises(ValueError):
+        mcnemar_exact(-1, 3)
+
+
+# --- protocols --------------------------------------------------------------------------------
+
+
+def test_release_pairs_follow_autoattack_batching():
+    assert release_pairs(range(5), 2) == [[0, 1], [2, 3], [4]]
+    assert release_pairs([0, 2, 3, 5, 6], 2) == [[0, 2], [3, 5], [6]]
+    assert release_pairs([], 2) == []
+
+
+def test_protocols_fix_their_settings_and_refuse_contradictions(tmp_path):
+    custom = EvalConfig(data="x", out=tmp_path)
+    assert (custom.protocol, custom.attack, custom.threats) == ("custom", "autoattack", ("paper",))
+    assert (custom.batch_size, custom.eot, custom.eval_draws, custom.attack_seeds) == (64, 1, 1, 1)
+    assert custom.templates == "ensemble"
+
+    release = EvalConfig(data="cifar10", out=tmp_path, protocol="release", eps=(1, 4))
+    assert release.threats == ("release",) and release.batch_size == 2
+    assert release.templates == RELEASE_CIFAR_TEMPLATES and len(release.templates) == 18
+    assert EvalConfig(data="imagenet-val", out=tmp_path, protocol="release").templates == (
+        "ensemble"
+    )
+    assert [stage_attack(release, 4, stage).restarts for stage in ("apgd-ce", "apgd-t")] == [5, 1]
+
+    adaptive = EvalConfig(data="x", out=tmp_path, protocol="adaptive", models=("none", "coin"))
+    assert adaptive.precision == "fp32" and adaptive.threats == ("transfer", "bpda", "full")
+    conditions = [(c.threat, c.attack_name) for c in adaptive.conditions()]
+    assert conditions == [
+        ("transfer", "autoattack"),
+        ("bpda", "autoattack"),
+        ("full", "autoattack"),
+        ("full", "square"),
+        ("full", "noise"),
+    ]
+    assert adaptive.eot_for("autoattack", stochastic=True) == 20
+    assert adaptive.eot_for("autoattack", stochastic=False) == 1
+    assert adaptive.eot_for("square", stochastic=True) == 1  # no gradients to average
+    assert (adaptive.draws_for(True), adaptive.draws_for(False)) == (10, 1)
+
+    refused = [
+        {"protocol": "release", "batch_size": 64},
+        {"protocol": "release", "threats": ("bpda",)},
+        {"protocol": "release", "templates": "single"},
+        {"protocol": "adaptive", "precision": "fp16"},
+        {"protocol": "adaptive", "eot": 5},
+        {"protocol": "adaptive", "defense_settings": {"clipure_cos": {"batch_coupled": True}}},
+        {"protocol": "sideways"},
+        {"attack_seeds": 0},
+        {"eval_draws": 100},
+    ]
+    for settings in refused:
+        with pytest.raises(InputError):
+            EvalConfig(data="x", out=tmp_path, **settings)

@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -22,34 +21,9 @@ from clipure_core.evaluate.report import SCHEMA
 from clipure_core.evaluate.store import PARTIAL_DIR
 from clipure_core.purifiers import build_purifier
 
-from .conftest import ASSETS, TINY_CONFIG, save_tiny_weights
+from .conftest import ASSETS, CLASSES, IMAGES_PER_CLASS
 
-CLASSES = ["cat", "dog", "sports_car", "bird"]  # folder names; 'sports car' to the model
-IMAGES_PER_CLASS = 3
 N_IMAGES = len(CLASSES) * IMAGES_PER_CLASS
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    """The tiny model as a `local-dir:` folder, loadable by subprocesses too."""
-    folder = tmp_path_factory.mktemp("tiny-model")
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CONFIG}))
-    save_tiny_weights(folder / "open_clip_model.safetensors", seed=7)
-    return folder
-
-
-@pytest.fixture(scope="session")
-def image_folder(tmp_path_factory):
-    """4 classes x 3 random images of mixed sizes."""
-    root = tmp_path_factory.mktemp("synthetic")
-    rng = np.random.default_rng(0)
-    for name in CLASSES:
-        (root / name).mkdir()
-        for i in range(IMAGES_PER_CLASS):
-            size = (int(rng.integers(24, 48)), int(rng.integers(24, 48)), 3)
-            image = rng.integers(0, 256, size, dtype=np.uint8)
-            Image.fromarray(image).save(root / name / f"{i}.png")
-    return root
 
 
 def base_args(model_dir, data, out, *extra) -> list[str]:
@@ -110,6 +84,8 @@ def test_run_writes_the_documented_outputs(reference_run):
         "subset",
         "clean",
         "robust",
+        "worst_case",
+        "paired",
         "timings",
         "notices",
     }
@@ -261,7 +237,9 @@ def test_autoattack_run_with_progress_bar(tiny_model_dir, image_folder, tmp_path
     assert main(args) == 0
     captured = capsys.readouterr()
     assert "img/s" in captured.err and "12/12" in captured.err  # the progress bar
-    assert "threat 'paper'" in captured.out  # the gradient-masking notice
+    # the notice says what 'paper' measures: attenuated, not masked; float16 masked the release
+    assert "threat 'paper'" in captured.out and "points the right way" in captured.out
+    assert "masks" not in captured.out and "fp16" in captured.out
     results = json.loads((out / "results.json").read_text())
     assert results["settings"]["attack"]["method"] == "autoattack"
     assert results["settings"]["models"] == ["clipure_cos"]
@@ -380,3 +358,35 @@ def test_stochastic_defence_resumes_to_the_same_results(
     defenses = numbers(whole)["settings"]["defenses"]
     assert defenses["clipure_diff"]["prior"] == str(tiny_prior)
     assert defenses["clipure_diff"]["steps"] == 2
+
+
+def test_several_attack_seeds_report_their_spread(
+    reference_run, tiny_model_dir, image_folder, tmp_path
+):
+    out = tmp_path / "seeds"
+    assert main(base_args(tiny_model_dir, image_folder, out, "--attack-seeds", "2")) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["evaluation"]["attack_seeds"] == 2
+    rows = read_csv(out / "per_image.csv")
+    assert len(rows) == 2 * len(read_csv(reference_run / "per_image.csv"))
+    # seed 0 is the single-seed run: the same decisions, image by image
+    decisions = ("position", "eps", "threat", "model", "clean_index", "adversarial_index", "robust")
+    first = [{k: r[k] for k in decisions} for r in rows if r["attack_seed"] == "0"]
+    reference = [{k: r[k] for k in decisions} for r in read_csv(reference_run / "per_image.csv")]
+    assert first == reference
+    for entry in results["robust"]:
+        spread = entry["seeds"]
+        group = [
+            r
+            for r in rows
+            if (float(r["eps"]), r["threat"], r["model"])
+            == (entry["eps"], entry["threat"], entry["model"])
+        ]
+        for seed, accuracy in enumerate(spread["accuracy"]):
+            picked = [r["robust"] == "True" for r in group if r["attack_seed"] == str(seed)]
+            assert accuracy == pytest.approx(sum(picked) / len(picked))
+        assert spread["accuracy"][0] == pytest.approx(entry["accuracy"])
+        assert spread["min"] <= spread["mean"] <= spread["max"]
+        assert entry["worst_over_seeds"]["accuracy"] <= spread["min"] + 1e-12
+    for entry in results["worst_case"]:
+        assert entry["conditions"] == 4  # 2 threats x 2 seeds

@@ -1,10 +1,16 @@
-"""One batch on the device: clean predictions, then attacks under every (eps, threat), with
-encoder forwards shared wherever several models are evaluated on the same image.
+"""One batch on the device: clean predictions, then attacks under every condition (eps,
+threat, attack, attack seed), with encoder forwards shared wherever several models are
+evaluated on the same image.
 
 Threat semantics are those of `Playground.run`: under `transfer` every model sees the image
 crafted against the undefended classifier; under an adaptive threat the undefended model
 keeps its white-box image and each defence is attacked through its own purifier. The
-undefended model's attack does not depend on the threat, so it is crafted once per eps.
+undefended model's attack does not depend on the threat, so it is crafted once per (eps,
+attack, seed).
+
+A stochastic model is judged on the worst of its evaluation draws: an attacked image counts
+as classified correctly only if every draw is right (`draws`, per model; draw 0 is the one a
+single-draw run makes, and the clean prediction).
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import replace
 
 import torch
 
@@ -22,17 +28,11 @@ from ..pixels import LEVELS, quantize_in_ball
 from ..purifiers import Purifier
 from ..seeding import derive_seed, seeded
 from ..threats import attacked_model
-from .config import UNDEFENDED
+from .config import UNDEFENDED, Condition
+from .protocols import EOT_METHODS
 
 STAGES = ("clean", "attack", "evaluate")
-
-
-@dataclass(frozen=True)
-class Condition:
-    """One attack setting of a run: eps in command-line units, and a threat model."""
-
-    eps: float
-    threat: str
+__all__ = ["STAGES", "BatchEvaluator", "Condition", "attack_seed", "image_source"]
 
 
 def image_source(model: str, threat: str) -> str:
@@ -62,11 +62,20 @@ class _Stages:
             torch.cuda.synchronize(self.device)
 
 
+def attack_seed(seed: int, seed_index: int) -> int:
+    """The attack seed of a batch (seeded with `seed`) for the run's attack seed `seed_index`
+    (index 0 is `seed` itself, as in a run with one attack seed)."""
+    return seed if seed_index == 0 else derive_seed(seed, "attack seed", str(seed_index))
+
+
 class BatchEvaluator:
     """Evaluates batches of prepared pixels for every model and condition of a run.
 
     Batch i is a pure function of (pixels, labels, seed + i): attacks are seeded with it,
     and the purifiers' draws with seeds derived from it, whichever process runs the batch.
+    `attacks` gives the attack per eps for conditions without their own; `eot` overrides the
+    EOT samples of the attack crafted against each model; `draws` is each model's number of
+    evaluation draws (default 1).
     """
 
     def __init__(
@@ -77,6 +86,8 @@ class BatchEvaluator:
         conditions: Sequence[Condition],
         attacks: Mapping[float, AttackConfig],
         seed: int,
+        eot: Mapping[str, int] | None = None,
+        draws: Mapping[str, int] | None = None,
     ) -> None:
         missing = [name for name in models if name != UNDEFENDED and name not in purifiers]
         if missing:
@@ -87,6 +98,8 @@ class BatchEvaluator:
         self.conditions = list(conditions)
         self.attacks = dict(attacks)
         self.seed = seed
+        self.eot = dict(eot or {})
+        self.draws = {model: 1 for model in self.models} | dict(draws or {})
 
     @property
     def device(self) -> torch.device:
@@ -98,7 +111,9 @@ class BatchEvaluator:
         seed = self.seed + batch_index
         with stages("clean"):
             clean_z = self._encode(pixels)
-            clean = {model: self._predict(model, clean_z, seed, "clean") for model in self.models}
+            clean = {
+                model: self._predict(model, clean_z, seed, "clean")[0] for model in self.models
+            }
         adversarial, cache, cached_eps = [], {}, None
         for condition in self.conditions:
             if condition.eps != cached_eps:  # images of another eps are not reused
@@ -118,20 +133,26 @@ class BatchEvaluator:
         """Adversarial predictions of every model under one condition; `cache` keeps crafted
         images and predictions that later conditions of the batch can reuse."""
         result: dict = {"eps": condition.eps, "threat": condition.threat}
-        predictions, linf, l2 = {}, {}, {}
+        if condition.attack is not None:
+            result |= {"attack": condition.attack_name, "seed_index": condition.seed_index}
+        predictions, correct_draws, linf, l2 = {}, {}, {}, {}
         for model in self.models:
             source = image_source(model, condition.threat)
             threat = condition.threat if source != UNDEFENDED else "*"
             key = (condition.eps, source, threat)
+            if condition.attack is not None:  # a run of one attack keeps its original keys
+                key += (condition.attack_name, condition.seed_index)
             if key not in cache:
                 cache[key] = self._craft(pixels, labels, condition, source, seed, stages)
             adversarial, z = cache[key]
             if (key, model) not in cache:
                 with stages("evaluate"):
-                    cache[(key, model)] = self._predict(model, z, seed, repr(key))
-            predictions[model] = cache[(key, model)]
+                    draws = self._predict(model, z, seed, repr(key))
+                cache[(key, model)] = _worst(draws, labels.tolist())
+            predictions[model], correct_draws[model] = cache[(key, model)]
             linf[model], l2[model] = _perturbation(pixels, adversarial)
-        return {**result, "predictions": predictions, "linf": linf, "l2": l2}
+        result |= {"predictions": predictions, "linf": linf, "l2": l2}
+        return result | {"correct_draws": correct_draws, "draws": dict(self.draws)}
 
     def _craft(
         self,
@@ -143,8 +164,11 @@ class BatchEvaluator:
         stages: _Stages,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The 8-bit adversarial image of `source` under `condition`, and its embedding."""
-        config = self.attacks[condition.eps]
+        config = condition.attack or self.attacks[condition.eps]
+        if source in self.eot and config.method in EOT_METHODS:
+            config = replace(config, eot_samples=self.eot[source])
         target = attacked_model(self.classifier, self.purifiers.get(source), condition.threat)
+        seed = attack_seed(seed, condition.seed_index)
         with stages("attack"):
             raw = craft_attack(
                 target, pixels, labels, config, seed, num_classes=len(self.classifier.labels)
@@ -160,13 +184,31 @@ class BatchEvaluator:
         return z.clone()  # a normal tensor: purifiers may differentiate internally
 
     @torch.no_grad()
-    def _predict(self, model: str, z: torch.Tensor, seed: int, image: str) -> list[int]:
-        """Class indices `model` predicts for embeddings `z`. A stochastic purifier draws from
-        its own seed (never the attack's draws), and leaves the global RNG as it was."""
-        if model != UNDEFENDED:
-            with seeded(derive_seed(seed, "purify", model, image)):
-                z = self.purifiers[model](z)
-        return self.classifier.logits_from_embeddings(z).argmax(dim=-1).tolist()
+    def _predict(self, model: str, z: torch.Tensor, seed: int, image: str) -> list[list[int]]:
+        """Class indices `model` predicts for embeddings `z`, one list per evaluation draw. A
+        stochastic purifier draws from its own seeds (never the attack's draws), and leaves
+        the global RNG as it was."""
+        if model == UNDEFENDED:
+            return [self.classifier.logits_from_embeddings(z).argmax(dim=-1).tolist()]
+        draws = []
+        for draw in range(self.draws[model]):
+            tag = image if draw == 0 else f"{image} draw {draw}"
+            with seeded(derive_seed(seed, "purify", model, tag)):
+                purified = self.purifiers[model](z)
+            draws.append(self.classifier.logits_from_embeddings(purified).argmax(dim=-1).tolist())
+        return draws
+
+
+def _worst(draws: list[list[int]], targets: list[int]) -> tuple[list[int], list[int]]:
+    """Per image: the prediction robustness is judged on (the first wrong draw, else the
+    right class) and how many draws were right."""
+    worst, correct = [], []
+    for j, target in enumerate(targets):
+        predictions = [draw[j] for draw in draws]
+        wrong = [prediction for prediction in predictions if prediction != target]
+        worst.append(wrong[0] if wrong else target)
+        correct.append(len(predictions) - len(wrong))
+    return worst, correct
 
 
 def _perturbation(clean: torch.Tensor, adversarial: torch.Tensor) -> tuple[list, list]:

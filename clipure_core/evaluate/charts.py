@@ -11,9 +11,16 @@ from collections.abc import Sequence
 import plotly.graph_objects as go
 
 from ..plots import model_title
+from .labels import condition_label
 
 CLEAN_COLOR = "#1f77b4"
-THREAT_COLORS = {"transfer": "#2ca02c", "paper": "#ff7f0e", "bpda": "#d62728", "full": "#9467bd"}
+THREAT_COLORS = {
+    "transfer": "#2ca02c",
+    "paper": "#ff7f0e",
+    "bpda": "#d62728",
+    "full": "#9467bd",
+    "release": "#8c564b",
+}
 FONT_SIZE = 15
 
 
@@ -47,14 +54,14 @@ def accuracy_figure(results: dict, eps: float) -> go.Figure:
             textposition="outside",
         )
     )
-    for threat in results["settings"]["threats"]:
-        entries = [_robust(results, eps, threat, model) for model in models]
+    for threat, attack in _conditions(results):
+        entries = [_robust(results, eps, threat, attack, model) for model in models]
         figure.add_trace(
             go.Bar(
                 x=titles,
                 y=[entry["accuracy"] for entry in entries],
-                name=f"robust ({threat})",
-                marker_color=THREAT_COLORS.get(threat),
+                name=f"robust ({condition_label(entries[0], results)})",
+                marker_color=THREAT_COLORS.get(threat) if _single_attack(results) else None,
                 error_y=_error_bars(entries),
                 texttemplate="%{y:.1%}",
                 textposition="outside",
@@ -82,17 +89,20 @@ def eps_figure(results: dict) -> go.Figure:
     eps_values = sorted(settings["attack"]["eps"])
     figure = go.Figure()
     for model in settings["models"]:
-        for threat in settings["threats"]:
+        for threat, attack in _conditions(results):
             entries = [results["clean"][model]]
-            entries += [_robust(results, eps, threat, model) for eps in eps_values]
+            entries += [_robust(results, eps, threat, attack, model) for eps in eps_values]
             figure.add_trace(
                 go.Scatter(
                     x=[0.0, *eps_values],
                     y=[entry["accuracy"] for entry in entries],
                     error_y=_error_bars(entries),
                     mode="lines+markers",
-                    name=f"{model_title(model)} ({threat})",
-                    line={"color": THREAT_COLORS.get(threat), "width": 3},
+                    name=f"{model_title(model)} ({condition_label(entries[1], results)})",
+                    line={
+                        "color": THREAT_COLORS.get(threat) if _single_attack(results) else None,
+                        "width": 3,
+                    },
                     marker={"size": 9},
                     line_dash="solid" if model == "undefended" else "dash",
                 )
@@ -108,11 +118,25 @@ def eps_figure(results: dict) -> go.Figure:
     return figure
 
 
-def _robust(results: dict, eps: float, threat: str, model: str) -> dict:
+def _conditions(results: dict) -> list[tuple[str, str]]:
+    """The (threat, attack) pairs of the run, in order."""
+    return list(dict.fromkeys((entry["threat"], entry["attack"]) for entry in results["robust"]))
+
+
+def _single_attack(results: dict) -> bool:
+    return len({entry["attack"] for entry in results["robust"]}) == 1
+
+
+def _robust(results: dict, eps: float, threat: str, attack: str, model: str) -> dict:
     for entry in results["robust"]:
-        if (entry["eps"], entry["threat"], entry["model"]) == (eps, threat, model):
+        if (entry["eps"], entry["threat"], entry["attack"], entry["model"]) == (
+            eps,
+            threat,
+            attack,
+            model,
+        ):
             return entry
-    raise KeyError(f"no robust accuracy for eps={eps}, threat={threat}, model={model}.")
+    raise KeyError(f"no robust accuracy for eps={eps}, {attack} ({threat}), model={model}.")
 
 
 def figures(results: dict) -> list[go.Figure]:
@@ -138,6 +162,7 @@ def report_html(results: dict) -> str:
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}</style></head><body>"
         f"<h1>{html.escape(title)}</h1>{_settings_table(results)}{_accuracy_table(results)}"
+        f"{_worst_case_table(results)}{_paired_table(results)}"
         + "".join(parts)
         + "</body></html>\n"
     )
@@ -155,7 +180,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 def _settings_table(results: dict) -> str:
     settings = results["settings"]
     attack = settings["attack"]
+    protocol = settings["evaluation"]
     rows = [
+        ("protocol", settings["protocol"]),
         ("model", f"{settings['model']} ({settings['pretrained']}, {settings['precision']})"),
         (
             "data",
@@ -168,19 +195,88 @@ def _settings_table(results: dict) -> str:
             f"({attack['eps_units']}), {attack['steps']} steps, EOT {attack['eot_samples']}",
         ),
         ("threat models", ", ".join(settings["threats"])),
+        ("EOT samples per model", _per_model(protocol.get("eot_samples"))),
+        ("evaluation draws per model (robust = right in all)", _per_model(protocol.get("draws"))),
+        ("attack seeds", protocol.get("attack_seeds", 1)),
         ("models", ", ".join(settings["models"])),
         ("versions", ", ".join(f"{k} {v}" for k, v in results["versions"].items())),
     ]
     return "<h2>Settings</h2>" + _table(("setting", "value"), rows)
 
 
+def _per_model(values: dict | None) -> str:
+    return ", ".join(f"{model} {value}" for model, value in (values or {}).items()) or "-"
+
+
 def _accuracy_table(results: dict) -> str:
-    rows = [("clean", "", model, _cell(entry)) for model, entry in results["clean"].items()] + [
-        (entry["threat"], f"{entry['eps']:g}", entry["model"], _cell(entry))
-        for entry in results["robust"]
-    ]
-    header = ("threat", "eps", "model", "accuracy [95 % interval] (correct/n)")
+    rows = [("clean", "", "", model, _cell(entry), "") for model, entry in results["clean"].items()]
+    for entry in results["robust"]:
+        spread = entry.get("seeds")
+        seeds = (
+            f"{spread['mean']:.2%} +- {spread['std']:.2%} [{spread['min']:.1%}, "
+            f"{spread['max']:.1%}]"
+            if spread
+            else ""
+        )
+        rows.append(
+            (
+                entry["threat"],
+                entry["attack"],
+                f"{entry['eps']:g}",
+                entry["model"],
+                _cell(entry),
+                seeds,
+            )
+        )
+    header = (
+        "threat",
+        "attack",
+        "eps",
+        "model",
+        "accuracy [95 % interval] (correct/n)",
+        "over attack seeds: mean +- sd [min, max]",
+    )
     return "<h2>Accuracy</h2>" + _table(header, rows)
+
+
+def _worst_case_table(results: dict) -> str:
+    rows = [
+        (f"{entry['eps']:g}", entry["model"], entry["conditions"], _cell(entry))
+        for entry in results["worst_case"]
+    ]
+    header = ("eps", "model", "conditions", "robust under all [95 % interval] (correct/n)")
+    return "<h2>Worst case per image</h2>" + _table(header, rows)
+
+
+def _paired_table(results: dict) -> str:
+    if not results["paired"]:
+        return ""
+    rows = [
+        (
+            entry["threat"] if entry["eps"] is None else f"{entry['eps']:g}",
+            "" if entry["eps"] is None else entry["threat"],
+            entry["attack"] or "",
+            entry["defense"],
+            entry["both"],
+            entry["defense_only"],
+            entry["undefended_only"],
+            entry["neither"],
+            f"{entry['p_value']:.3g}",
+        )
+        for entry in results["paired"]
+    ]
+    header = (
+        "eps",
+        "threat",
+        "attack",
+        "defence",
+        "both right",
+        "defence only",
+        "undefended only",
+        "neither",
+        "exact McNemar p",
+    )
+    return "<h2>Each defence vs the undefended model, same images</h2>" + _table(header, rows)
 
 
 def _cell(entry: dict) -> str:

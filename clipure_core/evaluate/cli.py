@@ -1,4 +1,5 @@
-"""Command line: `python -m clipure_core.evaluate --data DIR|cifar10|imagenet-val --out DIR ...`.
+"""Command line: `python -m clipure_core.evaluate --data DIR|cifar10|imagenet-val --out DIR ...`,
+and `python -m clipure_core.evaluate compare DIR_A DIR_B` (two runs side by side).
 
 Under torchrun every rank runs this same command; rank 0 prints and writes the outputs.
 """
@@ -11,11 +12,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..attacks import METHODS
+from ..attacks import METHODS, SQUARE_QUERIES
 from ..errors import InputError, WeightsUnavailableError
 from ..threats import THREATS
-from .config import EvalConfig
+from .compare import compare_main
+from .config import MAX_ATTACK_SEEDS, MAX_EVAL_DRAWS, EvalConfig
 from .data import KEYWORDS, DataUnavailableError
+from .protocols import ADAPTIVE_DRAWS, ADAPTIVE_EOT, PROTOCOLS
 from .report import summary_lines
 from .runner import run_evaluation
 from .store import PARTIAL_DIR
@@ -57,9 +60,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     model.add_argument("--precision", default=None, help="fp32 (default), fp16 or bf16 (GPU)")
-    model.add_argument("--templates", default="ensemble", help="ensemble (80 CLIP) or single")
+    model.add_argument("--templates", default=None, help="ensemble (80 CLIP, default) or single")
+    protocol = parser.add_argument_group("protocol")
+    protocol.add_argument(
+        "--protocol",
+        default="custom",
+        choices=list(PROTOCOLS),
+        help="release: the authors' evaluation reproduced; adaptive: transfer, bpda, full, "
+        "square and noise, robust = survives all; custom: the flags below (default)",
+    )
+    protocol.add_argument(
+        "--eval-draws",
+        type=int,
+        default=None,
+        help=f"evaluation draws of a stochastic defence, robust only if all are right "
+        f"(1 to {MAX_EVAL_DRAWS}; default 1, adaptive {ADAPTIVE_DRAWS})",
+    )
+    protocol.add_argument(
+        "--attack-seeds",
+        type=int,
+        default=None,
+        help=f"run every attack with this many seeds and report the spread (1 to "
+        f"{MAX_ATTACK_SEEDS}; default 1)",
+    )
+    protocol.add_argument(
+        "--square-queries",
+        type=int,
+        default=SQUARE_QUERIES,
+        help=f"query budget of the adaptive protocol's Square attack (default {SQUARE_QUERIES})",
+    )
     attack = parser.add_argument_group("attack")
-    attack.add_argument("--attack", default="autoattack", choices=sorted(METHODS))
+    attack.add_argument(
+        "--attack", default=None, choices=sorted(METHODS), help="default: autoattack"
+    )
     attack.add_argument(
         "--norm", default=None, choices=["linf", "l2"], help="default: linf (pgd-l2: l2)"
     )
@@ -70,9 +103,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps", type=int, default=None, help="default: 100 (APGD, AutoAttack), 10 (PGD)"
     )
     attack.add_argument("--alpha", type=float, default=None, help="PGD step size, units of eps")
-    attack.add_argument("--eot", type=int, default=1, help="EOT samples per gradient")
     attack.add_argument(
-        "--threat", type=_names, default=("paper",), help=f"comma-separated: {', '.join(THREATS)}"
+        "--eot",
+        type=int,
+        default=None,
+        help=f"EOT samples per gradient (default 1; adaptive: {ADAPTIVE_EOT} for stochastic "
+        "defences)",
+    )
+    attack.add_argument(
+        "--threat",
+        type=_names,
+        default=None,
+        help=f"comma-separated: {', '.join(THREATS)} (default: paper)",
     )
     defense = parser.add_argument_group("models")
     defense.add_argument(
@@ -101,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run = parser.add_argument_group("run")
     run.add_argument("--out", required=True, type=Path, help="output folder (resumed if present)")
-    run.add_argument("--batch-size", type=int, default=64)
+    run.add_argument("--batch-size", type=int, default=None, help="default 64 (release: 2)")
     run.add_argument(
         "--max-batches",
         type=int,
@@ -142,7 +184,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         seed=args.seed,
         batch_size=args.batch_size,
         attack=args.attack,
-        norm=args.norm or METHODS[args.attack][0],
+        norm=args.norm or METHODS[args.attack or "autoattack"][0],
         eps=args.eps,
         steps=args.steps,
         alpha=args.alpha,
@@ -152,10 +194,17 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         defense_settings=settings,
         max_batches=args.max_batches,
         progress=not args.no_progress,
+        protocol=args.protocol,
+        eval_draws=args.eval_draws,
+        attack_seeds=args.attack_seeds,
+        square_queries=args.square_queries,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:
+        return compare_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         outcome = run_evaluation(config_from_args(args))

@@ -13,8 +13,18 @@ import torch
 import torchattacks
 import torchvision
 
-from .aggregate import ROW_FIELDS, clean_accuracy, image_rows, robust_accuracy, stage_seconds
+from .aggregate import (
+    ROW_FIELDS,
+    WORST_CASE,
+    clean_accuracy,
+    image_rows,
+    paired_comparison,
+    robust_accuracy,
+    stage_seconds,
+    worst_case,
+)
 from .charts import report_html
+from .labels import condition_label
 from .store import write_json_atomic, write_text_atomic
 
 SCHEMA = "clipure-eval/1"
@@ -56,6 +66,8 @@ def build_results(
         "subset": {"n": n, "per_class": per_class},
         "clean": clean_accuracy(records, settings["models"]),
         "robust": robust_accuracy(rows),
+        "worst_case": worst_case(rows),
+        "paired": paired_comparison(records, rows),
         "timings": {
             "stages_s": stages,
             "process_s": process_s,
@@ -74,7 +86,7 @@ def write_outputs(
     notices: Sequence[str] = (),
 ) -> dict:
     """Write the three output files into `out` and return the results document."""
-    rows = image_rows(records, settings["data"]["classes"])
+    rows = image_rows(records, settings["data"]["classes"], settings["attack"]["method"])
     results = build_results(settings, records, rows, invocation, notices)
     write_text_atomic(out / ROWS_FILE, rows_csv(rows))
     write_text_atomic(out / REPORT_FILE, report_html(results))
@@ -91,18 +103,39 @@ def rows_csv(rows: Sequence[dict]) -> str:
 
 
 def summary_lines(results: dict) -> list[str]:
-    """A short human-readable summary: accuracies with their 95 % intervals."""
+    """A short human-readable summary: accuracies with their 95 % intervals, the worst case
+    per image, and the paired comparison with the undefended model."""
     attack = results["settings"]["attack"]
     units = "/255" if attack["norm"] == "linf" else ""
-    rows = [("clean", model, summary) for model, summary in results["clean"].items()]
-    rows += [
-        (f"{entry['threat']} eps={entry['eps']:g}{units}", entry["model"], entry)
-        for entry in results["robust"]
-    ]
+    rows = [("clean", model, _percent(summary)) for model, summary in results["clean"].items()]
+    for entry in results["robust"]:
+        text = _percent(entry)
+        if "seeds" in entry:
+            spread = entry["seeds"]
+            text += f"  seeds: {spread['mean']:.2%} +- {spread['std']:.2%}"
+        rows.append(
+            (f"{condition_label(entry, results)} eps={entry['eps']:g}{units}", entry["model"], text)
+        )
+    if len(results["robust"]) > len(results["worst_case"]):
+        rows += [
+            (f"{WORST_CASE} eps={entry['eps']:g}{units}", entry["model"], _percent(entry))
+            for entry in results["worst_case"]
+        ]
     first = max(len(row[0]) for row in rows)
     second = max(len(row[1]) for row in rows)
-    lines = [f"{results['subset']['n']} images, {attack['method']} ({attack['steps']} steps)"]
-    lines += [f"  {a:<{first}}  {b:<{second}}  {_percent(summary)}" for a, b, summary in rows]
+    protocol = results["settings"]["protocol"]
+    lines = [
+        f"{results['subset']['n']} images, {attack['method']} ({attack['steps']} steps), "
+        f"protocol {protocol}"
+    ]
+    lines += [f"  {a:<{first}}  {b:<{second}}  {text}" for a, b, text in rows]
+    for entry in results["paired"]:
+        if entry["threat"] == WORST_CASE:
+            lines.append(
+                f"  paired eps={entry['eps']:g}{units}: {entry['defense']} robust where the "
+                f"undefended model is not on {entry['defense_only']} images, the reverse on "
+                f"{entry['undefended_only']}; exact McNemar p = {entry['p_value']:.3g}"
+            )
     speed = results["timings"]["this_invocation"].get("images_per_s")
     if speed:
         lines.append(f"  {speed:.3g} images/s in this invocation")

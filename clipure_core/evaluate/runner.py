@@ -2,7 +2,8 @@
 batch, and let rank 0 merge them into the outputs.
 
 Batch i always holds the same images and is attacked with seed + i, so its result does not
-depend on which process runs it, on how many there are, or on earlier interruptions.
+depend on which process runs it, on how many there are, or on earlier interruptions. The
+release protocol runs in stages instead (release.py).
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from ..errors import InputError
 from ..loading import load_backbone
 from ..purifiers import Purifier, build_purifier, check_defense
 from ..text_embeddings import tqdm_progress
-from .batch import BatchEvaluator, Condition
+from .batch import BatchEvaluator
 from .config import EvalConfig
 from .data import EvalDataset, load_dataset
 from .distributed import Cluster, start_cluster
+from .notices import run_notices
+from .randomness import is_stochastic
+from .release import ReleaseEvaluator, ReleaseRun, batch_records
 from .report import write_outputs
 from .store import PartialStore
 from .subset import assign, plan_batches, stratified_subset
@@ -41,6 +45,7 @@ class _Setup:
     classifier: ZeroShotClassifier
     purifiers: dict[str, Purifier]
     options: dict[str, dict]  # per defence, as resolved (e.g. the prior CLIPure-Diff found)
+    stochastic: dict[str, bool]  # per model: do two forwards with other seeds differ?
     notices: list[str] = field(default_factory=list)
 
 
@@ -83,6 +88,8 @@ class _Run:
         settings = self._settings(setup)
         store = PartialStore(config.out, settings)
         cluster.check_all(store.check_settings())
+        if config.protocol == "release":
+            return self._execute_release(setup, settings, started)
         batches = plan_batches(len(setup.subset), config.batch_size)
         held = cluster.all_gather(store.done())
         pending = [index for index in range(len(batches)) if index not in set().union(*held)]
@@ -118,6 +125,60 @@ class _Run:
         records = [store.read(index) for index in range(len(batches))]
         results = write_outputs(config.out, settings, records, invocation, setup.notices)
         return Outcome(finished, len(batches), results)
+
+    def _execute_release(self, setup: _Setup, settings: dict, started: float) -> Outcome:
+        """The release protocol: its stages in order, then the same outputs as a batch run."""
+        config, cluster = self.config, self.cluster
+        evaluator = ReleaseEvaluator(
+            setup.classifier, setup.purifiers, config.threats[0], config.seed
+        )
+        bar = self._bar(None, "release protocol (images clean, then attacked)")
+        run = ReleaseRun(config, evaluator, cluster, settings, self._loader(setup), bar.update)
+        loop_start = time.perf_counter()
+        try:
+            stages = run.run(len(setup.subset), config.models)
+        finally:
+            bar.close()
+        progress = run.progress
+        computed = sum(cluster.all_gather(run.computed))  # every rank takes part
+        if not cluster.is_root or stages is None:
+            return Outcome(progress.finished, progress.known, root=cluster.is_root)
+        wall = time.perf_counter() - loop_start
+        images = len(setup.subset)
+        invocation = {
+            "processes": cluster.world_size,
+            "batches": computed,
+            "images": images,
+            "setup_s": loop_start - started,
+            "wall_s": wall,
+            "images_per_s": images / wall if wall > 0 else None,
+        }
+        ids = [setup.dataset.ids[item] for item in setup.subset]
+        records = batch_records(stages, config.eps, config.models, ids, config.threats[0])
+        results = write_outputs(config.out, settings, records, invocation, setup.notices)
+        return Outcome(progress.finished, progress.known, results)
+
+    def _loader(self, setup: _Setup):
+        """positions -> (prepared pixels, labels) of those subset positions."""
+        dataset, subset = setup.dataset, setup.subset
+
+        def load(positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+            items = [subset[position] for position in positions]
+            pixels = torch.stack([setup.backbone.prepare(dataset.image(item)) for item in items])
+            labels = torch.tensor([dataset.targets[item] for item in items], device=self.device)
+            return pixels, labels
+
+        return load
+
+    def _bar(self, total: int | None, description: str) -> tqdm:
+        return tqdm(
+            total=total,
+            unit="img",
+            unit_scale=self.cluster.world_size if self.cluster.distributed else False,
+            desc=description,
+            disable=not (self.config.progress and self.cluster.is_root),
+            dynamic_ncols=True,
+        )
 
     @staticmethod
     def _keep(store: PartialStore, gathered: list[dict] | None) -> None:
@@ -158,12 +219,14 @@ class _Run:
             name: build_purifier(name, backbone, config.templates, **options[name])
             for name in config.defenses
         }
-        if "paper" in config.threats and purifiers:
-            notices.append(
-                "threat 'paper' treats the purifier's inner gradient as a constant, as the "
-                "paper's released evaluation did; this masks gradients: compare with 'bpda'."
-            )
-        return _Setup(dataset, subset, backbone, classifier, purifiers, options, notices)
+        stochastic = {name: False for name in config.models} | {
+            name: is_stochastic(purifier, classifier.class_embeddings)
+            for name, purifier in purifiers.items()
+        }
+        notices += run_notices(config, stochastic, self.device)
+        return _Setup(
+            dataset, subset, backbone, classifier, purifiers, options, stochastic, notices
+        )
 
     def _settings(self, setup: _Setup) -> dict:
         """Everything the numbers depend on; a resume must match it exactly."""
@@ -189,18 +252,40 @@ class _Run:
             "attack": config.attack_settings(),
             "threats": list(config.threats),
             "models": list(config.models),
+            "protocol": config.protocol,
+            "evaluation": {
+                **config.evaluation_settings(),
+                "stochastic": setup.stochastic,
+                "eot_samples": self._eot(setup),
+                "draws": self._draws(setup),
+                "eight_bit": config.protocol != "release",
+            },
             "defenses": {
                 name: {**_json_safe(setup.options[name]), **purifier.settings()}
                 for name, purifier in setup.purifiers.items()
             },
         }
 
+    def _eot(self, setup: _Setup) -> dict[str, int]:
+        """EOT samples of the run's gradient attack against each model."""
+        method = self.config.attack_config(self.config.eps[0]).method
+        return {m: self.config.eot_for(method, s) for m, s in setup.stochastic.items()}
+
+    def _draws(self, setup: _Setup) -> dict[str, int]:
+        return {m: self.config.draws_for(s) for m, s in setup.stochastic.items()}
+
     def _evaluator(self, setup: _Setup) -> BatchEvaluator:
         config = self.config
-        conditions = [Condition(eps, threat) for eps in config.eps for threat in config.threats]
         attacks = {eps: config.attack_config(eps) for eps in config.eps}
         return BatchEvaluator(
-            setup.classifier, setup.purifiers, config.models, conditions, attacks, config.seed
+            setup.classifier,
+            setup.purifiers,
+            config.models,
+            config.conditions(),
+            attacks,
+            config.seed,
+            eot=self._eot(setup),
+            draws=self._draws(setup),
         )
 
     def _loop(
@@ -209,15 +294,7 @@ class _Run:
         """Evaluate this rank's batches, storing each as it finishes; returns their indices."""
         evaluator = self._evaluator(setup)
         dataset, subset = setup.dataset, setup.subset
-        total = sum(len(batches[index]) for index in mine)
-        bar = tqdm(
-            total=total,
-            unit="img",
-            unit_scale=self.cluster.world_size if self.cluster.distributed else False,
-            desc="evaluating",
-            disable=not (self.config.progress and self.cluster.is_root),
-            dynamic_ncols=True,
-        )
+        bar = self._bar(sum(len(batches[index]) for index in mine), "evaluating")
 
         def load(index: int) -> torch.Tensor:
             items = [subset[position] for position in batches[index]]

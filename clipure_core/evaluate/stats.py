@@ -1,4 +1,5 @@
-"""Confidence intervals for accuracies: the Wilson score interval."""
+"""Confidence intervals for accuracies (the Wilson score interval) and the exact McNemar
+test for paired outcomes."""
 
 from __future__ import annotations
 
@@ -35,3 +36,23 @@ def accuracy_summary(correct: int, total: int) -> dict:
         "accuracy": correct / total if total else None,
         "ci95": [low, high],
     }
+
+
+def mcnemar_exact(only_first: int, only_second: int) -> float:
+    """Two-sided exact McNemar p-value for paired binary outcomes.
+
+    `only_first` / `only_second` count the pairs where only the first / only the second
+    outcome is a success (the discordant pairs; concordant pairs carry no information). Under
+    the null hypothesis each discordant pair falls either way with probability 1/2, so the
+    p-value is twice the binomial tail of the smaller count, at most 1.
+    """
+    if isinstance(only_first, bool) or isinstance(only_second, bool):
+        raise ValueError("counts must be integers.")
+    if min(only_first, only_second) < 0:
+        raise ValueError(f"counts must be >= 0, got {only_first} and {only_second}.")
+    discordant = only_first + only_second
+    if discordant == 0:
+        return 1.0
+    smaller = min(only_first, only_second)
+    tail = sum(math.comb(discordant, k) for k in range(smaller + 1))
+    return min(1.0, 2 * tail / 2**discordant)

@@ -38,10 +38,13 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 class PartialStore:
-    """OUT/partial/: settings.json and one batch_NNNNN.json per finished batch."""
+    """OUT/partial/: settings.json and one batch_NNNNN.json per finished batch (in the
+    subfolder `stage` for a run made of stages)."""
 
-    def __init__(self, out: Path, settings: dict) -> None:
+    def __init__(self, out: Path, settings: dict, stage: str | None = None) -> None:
         self.folder = Path(out) / PARTIAL_DIR
+        if stage is not None:
+            self.folder = self.folder / stage
         self.settings = settings
         self.hash = settings_hash(settings)
 
