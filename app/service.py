@@ -279,7 +279,7 @@ class PlaygroundService:
         with text_progress(on_text):  # whatever is left to encode (e.g. CLIPure-Diff's prompt)
             return playground.run(
                 image,
-                labels,
+                request.labels,  # as given: the result's notices say what parsing changed
                 attack,
                 threat=request.threat,
                 defenses=defenses,

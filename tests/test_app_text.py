@@ -46,12 +46,15 @@ def test_new_labels_report_text_progress_then_the_attack(choice, monkeypatch):
     service = PlaygroundService("cpu")
     progress = Recorder()
     request = PlaygroundRequest(labels=fresh_labels("progress", 3), steps=2)
+    groups = cache.class_prompt_groups(request.labels.split(", "), ENSEMBLE)
+    missing = cache.missing_prompts(service.backbone(choice), [*groups, null_prompts(ENSEMBLE)])
+    assert missing in (240, 320)  # 3 labels x 80 templates, and the null prompt's 80 if new
     result = service.run(choice, Image.open(PHOTO), request, progress)
     assert len(result.labels) == 3
-    # 3 labels x 80 templates + the null prompt's 80, from 0 to all, then the model queries
-    assert progress.text[0][:2] == (0, 320) and progress.text[-1][:2] == (320, 320)
+    # from 0 to all the prompts, then the model queries
+    assert progress.text[0][:2] == (0, missing) and progress.text[-1][:2] == (missing, missing)
     assert "measuring the speed" in progress.text[0][2]
-    assert "left" in progress.text[-1][2] and "320 prompts" in progress.text[-1][2]
+    assert "left" in progress.text[-1][2] and f"{missing} prompts" in progress.text[-1][2]
     assert progress.queries == [1, 2]
     again = Recorder()
     service.run(choice, Image.open(PHOTO), request, again)

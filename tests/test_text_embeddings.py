@@ -266,21 +266,21 @@ def test_a_request_with_cached_labels_never_waits_for_one_that_encodes(backbone)
 
     def hold(done, total):
         inside.set()
-        assert release.wait(30), "never released"
+        assert release.wait(120), "never released"
 
     errors = []
 
     def encode_new():
         try:
             with cache.text_progress(hold):
-                playground.classifier(["wombat", "platypus"])
+                playground.classifier(["held wombat", "held platypus"])
         except Exception as error:
             errors.append(error)
 
     worker = threading.Thread(target=encode_new)
     worker.start()
     try:
-        assert inside.wait(30)
+        assert inside.wait(120), errors
         other: list = []
 
         def read_cached():
