@@ -10,7 +10,7 @@ from clipure_core.evaluate.cli import main as evaluate_main
 from clipure_core.prompts import TEMPLATE_PRESETS, null_prompts
 
 from .conftest import ASSETS, TINY_MODEL
-from .test_evaluate_run import base_args, image_folder, tiny_model_dir  # noqa: F401 (fixtures)
+from .test_evaluate_run import base_args
 
 ENSEMBLE = TEMPLATE_PRESETS["ensemble"]
 
@@ -51,7 +51,7 @@ def test_predict_shows_text_progress(tiny_checkpoint, capsys):
     assert cache.missing_prompts(backbone, groups) == 0
 
 
-def test_evaluate_shows_text_progress(tiny_model_dir, image_folder, tmp_path, capsys):  # noqa: F811
+def test_evaluate_shows_text_progress(tiny_model_dir, image_folder, tmp_path, capsys):
     args = base_args(tiny_model_dir, image_folder, tmp_path / "run")
     args = [arg for arg in args if arg != "--no-progress"]
     args[args.index("--templates") + 1] = "ensemble"
