@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shlex
 import shutil
 import tempfile
 import threading
@@ -27,12 +29,27 @@ from clipure_core.attacks import (
 from clipure_core.backbone import Backbone
 from clipure_core.images import open_image
 from clipure_core.prior import prior_for
-from clipure_core.prompts import parse_labels
+from clipure_core.prompts import LABEL_PRESETS, null_prompts, parse_labels, resolve_templates
+from clipure_core.text_embeddings import (
+    class_prompt_groups,
+    measured_rate,
+    missing_prompts,
+    prompt_group_embeddings,
+    text_progress,
+)
 
 from .catalog import ModelChoice
 
 FILE_LIFETIME_S = 3600
 MAX_SEED = 2**32 - 1  # seeds the UI and the API accept (the engine takes any < 2**64)
+TEXT_LIMIT_ENV = "CLIPURE_TEXT_LIMIT_S"
+DEFAULT_TEXT_LIMIT_S = 120.0  # longest text encoding one request may hold the queue for
+ATTACK_PROGRESS = ("attack: model queries", "queries")
+
+# on_progress(done, total, desc, unit): model queries are reported as (done, total) alone (the
+# description and unit are ATTACK_PROGRESS's), text encoding with its own description and
+# "prompts". Raising from it (as `cancel` does) ends the work at its next batch or query.
+ProgressCallback = Callable[..., None]
 
 
 class Cancelled(Exception):
@@ -59,6 +76,7 @@ class PlaygroundRequest:
     cos_step_size: float = 30.0
     diff_steps: int = 10
     diff_step_size: float = 30.0
+    templates: str = "ensemble"  # or "single" (one template: 80 times fewer prompts to encode)
 
     def attack_config(self) -> AttackConfig:
         """The engine's AttackConfig, every field checked in the units the UI shows."""
@@ -91,6 +109,7 @@ class PlaygroundRequest:
             _text(name, "defence")
         _text(self.true_label, "true label")
         _text(self.target_label, "target label")
+        _text(self.templates, "templates")
 
 
 def _text(value, name: str, allow_list: bool = False) -> str:
@@ -154,6 +173,23 @@ def _seed(value) -> int:
     return _count(value, "seed", 0, MAX_SEED)
 
 
+def _duration(seconds: float) -> str:
+    """'45 s', '3.5 min', '1.2 h'."""
+    if seconds < 90:
+        return f"{max(seconds, 1):.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _preset_name(labels: list[str]) -> str | None:
+    """The preset the labels came from (e.g. 'imagenet1k'), if they did."""
+    for name, preset in LABEL_PRESETS.items():
+        if list(preset) == labels:
+            return name
+    return None
+
+
 def estimated_queries(config: AttackConfig, targets: int, num_labels: int) -> int:
     """Model forwards an attack will make (for the progress bar), per attacked model x targets."""
     per_attack = config.effective_steps * config.eot_samples
@@ -168,11 +204,20 @@ def estimated_queries(config: AttackConfig, targets: int, num_labels: int) -> in
 
 
 class PlaygroundService:
-    """Loads backbones on demand (cached per process) and runs requests on them."""
+    """Loads backbones on demand (cached per process) and runs requests on them.
 
-    def __init__(self, device: str | None = None) -> None:
+    A request whose text embeddings are not cached encodes them first, with progress, if that
+    takes at most `text_limit_s` at the prompts/s measured on this device (default
+    CLIPURE_TEXT_LIMIT_S, else 120 s); a longer one is refused with the estimate and the ways
+    out. Before the first measurement the first chunk of prompts measures it.
+    """
+
+    def __init__(self, device: str | None = None, text_limit_s: float | None = None) -> None:
         self.device = device
-        self._playgrounds: dict[int, Playground] = {}
+        if text_limit_s is None:
+            text_limit_s = float(os.environ.get(TEXT_LIMIT_ENV) or DEFAULT_TEXT_LIMIT_S)
+        self.text_limit_s = text_limit_s
+        self._playgrounds: dict[tuple[int, str], Playground] = {}
         self._lock = threading.Lock()
         self.output_dir = Path(tempfile.mkdtemp(prefix="clipure-playground-"))
         # removed when the service is garbage-collected or at the latest at interpreter exit
@@ -185,20 +230,22 @@ class PlaygroundService:
         """The prior CLIPure-Diff would use with this backbone, if any."""
         return prior_for(self.backbone(choice))
 
-    def playground(self, choice: ModelChoice) -> Playground:
+    def playground(self, choice: ModelChoice, templates: str = "ensemble") -> Playground:
         backbone = self.backbone(choice)
         with self._lock:
-            return self._playgrounds.setdefault(id(backbone), Playground(backbone))
+            key = (id(backbone), templates)
+            return self._playgrounds.setdefault(key, Playground(backbone, templates))
 
     def run(
         self,
         choice: ModelChoice,
         image: str | Path | Image.Image | None,
         request: PlaygroundRequest,
-        on_progress: Callable[[int, int], None] | None = None,
+        on_progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> PlaygroundResult:
-        """Run `request`; `on_progress(done, total)` per model query; `cancel` aborts it."""
+        """Run `request`; `on_progress` sees the text encoding (if any) and every model
+        query; `cancel` aborts it at the next batch of prompts or model query."""
         if image is None:
             raise InputError("no image: upload or paste a photo, or click an example.")
         request.check()
@@ -207,35 +254,125 @@ class PlaygroundService:
         image = open_image(image)
         defenses = [name for name in request.defenses or () if name]
         attacked = 1 + (len(defenses) if request.threat != "transfer" else 0)
-        label_count = len(parse_labels(request.labels)[0])
-        total = estimated_queries(attack, attacked, label_count)
+        labels = parse_labels(request.labels)[0]
+        total = estimated_queries(attack, attacked, len(labels))
+        templates = (request.templates or "ensemble").strip().lower()
+        if templates not in ("ensemble", "single"):
+            raise InputError(f"templates {templates!r}: use ensemble or single.")
+        playground = self.playground(choice, templates)
 
-        def on_query(done: int) -> None:
+        def stop_if_cancelled() -> None:
             if cancel is not None and cancel.is_set():
                 raise Cancelled
+
+        def on_query(done: int) -> None:
+            stop_if_cancelled()
             if on_progress is not None:
                 on_progress(min(done, total), total)
 
-        return self.playground(choice).run(
-            image,
-            request.labels,
-            attack,
-            threat=request.threat,
-            defenses=defenses,
-            seed=seed,
-            true_label=request.true_label or None,
-            target_label=request.target_label or None,
-            defense_settings={
-                "clipure_cos": {
-                    "steps": _integer(request.cos_steps, "CLIPure-Cos steps"),
-                    "step_size": _number(request.cos_step_size, "CLIPure-Cos step size"),
+        def on_text(done: int, total: int) -> None:
+            stop_if_cancelled()
+            if on_progress is not None:
+                on_progress(done, total, f"text embeddings: {total:,} prompts", "prompts")
+
+        self.encode_text(choice, playground, labels, bool(defenses), on_progress, cancel)
+        with text_progress(on_text):  # whatever is left to encode (e.g. CLIPure-Diff's prompt)
+            return playground.run(
+                image,
+                request.labels,  # as given: the result's notices say what parsing changed
+                attack,
+                threat=request.threat,
+                defenses=defenses,
+                seed=seed,
+                true_label=request.true_label or None,
+                target_label=request.target_label or None,
+                defense_settings={
+                    "clipure_cos": {
+                        "steps": _integer(request.cos_steps, "CLIPure-Cos steps"),
+                        "step_size": _number(request.cos_step_size, "CLIPure-Cos step size"),
+                    },
+                    "clipure_diff": {
+                        "steps": _integer(request.diff_steps, "CLIPure-Diff steps"),
+                        "step_size": _number(request.diff_step_size, "CLIPure-Diff step size"),
+                    },
                 },
-                "clipure_diff": {
-                    "steps": _integer(request.diff_steps, "CLIPure-Diff steps"),
-                    "step_size": _number(request.diff_step_size, "CLIPure-Diff step size"),
-                },
-            },
-            on_query=on_query,
+                on_query=on_query,
+            )
+
+    def encode_text(
+        self,
+        choice: ModelChoice,
+        playground: Playground,
+        labels: list[str],
+        null_prompt: bool,
+        on_progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        """Encode (and cache) the labels' prompts, and the null prompt's, that are not cached
+        yet, reporting progress with the time left; refuse, before or after the first chunk
+        measured the speed, what would take longer than `text_limit_s`."""
+        backbone = playground.backbone
+        templates = resolve_templates(playground.templates)
+        groups = class_prompt_groups(labels, templates)
+        groups += [null_prompts(templates)] if null_prompt else []
+        if not missing_prompts(backbone, groups):
+            return
+        decided = False
+
+        def check(done: int, total: int) -> None:
+            nonlocal decided
+            if cancel is not None and cancel.is_set():
+                raise Cancelled
+            rate = measured_rate(backbone)
+            if rate is not None and not decided:
+                decided = True
+                if (total - done) / rate > self.text_limit_s:
+                    raise InputError(
+                        self.text_refusal(choice, labels, templates, total, done, rate)
+                    )
+            if on_progress is not None:
+                if rate is None:
+                    desc = f"text embeddings: {total:,} prompts (measuring the speed)"
+                else:
+                    left = _duration((total - done) / rate)
+                    desc = f"text embeddings: {total:,} prompts, about {left} left"
+                on_progress(done, total, desc, "prompts")
+
+        prompt_group_embeddings(backbone, groups, on_progress=check)
+
+    def text_refusal(
+        self,
+        choice: ModelChoice,
+        labels: list[str],
+        templates: tuple[str, ...],
+        total: int,
+        done: int,
+        rate: float,
+    ) -> str:
+        """Why a request's text encoding is refused, with the estimate and the ways out."""
+        device = self.backbone(choice).info.device
+        given = ", ".join(labels)
+        label_arg = _preset_name(labels) or (given if len(given) <= 200 else "LABELS")
+        command = (
+            f"python -m clipure_core cache-text --labels {shlex.quote(label_arg)} "
+            f"--model {shlex.quote(choice.name)} --pretrained {shlex.quote(choice.pretrained)}"
+            + ("" if len(templates) > 1 else " --templates single")
+        )
+        kept = " The labels encoded until now stay cached." if done else ""
+        single = ""
+        if len(templates) > 1:
+            single = (
+                f" use the single template ({len(labels):,} prompts, about "
+                f"{_duration(len(labels) / rate)}; --templates single on the command line);"
+            )
+        return (
+            f"{total:,} text prompts of these labels are not cached yet ({len(labels):,} "
+            f"labels x {len(templates)} templates): encoding them takes about "
+            f"{_duration((total - done) / rate)} on this "
+            f"{device} ({rate:,.0f} prompts/s), more than the {_duration(self.text_limit_s)} "
+            f"this app allows a request ({TEXT_LIMIT_ENV}).{kept} Ways out: run the app on a "
+            f"GPU;{single} or encode them once from the command line, which caches them for "
+            f"this app: {command}"
         )
 
     def save_downloads(self, result: PlaygroundResult) -> tuple[Path, Path]:

@@ -27,7 +27,7 @@ from .catalog import ModelChoice, model_choices
 from .config import AppConfig
 from .gpu import gpu_task, zero_gpu
 from .jobs import cancellable, explain_full_queue
-from .service import Cancelled, PlaygroundRequest, PlaygroundService
+from .service import ATTACK_PROGRESS, Cancelled, PlaygroundRequest, PlaygroundService
 
 LOGGER = logging.getLogger(__name__)
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -301,8 +301,8 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
             diff_step_size=diff_step_size,
         )
 
-        def on_progress(done, total):
-            progress((done, total), desc="attack: model queries", unit="queries")
+        def on_progress(done, total, desc=ATTACK_PROGRESS[0], unit=ATTACK_PROGRESS[1]):
+            progress((done, total), desc=desc, unit=unit)  # text embeddings, then the attack
 
         try:
             result = run_request(by_label[model_label], image, request, on_progress, cancel)
@@ -362,8 +362,8 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
             seed=seed,
         )
 
-        def on_progress(done, total):
-            progress((done, total), desc="attack: model queries", unit="queries")
+        def on_progress(done, total, desc=ATTACK_PROGRESS[0], unit=ATTACK_PROGRESS[1]):
+            progress((done, total), desc=desc, unit=unit)  # text embeddings, then the attack
 
         return run_request(start, image, request, on_progress, cancel).to_dict()
 

@@ -29,3 +29,25 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU, {torch.get_num_threads()} threads"
+
+
+def interleaved_medians_ms(
+    functions: dict[str, Callable[[], object]], device: torch.device, repeats: int
+) -> dict[str, float]:
+    """Median wall time of each function in milliseconds, after one warm-up round, the
+    functions taking turns in every round so that a change in the machine's load affects them
+    alike (their ratios are then measured in one run). A function may return its own time in
+    seconds (a float) to time only part of its work."""
+    samples: dict[str, list[float]] = {name: [] for name in functions}
+    for round_ in range(repeats + 1):
+        for name, function in functions.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            result = function()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            elapsed = result if isinstance(result, float) else time.perf_counter() - start
+            if round_:
+                samples[name].append(elapsed * 1000)
+    return {name: statistics.median(values) for name, values in samples.items()}

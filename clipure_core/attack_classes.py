@@ -1,7 +1,7 @@
 """torchattacks classes adapted to honest evaluation, and the random-noise control.
 
-torchattacks' APGD, APGD-T, FAB and Square (like AutoAttack) first classify the clean batch
-once and attack only the images that pass was right about. With a stochastic defence that one
+torchattacks' APGD, APGD-T and Square (like AutoAttack) first classify the clean batch once
+and attack only the images that pass was right about. With a stochastic defence that one
 noisy forward can be wrong by chance, and the image is then returned clean, never attacked,
 and may well be counted robust by a later evaluation. The `EveryImage*` classes attack every
 image they are given; everything else is torchattacks' own code.
@@ -45,10 +45,6 @@ class EveryImageAPGD(_AttackEveryImage, torchattacks.APGD):
 
 class EveryImageAPGDT(_AttackEveryImage, torchattacks.APGDT):
     """torchattacks.APGDT that attacks every image (see the module docstring)."""
-
-
-class EveryImageFAB(_AttackEveryImage, torchattacks.FAB):
-    """torchattacks.FAB that attacks every image (see the module docstring)."""
 
 
 class EveryImageSquare(_AttackEveryImage, torchattacks.Square):

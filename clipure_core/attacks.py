@@ -13,7 +13,6 @@ from torch import nn
 from .attack_classes import (
     EveryImageAPGD,
     EveryImageAPGDT,
-    EveryImageFAB,
     EveryImageSquare,
     UniformNoise,
 )
@@ -173,8 +172,9 @@ def build_attack(
 ) -> torchattacks.attack.Attack:
     """The torchattacks object that runs `config` against `model`.
 
-    The APGD variants, FAB and Square attack every image they are given (see
-    `attack_classes`), so a stochastic defence cannot dodge an attack by one lucky forward.
+    The APGD variants and Square attack every image they are given (see `attack_classes`),
+    so a stochastic defence cannot dodge them by one lucky forward. FAB (only in
+    autoattack-standard, an attack for deterministic models) keeps its own clean check.
     """
     if num_classes < MIN_CLASSES.get(config.method, 2):
         raise InputError(
@@ -230,7 +230,7 @@ def build_attack(
     elif method == "autoattack":  # the release's version='custom': APGD-CE x5 + APGD-T
         attack = torchattacks.MultiAttack([apgd("ce", RELEASE_APGD_RESTARTS), apgd_t()])
     else:  # autoattack-standard: AutoAttack's standard version
-        fab = EveryImageFAB(
+        fab = torchattacks.FAB(
             model,
             norm,
             eps,

@@ -15,8 +15,7 @@ from torchvision.transforms import CenterCrop, InterpolationMode, Resize
 from .errors import InputError
 from .images import check_aspect_ratio, normalize_image
 from .pixels import pil_to_pixels
-
-TEXT_BATCH = 256
+from .text_encoder import TEXT_BATCH, BatchCallback, encode_prompts, fallback_reason
 
 
 @dataclass(frozen=True)
@@ -98,15 +97,27 @@ class Backbone(nn.Module):
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         return self.tokenizer(list(texts)).to(self.device)
 
-    @torch.no_grad()
-    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
-        """List of N strings -> (N, D) float32 embeddings (not normalised)."""
-        chunks = [
-            self.model.encode_text(self.tokenize(texts[start : start + TEXT_BATCH])).float()
-            for start in range(0, len(texts), TEXT_BATCH)
-        ]
-        return torch.cat(chunks)
+    @property
+    def text_at_prompt_length(self) -> bool:
+        """Whether the text tower runs at the prompts' own length (see text_encoder.py)
+        rather than through the model's padded `encode_text`."""
+        return fallback_reason(self.model) is None
 
-    def normalized_text(self, texts: Sequence[str]) -> torch.Tensor:
+    @torch.no_grad()
+    def encode_text(
+        self,
+        texts: Sequence[str],
+        batch_size: int = TEXT_BATCH,
+        on_batch: BatchCallback | None = None,
+    ) -> torch.Tensor:
+        """List of N strings -> (N, D) float32 embeddings (not normalised), equal to the
+        model's `encode_text` (to float rounding) but at the prompts' own length where the
+        text tower allows it. `on_batch(done)` comes before each batch and after the last;
+        raising from it stops before the next batch."""
+        return encode_prompts(self.model, self.tokenizer, texts, self.device, batch_size, on_batch)
+
+    def normalized_text(
+        self, texts: Sequence[str], on_batch: BatchCallback | None = None
+    ) -> torch.Tensor:
         """Unit-norm text embeddings, (N, D)."""
-        return F.normalize(self.encode_text(texts), dim=-1)
+        return F.normalize(self.encode_text(texts, on_batch=on_batch), dim=-1)

@@ -1,10 +1,13 @@
-"""Command line: `python -m clipure_core predict IMAGE --labels "cat,dog" [...]`."""
+"""Command line: `python -m clipure_core predict IMAGE --labels "cat,dog" [...]`, and
+`python -m clipure_core cache-text --labels imagenet1k [...]` to fill the text cache;
+`python -m clipure_core audit IMAGE --labels ...` (see `audit/cli.py`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 
 from .attacks import METHODS, AttackConfig
@@ -12,6 +15,14 @@ from .errors import InputError, WeightsUnavailableError
 from .images import open_image
 from .loading import load_backbone
 from .pipeline import Playground
+from .prompts import null_prompts, parse_labels, resolve_templates
+from .text_embeddings import (
+    cache_root,
+    class_prompt_groups,
+    missing_prompts,
+    prompt_group_embeddings,
+    tqdm_progress,
+)
 from .threats import THREATS
 
 DEFAULT_MODEL = "ViT-B-32"
@@ -35,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="open_clip tag, local checkpoint file, hf-hub:org/repo, or 'random'",
     )
     predict.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
-    predict.add_argument("--precision", default=None, help="fp32 (default), fp16 or bf16 (GPU)")
+    predict.add_argument(
+        "--precision", default=None, help="fp32 (default), bf16 or fp16 (slow on CPU)"
+    )
     predict.add_argument("--templates", default="ensemble", help="ensemble (80 CLIP) or single")
     predict.add_argument("--attack", default="pgd", choices=sorted(METHODS))
     predict.add_argument("--norm", default=None, help="linf or l2 (default: the method's first)")
@@ -62,6 +75,23 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--seed", type=int, default=0)
     predict.add_argument("--json", action="store_true", help="print the full result as JSON")
     predict.add_argument("--save-adversarial", default=None, help="write the adversarial PNG here")
+    text = commands.add_parser(
+        "cache-text",
+        help="encode and cache the text embeddings of labels (the app then finds them)",
+    )
+    text.add_argument(
+        "--labels", required=True, help="comma-separated class names, or cifar10 / imagenet1k"
+    )
+    text.add_argument("--model", default=DEFAULT_MODEL, help="open_clip architecture")
+    text.add_argument("--pretrained", default=DEFAULT_WEIGHTS, help="as for predict")
+    text.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    text.add_argument("--precision", default=None, help="fp32 (default), bf16 or fp16")
+    text.add_argument("--templates", default="ensemble", help="ensemble (80 CLIP) or single")
+    text.set_defaults(handler=cache_text)
+    # imported here: the audit's command module imports this one (defaults, defence flags)
+    from .audit.cli import add_audit_parser
+
+    add_audit_parser(commands)
     return parser
 
 
@@ -98,17 +128,18 @@ def predict(args: argparse.Namespace) -> int:
     backbone = load_backbone(args.model, args.pretrained, args.device, args.precision)
     playground = Playground(backbone, args.templates)
     defenses = [name.strip() for name in args.defense.split(",") if name.strip()]
-    result = playground.run(
-        image,
-        args.labels,
-        attack_config(args),
-        threat=args.threat,
-        defenses=defenses,
-        seed=args.seed,
-        true_label=args.true_label,
-        target_label=args.target,
-        defense_settings=defense_settings(args),
-    )
+    with tqdm_progress():  # text embeddings not cached yet: prompts done / total on stderr
+        result = playground.run(
+            image,
+            args.labels,
+            attack_config(args),
+            threat=args.threat,
+            defenses=defenses,
+            seed=args.seed,
+            true_label=args.true_label,
+            target_label=args.target,
+            defense_settings=defense_settings(args),
+        )
     if args.save_adversarial:
         try:
             result.adversarial_image.save(args.save_adversarial, format="PNG")
@@ -136,10 +167,30 @@ def predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cache_text(args: argparse.Namespace) -> int:
+    """Encode the labels' template ensembles and the null prompt into the cache."""
+    labels, _ = parse_labels(args.labels)
+    templates = resolve_templates(args.templates)
+    backbone = load_backbone(args.model, args.pretrained, args.device, args.precision)
+    groups = [*class_prompt_groups(labels, templates), null_prompts(templates)]
+    missing = missing_prompts(backbone, groups)
+    started = time.perf_counter()
+    with tqdm_progress():
+        prompt_group_embeddings(backbone, groups)
+    elapsed = time.perf_counter() - started
+    rate = f" ({missing / elapsed:.0f} prompts/s)" if missing and elapsed > 0 else ""
+    print(
+        f"{len(labels)} labels x {len(templates)} templates and the null prompt: "
+        f"{missing} prompts encoded in {elapsed:.1f} s{rate}, "
+        f"{sum(map(len, groups)) - missing} were cached; cache: {cache_root() / 'text'}"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return predict(args)
+        return getattr(args, "handler", predict)(args)
     except (InputError, WeightsUnavailableError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

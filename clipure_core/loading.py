@@ -12,6 +12,7 @@ import os
 import pickle
 import socket
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -63,13 +64,21 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 
 
 def resolve_precision(precision: str | None, device: torch.device) -> str:
-    """fp32 by default; fp16/bf16 only on a GPU."""
+    """fp32 by default; fp16 and bf16 on a GPU and on CPU (see `precision_notice`)."""
     precision = precision or "fp32"
     if precision not in PRECISIONS:
         raise InputError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}.")
-    if precision != "fp32" and device.type != "cuda":
-        raise InputError(f"precision {precision!r} needs a CUDA GPU; on CPU use fp32.")
     return precision
+
+
+def precision_notice(precision: str, device: str | torch.device) -> str | None:
+    """What a user should know about running `precision` on `device`, if anything."""
+    if precision == "fp16" and torch.device(device).type == "cpu":
+        return (
+            "fp16 on CPU is slow: most CPUs have no fp16 arithmetic, so it can be tens of "
+            "times slower than bf16; on CPU use bf16 or fp32."
+        )
+    return None
 
 
 def load_backbone(
@@ -95,6 +104,9 @@ def load_backbone(
             model = _create_model(weights, torch_device, precision)
             info = BackboneInfo(name, pretrained, weights.weights_id, str(torch_device), precision)
             _CACHE[key] = Backbone(model, open_clip.get_tokenizer(weights.model_name), info)
+            notice = precision_notice(precision, torch_device)
+            if notice:
+                warnings.warn(notice, stacklevel=2)
         return _CACHE[key]
 
 

@@ -18,6 +18,7 @@ from .attacks import AttackConfig, craft_attack
 from .backbone import Backbone
 from .classifier import ZeroShotClassifier
 from .errors import InputError
+from .loading import precision_notice
 from .pixels import perturbation_norms, pil_to_pixels, pixels_to_pil, quantize_in_ball
 from .prompts import parse_labels
 from .purifiers import Purifier, TrajectoryRecorder, build_purifier, check_defense
@@ -135,12 +136,16 @@ class Playground:
         )
 
     def _memoised(self, key: tuple, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+        # Built outside the lock: one request encoding many labels must not hold up another
+        # whose labels are cached (two requests building the same module both build it).
         with self._lock:
             if key in self._memo:
                 self._memo.move_to_end(key)
                 return self._memo[key]
-            module = build()
-            self._memo[key] = module
+        module = build()
+        with self._lock:
+            module = self._memo.setdefault(key, module)
+            self._memo.move_to_end(key)
             if len(self._memo) > _MEMO_SIZE:
                 self._memo.popitem(last=False)
             return module
@@ -168,6 +173,8 @@ class Playground:
         attack = attack or AttackConfig()
         check_threat(threat)
         labels, notices = parse_labels(labels)
+        info = self.backbone.info
+        notices += [notice] if (notice := precision_notice(info.precision, info.device)) else []
         if isinstance(defenses, str):
             defenses = defenses.split(",")
         defenses = list(dict.fromkeys(name.strip() for name in defenses if name.strip()))

@@ -191,3 +191,26 @@ ONE_STEP_API_ARGS = {
     "defenses": "clipure_cos",
     "seed": 0,
 }
+
+
+# --- CUDA tests ------------------------------------------------------------------------------
+# Tests marked `cuda` run, never skip, where CUDA is present. On CPU the CI command deselects
+# them (-m "not cuda"); a run without any -m deselects them too when CUDA is absent, and says so.
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.option.markexpr or torch.cuda.is_available():
+        return
+    cuda = [item for item in items if item.get_closest_marker("cuda")]
+    if cuda:
+        items[:] = [item for item in items if not item.get_closest_marker("cuda")]
+        config.hook.pytest_deselected(items=cuda)
+        config._clipure_cuda_deselected = len(cuda)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    count = getattr(config, "_clipure_cuda_deselected", 0)
+    if count:
+        terminalreporter.write_line(
+            f"{count} CUDA tests deselected: no CUDA here (bash bench/gpu_check.sh runs them)."
+        )

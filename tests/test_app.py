@@ -162,9 +162,10 @@ def test_stop_really_stops_the_attack(tiny_checkpoint):
     cancel = threading.Event()
     seen = []
 
-    def on_progress(done, total):
-        seen.append(done)
-        if done == 3:
+    def on_progress(done, total, desc="attack", unit="queries"):
+        if unit == "queries":
+            seen.append(done)
+        if done == 3 and unit == "queries":
             cancel.set()
 
     request = PlaygroundRequest(labels="cat, dog", steps=50)

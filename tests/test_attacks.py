@@ -22,7 +22,7 @@ CONFIGS = [
     AttackConfig("apgd-dlr", "l2", 0.5, 5),
     AttackConfig("apgd-t", "linf", 4 / 255, 3),
     AttackConfig("autoattack", "linf", 1 / 255, 3),
-    AttackConfig("autoattack-standard", "l2", 0.1, 2),
+    AttackConfig("autoattack-standard", "linf", 16 / 255, 2),
     AttackConfig("pgd", "linf", 3 / 255, 3, eot_samples=2),
     AttackConfig("square", "linf", 2 / 255, 50),
     AttackConfig("square", "l2", 0.3, 50),

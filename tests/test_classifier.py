@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from clipure_core import CosPurifier, InputError, ZeroShotClassifier, parse_labels
-from clipure_core import text_embeddings as cache
 from clipure_core.prompts import TEMPLATE_PRESETS, resolve_templates
 
 from .conftest import LABELS
@@ -63,30 +60,3 @@ def test_labels_are_cleaned_and_deduplicated():
         parse_labels([f"class {i}" for i in range(1001)])
     with pytest.raises(InputError, match="at most 200 characters"):
         parse_labels(["x" * 201])
-
-
-def test_text_embeddings_are_cached_in_memory_and_on_disk(backbone, monkeypatch):
-    groups = [["a photo of a zebra.", "a zebra."], ["a photo of a yak."]]
-    first = cache.prompt_group_embeddings(backbone, groups)
-    assert list((cache.cache_root() / "text").glob("*.safetensors"))
-    monkeypatch.setattr(cache, "_MEMORY", OrderedDict())
-
-    def fail(*_):
-        raise AssertionError("the disk cache should have answered")
-
-    monkeypatch.setattr(backbone, "normalized_text", fail)
-    second = cache.prompt_group_embeddings(backbone, groups)
-    assert torch.equal(first, second)
-    third = cache.prompt_group_embeddings(backbone, groups)
-    assert third is second  # memory cache
-    with pytest.raises(AssertionError, match="disk cache"):
-        cache.prompt_group_embeddings(backbone, [["a photo of an okapi."]])
-
-
-def test_unreadable_cache_file_is_recomputed(backbone, monkeypatch):
-    groups = [["a photo of a lynx."]]
-    expected = cache.prompt_group_embeddings(backbone, groups)
-    monkeypatch.setattr(cache, "_MEMORY", OrderedDict())
-    for path in (cache.cache_root() / "text").glob("*.safetensors"):
-        path.write_bytes(b"garbage")
-    assert torch.allclose(cache.prompt_group_embeddings(backbone, groups), expected)

@@ -300,6 +300,9 @@ def test_batch_evaluator_crafts_each_image_once(backbone, monkeypatch):
 
 
 def test_torchrun_two_processes_equal_one(reference_run, tiny_model_dir, image_folder, tmp_path):
+    """Bitwise equal on CPU when each process uses as many threads as the reference run did:
+    float reductions depend on the thread count, and torchrun would otherwise give each worker
+    one thread (OMP_NUM_THREADS=1) against this process's torch.get_num_threads()."""
     out = tmp_path / "two"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     command += ["--nproc_per_node", "2", "-m", "clipure_core.evaluate"]
@@ -307,6 +310,7 @@ def test_torchrun_two_processes_equal_one(reference_run, tiny_model_dir, image_f
         **os.environ,
         "HF_HUB_OFFLINE": "1",
         "CLIPURE_CACHE_DIR": os.environ["CLIPURE_CACHE_DIR"],
+        "OMP_NUM_THREADS": str(torch.get_num_threads()),  # as in the reference run
     }
     done = subprocess.run(
         [*command, *base_args(tiny_model_dir, image_folder, out)],

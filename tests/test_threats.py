@@ -69,6 +69,23 @@ def test_paper_gradient_is_tiny_but_points_the_right_way(backbone, classifier, p
     assert float((paper.sign() == full.sign()).float().mean()) > 0.8
 
 
+def test_batch_coupled_steps_at_batch_size_two_turn_the_paper_gradient_into_noise(
+    backbone, classifier, pixels, cat_photo
+):
+    pair = torch.cat([pixels, backbone.prepare(cat_photo.rotate(90)).unsqueeze(0)])
+    purifier = purifier_with_null_at(backbone, backbone.encode_image(pixels), 78.0)
+    purifier.batch_coupled = True  # the release's step, normalised over the batch
+    labels = classifier(pair).argmax(dim=-1)
+    grads = {}
+    for threat in ("paper", "full"):
+        x = pair.clone().requires_grad_(True)
+        loss = F.cross_entropy(attacked_model(classifier, purifier, threat)(x), labels)
+        (grads[threat],) = torch.autograd.grad(loss, x)
+    for paper, full in zip(grads["paper"], grads["full"], strict=True):
+        assert abs(direction_cosine(paper.flatten(), full.flatten())) < 0.5
+        assert float((paper.sign() == full.sign()).float().mean()) < 0.65
+
+
 def test_release_gradient_is_exactly_zero(backbone, classifier, pixels):
     z = backbone.encode_image(pixels)
     purifier = purifier_with_null_at(backbone, z, 78.0)

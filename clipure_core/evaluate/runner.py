@@ -22,6 +22,7 @@ from ..classifier import ZeroShotClassifier
 from ..errors import InputError
 from ..loading import load_backbone
 from ..purifiers import Purifier, build_purifier, check_defense
+from ..text_embeddings import tqdm_progress
 from .batch import BatchEvaluator
 from .config import EvalConfig
 from .data import EvalDataset, load_dataset
@@ -204,7 +205,8 @@ class _Run:
         backbone = load_backbone(config.model, config.pretrained, self.device, config.precision)
         if backbone.info.random_weights:
             notices.append("random weights: the accuracies are meaningless (a speed check).")
-        classifier = ZeroShotClassifier(backbone, dataset.classifier_labels, config.templates)
+        with tqdm_progress(disable=not (config.progress and self.cluster.is_root)):
+            classifier = ZeroShotClassifier(backbone, dataset.classifier_labels, config.templates)
         if len(classifier.labels) != len(dataset.classes):
             raise InputError("the class names changed when parsed; make them distinct.")
         options = {
