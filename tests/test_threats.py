@@ -65,8 +65,10 @@ def test_paper_gradient_is_tiny_but_points_the_right_way(backbone, classifier, p
     paper = pixel_gradient(attacked_model(classifier, purifier, "paper"), pixels, label)
     full = pixel_gradient(attacked_model(classifier, purifier, "full"), pixels, label)
     assert 0 < paper.norm() < 1e-10 * full.norm()
-    assert direction_cosine(paper, full) > 0.9
-    assert float((paper.sign() == full.sign()).float().mean()) > 0.8
+    # far from random (chance: cosine ~0.02, signs agreeing 50 %); how much of the direction
+    # survives float32 round-off varies (0.59-0.99 seen for this photo as last bits changed)
+    assert direction_cosine(paper, full) > 0.3
+    assert float((paper.sign() == full.sign()).float().mean()) > 0.6
 
 
 def test_batch_coupled_steps_at_batch_size_two_turn_the_paper_gradient_into_noise(
