@@ -10,29 +10,27 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
 from clipure_core import AttackConfig, InputError, Playground, PlaygroundResult, load_backbone
-from clipure_core.attacks import (
-    AUTOATTACK_TARGETS,
-    MAX_EOT_SAMPLES,
-    MAX_EPS,
-    MAX_STEPS,
-    METHODS,
-)
+from clipure_core.attacks import AUTOATTACK_TARGETS, MAX_EOT_SAMPLES, MAX_EPS, MAX_STEPS
 from clipure_core.backbone import Backbone
 from clipure_core.images import open_image
 from clipure_core.prior import prior_for
 from clipure_core.prompts import parse_labels
+from clipure_core.purifiers import check_defense
 
 from .catalog import ModelChoice
 
 FILE_LIFETIME_S = 3600
-MAX_SEED = 2**32 - 1  # seeds the UI and the API accept (the engine takes any < 2**64)
+MAX_SEED = 2**32 - 1  # seeds the UI and the API accept (the engine takes any < 2**63)
+# on_progress(done, total, description): after every unit of work (model query, ...)
+Progress = Callable[[int, int, str], None]
 
 
 class Cancelled(Exception):
@@ -41,7 +39,11 @@ class Cancelled(Exception):
 
 @dataclass(frozen=True)
 class PlaygroundRequest:
-    """One request in the units the UI shows: L-inf eps and step size in /255, L2 in [0, 1]."""
+    """One request in the units the UI shows: L-inf eps and step size in /255, L2 in [0, 1].
+
+    `defense_settings` holds each defence's settings by the names of its registry
+    (`Purifier.settings_spec`), e.g. {"clipure_cos": {"steps": 10, "step_size": 30.0}}.
+    """
 
     labels: str
     method: str = "pgd"
@@ -55,16 +57,12 @@ class PlaygroundRequest:
     true_label: str | None = None
     target_label: str | None = None
     eot_samples: int = 1
-    cos_steps: int = 10
-    cos_step_size: float = 30.0
-    diff_steps: int = 10
-    diff_step_size: float = 30.0
+    defense_settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def attack_config(self) -> AttackConfig:
-        """The engine's AttackConfig, every field checked in the units the UI shows."""
+        """The engine's AttackConfig (which validates it) from the UI's units; the numbers
+        whose units the UI converts (eps, step size) are checked in those units."""
         method = _text(self.method, "attack method").strip().lower()
-        if method not in METHODS and method != "apgd":
-            raise InputError(f"attack method {method!r}: use one of {', '.join(METHODS)}.")
         norm = _text(self.norm, "norm").strip().lower().replace("-", "")
         if norm not in MAX_EPS:
             raise InputError(f"norm {norm!r}: use linf or l2.")
@@ -91,6 +89,31 @@ class PlaygroundRequest:
             _text(name, "defence")
         _text(self.true_label, "true label")
         _text(self.target_label, "target label")
+
+    def purifier_settings(self) -> dict[str, dict]:
+        """Each defence's settings as its purifier takes them: whole numbers and numbers
+        converted from the UI's floats (the purifier checks their ranges)."""
+        settings = {}
+        for name, values in (self.defense_settings or {}).items():
+            spec = {s.name: s for s in check_defense(name).settings_spec}
+            settings[name] = {
+                key: _as_kind(
+                    value, spec[key].kind, f"{check_defense(name).title} {spec[key].title}"
+                )
+                if key in spec
+                else value
+                for key, value in values.items()
+            }
+        return settings
+
+
+def _as_kind(value, kind: type, name: str):
+    """A UI value as the setting's type (gradio sends whole numbers as floats)."""
+    if kind is int:
+        return _integer(value, name)
+    if kind is float:
+        return _number(value, name)
+    return value
 
 
 def _text(value, name: str, allow_list: bool = False) -> str:
@@ -167,11 +190,29 @@ def estimated_queries(config: AttackConfig, targets: int, num_labels: int) -> in
     return max(1, per_attack * targets)
 
 
+@dataclass(frozen=True)
+class AuditBackend:
+    """What the threat matrix runs: `run(playground, image, labels, **options)` returning an
+    object with `to_dict()` (clipure_core.audit.run_audit), and the conditions it knows (each
+    with `title` and `attacker_knew`), in the matrix's order."""
+
+    run: Callable[..., Any]
+    conditions: Mapping[str, Any]
+
+
+def engine_audit() -> AuditBackend:
+    """The engine's audit (clipure_core.audit)."""
+    from clipure_core.audit import CONDITIONS, run_audit
+
+    return AuditBackend(run_audit, CONDITIONS)
+
+
 class PlaygroundService:
     """Loads backbones on demand (cached per process) and runs requests on them."""
 
-    def __init__(self, device: str | None = None) -> None:
+    def __init__(self, device: str | None = None, audit: AuditBackend | None = None) -> None:
         self.device = device
+        self._audit = audit
         self._playgrounds: dict[int, Playground] = {}
         self._lock = threading.Lock()
         self.output_dir = Path(tempfile.mkdtemp(prefix="clipure-playground-"))
@@ -195,10 +236,11 @@ class PlaygroundService:
         choice: ModelChoice,
         image: str | Path | Image.Image | None,
         request: PlaygroundRequest,
-        on_progress: Callable[[int, int], None] | None = None,
+        on_progress: Progress | None = None,
         cancel: threading.Event | None = None,
     ) -> PlaygroundResult:
-        """Run `request`; `on_progress(done, total)` per model query; `cancel` aborts it."""
+        """Run `request`; `on_progress(done, total, description)` per model query; `cancel`
+        aborts it."""
         if image is None:
             raise InputError("no image: upload or paste a photo, or click an example.")
         request.check()
@@ -214,7 +256,7 @@ class PlaygroundService:
             if cancel is not None and cancel.is_set():
                 raise Cancelled
             if on_progress is not None:
-                on_progress(min(done, total), total)
+                on_progress(min(done, total), total, "attack: model queries")
 
         return self.playground(choice).run(
             image,
@@ -225,26 +267,64 @@ class PlaygroundService:
             seed=seed,
             true_label=request.true_label or None,
             target_label=request.target_label or None,
-            defense_settings={
-                "clipure_cos": {
-                    "steps": _integer(request.cos_steps, "CLIPure-Cos steps"),
-                    "step_size": _number(request.cos_step_size, "CLIPure-Cos step size"),
-                },
-                "clipure_diff": {
-                    "steps": _integer(request.diff_steps, "CLIPure-Diff steps"),
-                    "step_size": _number(request.diff_step_size, "CLIPure-Diff step size"),
-                },
-            },
+            defense_settings=request.purifier_settings(),
             on_query=on_query,
         )
 
-    def save_downloads(self, result: PlaygroundResult) -> tuple[Path, Path]:
-        """Write the adversarial PNG (the evaluated 8-bit image) and the result JSON."""
+    @property
+    def audit_backend(self) -> AuditBackend:
+        if self._audit is None:
+            self._audit = engine_audit()
+        return self._audit
+
+    def audit(
+        self,
+        choice: ModelChoice,
+        image: str | Path | Image.Image | None,
+        request: PlaygroundRequest,
+        conditions: Sequence[str] | None = None,
+        on_progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+    ) -> dict:
+        """The threat matrix of `request`'s photo (every condition x every model) as the
+        audit's JSON; `request`'s eps, norm, steps, defences and seed apply, its attack
+        method does not (each condition has its own). `cancel` aborts it."""
+        if image is None:
+            raise InputError("no image: upload or paste a photo, or click an example.")
+        request.check()
+        attack = request.attack_config()
+        seed = _seed(request.seed)
+        image = open_image(image)
+
+        def on_query(done: int, total: int, condition: str) -> None:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled
+            if on_progress is not None:
+                on_progress(min(done, total), total, f"threat matrix: {condition}")
+
+        return self.audit_backend.run(
+            self.playground(choice),
+            image,
+            request.labels,
+            true_label=request.true_label or None,
+            eps=attack.eps,
+            norm=attack.norm,
+            steps=attack.steps,
+            defenses=[name for name in request.defenses or () if name],
+            defense_settings=request.purifier_settings(),
+            seed=seed,
+            conditions=conditions,
+            on_progress=on_query,
+        ).to_dict()
+
+    def save_downloads(self, result: PlaygroundResult, payload: dict) -> tuple[Path, Path]:
+        """Write the adversarial PNG (the evaluated 8-bit image) and `payload`, the result's
+        JSON, as files."""
         self._prune()
         stem = self.output_dir / f"clipure-{uuid.uuid4().hex[:12]}"
         png, data = stem.with_suffix(".png"), stem.with_suffix(".json")
         result.adversarial_image.save(png, format="PNG")
-        data.write_text(json.dumps(result.to_dict(), indent=2))
+        data.write_text(json.dumps(payload, indent=2))
         return png, data
 
     def _prune(self) -> None:
