@@ -11,6 +11,7 @@ from .loading import clear_backbone_cache, load_backbone
 from .pipeline import Playground, PlaygroundResult
 from .prompts import LABEL_PRESETS, TEMPLATE_PRESETS, parse_labels, resolve_templates
 from .purifiers import CosPurifier, DiffPurifier, Purifier, build_purifier, cos_purify
+from .release import ReleaseClassifier
 from .threats import THREATS, attacked_model
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "Playground",
     "PlaygroundResult",
     "Purifier",
+    "ReleaseClassifier",
     "WeightsUnavailableError",
     "ZeroShotClassifier",
     "attacked_model",

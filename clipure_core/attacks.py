@@ -10,6 +10,12 @@ import torch
 import torchattacks
 from torch import nn
 
+from .attack_classes import (
+    EveryImageAPGD,
+    EveryImageAPGDT,
+    EveryImageSquare,
+    UniformNoise,
+)
 from .errors import InputError
 from .seeding import seeded
 
@@ -22,13 +28,28 @@ METHODS: dict[str, tuple[str, ...]] = {
     "apgd-dlr": ("linf", "l2"),
     "apgd-t": ("linf", "l2"),
     "autoattack": ("linf", "l2"),
+    "autoattack-standard": ("linf", "l2"),
+    "square": ("linf", "l2"),
+    "noise": ("linf", "l2"),
 }
-ALIASES = {"apgd": "apgd-ce", "pgdl2": "pgd-l2", "aa": "autoattack"}
+ALIASES = {
+    "apgd": "apgd-ce",
+    "pgdl2": "pgd-l2",
+    "aa": "autoattack",
+    "aa-standard": "autoattack-standard",
+}
 TARGETED_METHODS = ("pgd", "pgd-l2", "fgsm")
-MIN_CLASSES = {"apgd-dlr": 3, "apgd-t": 4, "autoattack": 4}  # the DLR losses need them
+GRADIENT_FREE_METHODS = ("square", "noise")
+APGD_METHODS = ("apgd-ce", "apgd-dlr", "apgd-t")
+# the DLR losses need 3 classes, their targeted form 4
+MIN_CLASSES = {"apgd-dlr": 3, "apgd-t": 4, "autoattack": 4, "autoattack-standard": 4}
 AUTOATTACK_STEPS = 100  # the paper's setting: APGD-CE + APGD-T, 100 iterations each
-AUTOATTACK_TARGETS = 9  # APGD-T's targets in AutoAttack: the 9 most likely wrong classes
+AUTOATTACK_TARGETS = 9  # APGD-T's (and FAB-T's) targets in AutoAttack: 9 likeliest wrong classes
+RELEASE_APGD_RESTARTS = 5  # AutoAttack's APGD-CE default, kept by the release's version='custom'
+SQUARE_QUERIES = 5000  # Square's query budget in AutoAttack's standard version
 MAX_STEPS = 1000
+MAX_SQUARE_QUERIES = 100_000
+MAX_RESTARTS = 20
 MAX_EOT_SAMPLES = 64
 MAX_EPS = {"linf": 1.0, "l2": 64.0}
 _TORCHATTACKS_NORM = {"linf": "Linf", "l2": "L2"}
@@ -40,7 +61,9 @@ class AttackConfig:
 
     alpha=None picks 2.5 * eps / steps (Madry et al.); APGD variants choose their own steps.
     `targeted_label` is a class index (PGD, PGD-L2, FGSM only). `eot_samples` > 1 averages
-    gradients over that many forward passes (for stochastic defences).
+    gradients over that many forward passes (for stochastic defences). `restarts` applies to
+    the APGD variants. For "square", `steps` is the query budget; "noise" is one random draw
+    (uniform in the L-inf ball, on the L2 sphere): the control every attack must beat.
     """
 
     method: str = "pgd"
@@ -51,6 +74,7 @@ class AttackConfig:
     targeted_label: int | None = None
     random_start: bool = True
     eot_samples: int = 1
+    restarts: int = 1
 
     def __post_init__(self) -> None:
         method = ALIASES.get(self.method.lower(), self.method.lower())
@@ -70,8 +94,19 @@ class AttackConfig:
             )
         if self.alpha is not None:
             _check_number("alpha (step size)", self.alpha, 0, MAX_EPS[self.norm])
-        _check_count("steps", self.steps, MAX_STEPS)
+        max_steps = MAX_SQUARE_QUERIES if method == "square" else MAX_STEPS
+        _check_count("steps" if method != "square" else "steps (queries)", self.steps, max_steps)
         _check_count("eot_samples", self.eot_samples, MAX_EOT_SAMPLES)
+        _check_count("restarts", self.restarts, MAX_RESTARTS)
+        if self.restarts > 1 and method not in APGD_METHODS:
+            raise InputError(
+                f"restarts apply to {', '.join(APGD_METHODS)}; {method} fixes its own."
+            )
+        if self.eot_samples > 1 and method in (*GRADIENT_FREE_METHODS, "autoattack-standard"):
+            raise InputError(
+                f"{method} does not average gradients over samples (no EOT); "
+                "use autoattack, apgd-ce or pgd with eot_samples."
+            )
         if self.targeted_label is not None and method not in TARGETED_METHODS:
             raise InputError(
                 f"a target class works with {', '.join(TARGETED_METHODS)}; "
@@ -88,13 +123,35 @@ class AttackConfig:
 
     @property
     def effective_steps(self) -> int:
-        if self.method == "fgsm":
+        if self.method in ("fgsm", "noise"):
             return 1
         return self.steps
 
+    def estimated_queries(self, num_classes: int) -> int:
+        """Model forwards this attack makes on one image at most (progress bars, GPU leases)."""
+        targets = min(num_classes - 1, AUTOATTACK_TARGETS)
+        apgd = (self.steps + 1) * self.eot_samples
+        if self.method == "noise":
+            return 1
+        if self.method == "square":
+            return self.steps + 2
+        if self.method == "apgd-t":
+            return apgd * targets * self.restarts
+        if self.method in APGD_METHODS:
+            return apgd * self.restarts
+        if self.method == "autoattack":
+            return apgd * (RELEASE_APGD_RESTARTS + targets)
+        if self.method == "autoattack-standard":
+            fab = (self.steps + 2) * targets * 3  # forward + Jacobian passes per FAB step
+            return apgd * (1 + targets) + fab + SQUARE_QUERIES + 2
+        return self.effective_steps * self.eot_samples + 1
+
     def to_dict(self) -> dict:
-        # APGD variants choose their own step sizes.
-        step_size = None if self.method.startswith(("apgd", "autoattack")) else self.step_size
+        # APGD variants and the gradient-free attacks choose their own step sizes.
+        own_step = self.method.startswith(("apgd", "autoattack")) or self.method in (
+            GRADIENT_FREE_METHODS
+        )
+        step_size = None if own_step else self.step_size
         return {**asdict(self), "step_size": step_size, "steps": self.effective_steps}
 
 
@@ -113,64 +170,80 @@ def _check_count(name: str, value: int, high: int) -> None:
 def build_attack(
     model: nn.Module, config: AttackConfig, num_classes: int, seed: int
 ) -> torchattacks.attack.Attack:
-    """The torchattacks object that runs `config` against `model`."""
+    """The torchattacks object that runs `config` against `model`.
+
+    The APGD variants and Square attack every image they are given (see `attack_classes`),
+    so a stochastic defence cannot dodge them by one lucky forward. FAB (only in
+    autoattack-standard, an attack for deterministic models) keeps its own clean check.
+    """
     if num_classes < MIN_CLASSES.get(config.method, 2):
         raise InputError(
             f"{config.method} needs at least {MIN_CLASSES.get(config.method, 2)} class labels; "
             f"{num_classes} given."
         )
     norm = _TORCHATTACKS_NORM[config.norm]
-    eot = config.eot_samples
-    method = config.method
+    eot, method, eps, steps = config.eot_samples, config.method, config.eps, config.steps
+    targets = min(num_classes - 1, AUTOATTACK_TARGETS)
+
+    def apgd(loss: str, restarts: int) -> torchattacks.APGD:
+        return EveryImageAPGD(
+            model, norm, eps, steps, n_restarts=restarts, seed=seed, loss=loss, eot_iter=eot
+        )
+
+    def apgd_t() -> torchattacks.APGDT:
+        # torchattacks tries n_classes - 1 targets: AutoAttack's 9 at most.
+        return EveryImageAPGDT(
+            model,
+            norm,
+            eps,
+            steps,
+            n_restarts=config.restarts,
+            seed=seed,
+            eot_iter=eot,
+            n_classes=targets + 1,
+        )
+
+    def square(queries: int) -> torchattacks.Square:
+        return EveryImageSquare(model, norm, eps, n_queries=queries, n_restarts=1, seed=seed)
+
     if method in ("pgd", "fgsm"):
-        steps, alpha = config.effective_steps, config.step_size
+        alpha = config.step_size
         random_start = config.random_start and method == "pgd"
         if eot > 1:
-            attack = torchattacks.EOTPGD(model, config.eps, alpha, steps, eot, random_start)
+            attack = torchattacks.EOTPGD(
+                model, eps, alpha, config.effective_steps, eot, random_start
+            )
         elif method == "fgsm":
-            attack = torchattacks.FGSM(model, config.eps)
+            attack = torchattacks.FGSM(model, eps)
         else:
-            attack = torchattacks.PGD(model, config.eps, alpha, steps, random_start)
+            attack = torchattacks.PGD(model, eps, alpha, steps, random_start)
     elif method == "pgd-l2":
-        attack = torchattacks.PGDL2(
-            model, config.eps, config.step_size, config.steps, config.random_start
-        )
+        attack = torchattacks.PGDL2(model, eps, config.step_size, steps, config.random_start)
     elif method in ("apgd-ce", "apgd-dlr"):
-        loss = method.removeprefix("apgd-")
-        attack = torchattacks.APGD(
-            model, norm, config.eps, config.steps, n_restarts=1, seed=seed, loss=loss, eot_iter=eot
-        )
+        attack = apgd(method.removeprefix("apgd-"), config.restarts)
     elif method == "apgd-t":
-        attack = _apgd_t(model, norm, config.eps, config.steps, seed, eot, num_classes)
-    else:  # autoattack: the paper's APGD-CE + APGD-T; `steps` sets both (100 in the paper)
-        attack = torchattacks.MultiAttack(
-            [
-                torchattacks.APGD(
-                    model,
-                    norm,
-                    config.eps,
-                    config.steps,
-                    n_restarts=1,
-                    seed=seed,
-                    loss="ce",
-                    eot_iter=eot,
-                ),
-                _apgd_t(model, norm, config.eps, config.steps, seed, eot, num_classes),
-            ]
+        attack = apgd_t()
+    elif method == "square":
+        attack = square(steps)
+    elif method == "noise":
+        attack = UniformNoise(model, norm, eps)
+    elif method == "autoattack":  # the release's version='custom': APGD-CE x5 + APGD-T
+        attack = torchattacks.MultiAttack([apgd("ce", RELEASE_APGD_RESTARTS), apgd_t()])
+    else:  # autoattack-standard: AutoAttack's standard version
+        fab = torchattacks.FAB(
+            model,
+            norm,
+            eps,
+            steps,
+            n_restarts=1,
+            multi_targeted=True,
+            n_classes=targets + 1,
+            seed=seed,
         )
+        attack = torchattacks.MultiAttack([apgd("ce", 1), apgd_t(), fab, square(SQUARE_QUERIES)])
     if config.targeted_label is not None:
         attack.set_mode_targeted_by_label(quiet=True)
     return attack
-
-
-def _apgd_t(
-    model: nn.Module, norm: str, eps: float, steps: int, seed: int, eot: int, num_classes: int
-) -> torchattacks.APGDT:
-    # torchattacks tries num_classes - 1 targets; cap them at AutoAttack's 9.
-    targets = min(num_classes - 1, AUTOATTACK_TARGETS)
-    return torchattacks.APGDT(
-        model, norm, eps, steps, n_restarts=1, seed=seed, eot_iter=eot, n_classes=targets + 1
-    )
 
 
 class _QueryCounter(nn.Module):

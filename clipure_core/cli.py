@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--target", default=None, help="target class (targeted attack)")
     predict.add_argument("--true-label", default=None, help="default: clean prediction")
     predict.add_argument("--eot", type=int, default=1, help="EOT samples per gradient")
+    predict.add_argument("--restarts", type=int, default=1, help="restarts (APGD variants)")
     predict.add_argument("--threat", default="transfer", choices=list(THREATS))
     predict.add_argument(
         "--defense", default="clipure_cos", help="comma-separated defences ('' for none)"
@@ -65,7 +66,15 @@ def attack_config(args: argparse.Namespace) -> AttackConfig:
     norm = (args.norm or METHODS[method][0]).lower()
     scale = 1 / 255 if norm == "linf" else 1.0
     alpha = None if args.alpha is None else args.alpha * scale
-    return AttackConfig(method, norm, args.eps * scale, args.steps, alpha, eot_samples=args.eot)
+    return AttackConfig(
+        method,
+        norm,
+        args.eps * scale,
+        args.steps,
+        alpha,
+        eot_samples=args.eot,
+        restarts=args.restarts,
+    )
 
 
 def defense_settings(args: argparse.Namespace) -> dict[str, dict]:

@@ -7,14 +7,22 @@ from torch import nn
 from .classifier import DefendedClassifier, ZeroShotClassifier
 from .errors import InputError
 from .purifiers import Purifier
+from .release import ReleaseClassifier
 
 THREATS: dict[str, str] = {
     "transfer": "The attacker targets the undefended CLIP; every defence is then shown the "
     "same adversarial image.",
-    "paper": "The attacker targets the defended classifier but treats the purifier's inner "
-    "gradient as a constant, as the paper's released evaluation did.",
+    "release": "The attacker targets the defended classifier exactly as the released "
+    "evaluation ran it: image encoder weights and input in float16, the purifier's inner "
+    "gradient held constant, steps normalised over the batch. The gradient that reaches the "
+    "pixels underflows to exactly 0 in float16, so gradient attacks cannot move.",
+    "paper": "The attacker targets the defended classifier in float32 with the purifier's "
+    "inner gradient held constant, as the released code computed it. That gradient is tiny "
+    "(each step divides it by ~30) but points the right way, so sign-based attacks such as "
+    "PGD still work.",
     "bpda": "The attacker targets the defended classifier and treats purification as the "
-    "identity when back-propagating (BPDA, Athalye et al. 2018): an adaptive attack.",
+    "identity when back-propagating (BPDA, Athalye et al. 2018). Wrong past 88.09 degrees "
+    "from the null prompt, where 10 steps of size 30 flip the embedding: report it with full.",
     "full": "The attacker differentiates exactly through every purification step.",
 }
 
@@ -29,8 +37,11 @@ def attacked_model(
     classifier: ZeroShotClassifier, purifier: Purifier | None, threat: str
 ) -> nn.Module:
     """The module an attack under `threat` differentiates to hurt `purifier`'s predictions
-    (the undefended classifier when `purifier` is None or the threat is a transfer)."""
+    (the undefended classifier when `purifier` is None or the threat is a transfer; under
+    "release" the release's float16 model, with or without the purifier)."""
     check_threat(threat)
+    if threat == "release":
+        return ReleaseClassifier(classifier, purifier)
     if purifier is None or threat == "transfer":
         return classifier
     return DefendedClassifier(classifier, purifier, gradient=threat)

@@ -341,7 +341,7 @@ def test_bad_numbers_in_ui_units_get_a_specific_message(fields, message):
         ({"seed": -1}, r"^seed must be an integer from 0 to 4294967295, got -1\.$"),
         ({"seed": 2**70}, r"^seed must be an integer from 0 to 4294967295"),
         ({"seed": math.nan}, r"^seed must be a finite number"),
-        ({"threat": "oracle"}, r"^threat model 'oracle': use one of transfer, paper"),
+        ({"threat": "oracle"}, r"^threat model 'oracle': use one of transfer, release, paper"),
         ({"threat": 3}, r"^threat model must be text, got 3\.$"),
         ({"labels": {"cat": 1}}, r"^labels must be text"),
         ({"defenses": ["clipure_cos", 7]}, r"^defence must be text, got 7\.$"),
