@@ -1,4 +1,5 @@
-"""Command line: `python -m clipure_core predict IMAGE --labels "cat,dog" [...]`."""
+"""Command line: `python -m clipure_core predict IMAGE --labels "cat,dog" [...]`, and
+`python -m clipure_core audit IMAGE --labels ...` (see `audit/cli.py`)."""
 
 from __future__ import annotations
 
@@ -57,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--seed", type=int, default=0)
     predict.add_argument("--json", action="store_true", help="print the full result as JSON")
     predict.add_argument("--save-adversarial", default=None, help="write the adversarial PNG here")
+    # imported here: the audit's command module imports this one (defaults, defence flags)
+    from .audit.cli import add_audit_parser
+
+    add_audit_parser(commands)
     return parser
 
 
@@ -128,7 +133,7 @@ def predict(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return predict(args)
+        return getattr(args, "handler", predict)(args)
     except (InputError, WeightsUnavailableError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,0 +1,150 @@
+"""The audit's conditions: what the attacker knew, and which attack produced the image."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ..attacks import AttackConfig
+from ..errors import InputError
+
+UNDEFENDED = "undefended"
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One row of the threat matrix.
+
+    `threat` is the threat model whose module the attack queries (None: no attack);
+    `gradient` says whether that attack follows the pixel gradient; `shared` means one image
+    is crafted for all models (clean, noise, transfer)."""
+
+    name: str
+    title: str
+    attacker_knew: str
+    threat: str | None
+    gradient: bool
+    shared: bool
+
+
+CONDITIONS: dict[str, Condition] = {
+    condition.name: condition
+    for condition in (
+        Condition("clean", "clean", "Nothing: the photo is shown as it is.", None, False, True),
+        Condition(
+            "noise",
+            "random noise",
+            "Nothing: a random perturbation of the attack's size, the control every attack "
+            "must beat.",
+            None,
+            False,
+            True,
+        ),
+        Condition(
+            "transfer",
+            "transfer",
+            "Everything about the undefended CLIP and nothing about the defence: the image that "
+            "fools undefended CLIP is shown to every model.",
+            "transfer",
+            True,
+            True,
+        ),
+        Condition(
+            "release",
+            "as released",
+            "The defended model as the paper's released code attacked it: half-precision "
+            "weights and the purification's inner gradient held constant.",
+            "release",
+            True,
+            False,
+        ),
+        Condition(
+            "paper",
+            "paper",
+            "The defended model in full precision, with the purification's inner gradient "
+            "held constant.",
+            "paper",
+            True,
+            False,
+        ),
+        Condition(
+            "bpda",
+            "BPDA",
+            "The defended model, with purification treated as doing nothing when the gradient "
+            "is computed (BPDA).",
+            "bpda",
+            True,
+            False,
+        ),
+        Condition(
+            "full",
+            "full gradient",
+            "Everything: the exact gradient through every purification step.",
+            "full",
+            True,
+            False,
+        ),
+        Condition(
+            "square",
+            "Square (black box)",
+            "Only the model's output probabilities: Square tries random squares of pixels, "
+            "without gradients.",
+            "full",
+            False,
+            False,
+        ),
+    )
+}
+GRADIENT_CONDITIONS = tuple(name for name, c in CONDITIONS.items() if c.gradient)
+WHITE_BOX_CONDITIONS = ("release", "paper", "bpda", "full")
+
+
+def check_conditions(names: Iterable[str] | str | None) -> list[str]:
+    """The requested conditions in the matrix's order ('clean' is always run: every
+    comparison starts from it)."""
+    if names is None:
+        return list(CONDITIONS)
+    if isinstance(names, str):
+        names = names.split(",")
+    wanted = {name.strip() for name in names if name.strip()}
+    unknown = sorted(wanted - set(CONDITIONS))
+    if unknown:
+        raise InputError(
+            f"unknown audit condition {unknown[0]!r}: use some of {', '.join(CONDITIONS)}."
+        )
+    return [name for name in CONDITIONS if name in wanted or name == "clean"]
+
+
+def attack_key(condition: str, model: str) -> tuple[str, str]:
+    """Which attack produced the image (condition, model) is evaluated on. Conditions that
+    attack the same module share one: undefended CLIP under transfer, paper, BPDA and full is
+    one white-box attack; noise and transfer images are crafted once for all models."""
+    spec = CONDITIONS[condition]
+    if condition == "noise":
+        return ("noise", UNDEFENDED)
+    if condition == "transfer" or (
+        model == UNDEFENDED and spec.gradient and condition != "release"
+    ):
+        return ("full", UNDEFENDED)
+    return (condition, model)
+
+
+def gradient_attack(norm: str, eps: float, steps: int, eot: int = 1) -> AttackConfig:
+    """The iterative gradient attack of every gradient condition: PGD (L-inf) or PGD-L2."""
+    method = "pgd" if norm == "linf" else "pgd-l2"
+    return AttackConfig(method, norm, eps, steps, eot_samples=eot)
+
+
+def single_step_attack(norm: str, eps: float, eot: int = 1) -> AttackConfig:
+    """FGSM (L-inf), or its L2 form: one PGD-L2 step of size eps from the clean image."""
+    if norm == "linf":
+        return AttackConfig("fgsm", "linf", eps, 1, eot_samples=eot)
+    return AttackConfig("pgd-l2", "l2", eps, 1, alpha=eps, random_start=False)
+
+
+def noise_attack(norm: str, eps: float) -> AttackConfig:
+    return AttackConfig("noise", norm, eps, 1)
+
+
+def square_attack(norm: str, eps: float, queries: int) -> AttackConfig:
+    return AttackConfig("square", norm, eps, queries)

@@ -1,0 +1,536 @@
+"""Run every condition against every model of one photo, measure gradients, run the checks.
+
+Work is shared: one clean pass; one attack per distinct attacked module (undefended CLIP
+under transfer / paper / BPDA / full is one white-box attack, crafted once); one encoding
+per distinct image; the exact ('full') gradient measured once per model as the reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import open_clip
+import torch
+import torchattacks
+from PIL import Image
+from torch import nn
+
+from ..attacks import MAX_EOT_SAMPLES, MAX_EPS, AttackConfig, craft_attack
+from ..classifier import ZeroShotClassifier
+from ..errors import InputError
+from ..pipeline import Playground
+from ..pixels import quantize_in_ball
+from ..prompts import parse_labels
+from ..purifiers import CosPurifier, Purifier
+from ..seeding import derive_seed, seeded
+from ..threats import attacked_model
+from . import checks as audit_checks
+from .checks import CHECKS, Check
+from .conditions import (
+    CONDITIONS,
+    GRADIENT_CONDITIONS,
+    UNDEFENDED,
+    WHITE_BOX_CONDITIONS,
+    attack_key,
+    check_conditions,
+    gradient_attack,
+    noise_attack,
+    single_step_attack,
+    square_attack,
+)
+from .gradients import GradientStats, compare, pixel_gradient
+from .progress import Progress, ProgressCallback, Timer
+from .result import AuditResult, Cell
+
+SQUARE_QUERIES = 100
+SWEEP_FACTOR = 4  # each rung of the eps sweep allows 4x the previous perturbation
+Key = tuple[str, str]
+
+
+def run_audit(
+    playground: Playground,
+    image: Image.Image,
+    labels: str | Sequence[str],
+    *,
+    true_label: str | int | None = None,
+    eps: float = 4 / 255,
+    norm: str = "linf",
+    steps: int = 10,
+    defenses: Iterable[str] | str = ("clipure_cos",),
+    defense_settings: Mapping[str, Mapping] | None = None,
+    seed: int = 0,
+    conditions: Iterable[str] | str | None = None,
+    checks: Iterable[str] | str | None = None,
+    square_queries: int = SQUARE_QUERIES,
+    eot: int = 1,
+    on_progress: ProgressCallback | None = None,
+) -> AuditResult:
+    """Audit one photo: the threat matrix (each condition x each model), the pixel gradient
+    under each gradient condition, and the sanity checks.
+
+    `true_label` (a label, or its index) defaults to undefended CLIP's clean prediction.
+    `eps` is in [0, 1] pixel units (L-inf 4/255). Gradient conditions run PGD (L-inf) or
+    PGD-L2 with `steps` steps; Square gets `square_queries` queries. `eot` gradients are
+    averaged per step for the models whose predictions turn out random (EOT). `conditions` /
+    `checks` pick subsets (None: all). `on_progress(done, total, stage)` is called after every
+    model query; raising in it aborts the audit.
+    """
+    audit = _Audit(
+        playground, labels, eps, norm, steps, defenses, defense_settings or {}, seed,
+        check_conditions(conditions), _check_names(checks), square_queries, eot,
+    )  # fmt: skip
+    return audit.run(image, true_label, on_progress)
+
+
+def _check_names(names: Iterable[str] | str | None) -> list[str]:
+    if names is None:
+        return list(CHECKS)
+    if isinstance(names, str):
+        names = names.split(",")
+    wanted = {name.strip() for name in names if name.strip()}
+    unknown = sorted(wanted - set(CHECKS))
+    if unknown:
+        raise InputError(f"unknown audit check {unknown[0]!r}: use some of {', '.join(CHECKS)}.")
+    return [name for name in CHECKS if name in wanted]
+
+
+def _check_count(name: str, value: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+        raise InputError(f"{name} must be an integer from 1 to {high}, got {value!r}.")
+    return value
+
+
+class _Audit:
+    """One audit's settings and the state shared between its stages."""
+
+    def __init__(
+        self,
+        playground: Playground,
+        labels: str | Sequence[str],
+        eps: float,
+        norm: str,
+        steps: int,
+        defenses: Iterable[str] | str,
+        defense_settings: Mapping[str, Mapping],
+        seed: int,
+        conditions: list[str],
+        checks: list[str],
+        square_queries: int,
+        eot: int,
+    ) -> None:
+        if norm not in ("linf", "l2"):
+            raise InputError(f"norm must be 'linf' or 'l2', got {norm!r}.")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise InputError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}.")
+        self.eot = _check_count("eot", eot, MAX_EOT_SAMPLES)
+        self.attack = gradient_attack(norm, eps, steps)  # validates eps and steps
+        if "square" in conditions:
+            square_attack(norm, eps, square_queries)  # validates the query budget
+        self.playground, self.backbone = playground, playground.backbone
+        self.eps, self.norm, self.steps, self.seed = eps, norm, steps, seed
+        self.conditions, self.checks, self.square_queries = conditions, checks, square_queries
+        self.labels, self.notices = parse_labels(labels)
+        if isinstance(defenses, str):
+            defenses = defenses.split(",")
+        names = list(dict.fromkeys(name.strip() for name in defenses if name.strip()))
+        self.classifier: ZeroShotClassifier = playground.classifier(self.labels)
+        self.purifiers: dict[str, Purifier] = {
+            name: playground.purifier(name, defense_settings.get(name)) for name in names
+        }
+        self.models = {UNDEFENDED: "undefended CLIP"} | {
+            name: purifier.title for name, purifier in self.purifiers.items()
+        }
+        self.modules: dict[Key, nn.Module] = {}
+        self.images: dict[Key, torch.Tensor] = {}
+        self.embeddings: dict[Key, torch.Tensor] = {}
+        self.model_eot: dict[str, int] = dict.fromkeys(self.models, 1)
+
+    # ---- the run ---------------------------------------------------------------------------
+    def run(
+        self, image: Image.Image, true_label: str | int | None, on_progress: ProgressCallback | None
+    ) -> AuditResult:
+        timer = Timer(self.backbone.device)
+        if self.backbone.info.random_weights:
+            self.notices.append("random weights: the predictions are meaningless.")
+        if "release" in self.conditions and self.backbone.device.type == "cpu":
+            self.notices.append(
+                "'as released' runs the model in half precision, which CPUs run slowly (ViT-B-32: "
+                "several seconds per gradient): this audit takes minutes on CPU."
+            )
+        pixels = self.backbone.prepare(image).unsqueeze(0)
+        with timer("clean"), torch.no_grad():
+            self.images[("clean", UNDEFENDED)] = pixels
+            self.embeddings[("clean", UNDEFENDED)] = self.backbone.encode_image(pixels)
+            if true_label is not None and true_label != "":
+                y = _label_index(self.labels, true_label)
+            else:
+                clean_z = self.embeddings[("clean", UNDEFENDED)]
+                y = int(self.classifier.logits_from_embeddings(clean_z).argmax())
+        self.y = torch.tensor([y], device=pixels.device)
+        with timer("randomness"):
+            differences = self._randomness(pixels)
+        for model, difference in differences.items():
+            if difference > audit_checks.LOGIT_TOLERANCE:
+                self.model_eot[model] = self.eot
+        for model in self.models:  # refused before any long work (PGD-L2 has no EOT form)
+            gradient_attack(self.norm, self.eps, self.steps, self.model_eot[model])
+
+        progress = Progress(self._planned_queries(), on_progress)
+        progress.done = 1 + len(self.models)  # the clean pass and the randomness draws
+        progress.report(progress.done, "clean")
+        gradients: dict[Key, torch.Tensor] = {}
+        if any(c in GRADIENT_CONDITIONS for c in self.conditions):
+            with timer("gradients"):
+                gradients = self._gradients(pixels, progress)
+        matrix = []
+        for condition in self.conditions:
+            with timer(condition):
+                matrix += self._condition(condition, pixels, progress)
+        single, sweeps = {}, {}
+        if "full" in self.conditions and "single_step_vs_iterative" in self.checks:
+            with timer("single_step"):
+                single = self._single_step(pixels, progress)
+        if "full" in self.conditions and "eps_sweep" in self.checks:
+            fooled = {cell.model: not cell.correct for cell in matrix if cell.condition == "full"}
+            with timer("eps_sweep"):
+                sweeps = self._eps_sweeps(pixels, fooled, progress)
+        with timer("checks"):
+            stats = self._gradient_stats(gradients)
+            found = self._checks(matrix, stats, differences, single, sweeps)
+        return AuditResult(
+            labels=self.labels,
+            true_label=self.labels[y],
+            models=self.models,
+            matrix=matrix,
+            gradients=stats,
+            checks=found,
+            settings=self._settings(y),
+            timings_ms=timer.finish(),
+            notices=self.notices,
+        )
+
+    def _planned_queries(self) -> int:
+        """Model queries of the whole audit (the eps sweep at its longest)."""
+        total = 1 + len(self.models)
+        gradient_keys = self._gradient_keys()
+        total += sum(self.model_eot[model] for _, model in gradient_keys)
+        for key in self._attack_keys():
+            total += self._attack_budget(key) + 1  # + its evaluation
+        if "full" in self.conditions:
+            if "single_step_vs_iterative" in self.checks:
+                total += sum(
+                    single_step_attack(self.norm, self.eps, self.model_eot[m]).estimated_queries(
+                        len(self.labels)
+                    )
+                    + 1
+                    for m in self.models
+                )
+            if "eps_sweep" in self.checks:
+                rungs = len(self._sweep_ladder())
+                total += rungs * sum(self._attack_budget(("full", m)) + 1 for m in self.models)
+        return total
+
+    def _attack_keys(self) -> list[Key]:
+        return list(
+            dict.fromkeys(
+                attack_key(condition, model)
+                for condition in self.conditions
+                if condition != "clean"
+                for model in self.models
+            )
+        )
+
+    def _gradient_keys(self) -> list[Key]:
+        used = [c for c in self.conditions if c in GRADIENT_CONDITIONS]
+        if not used:
+            return []
+        return list(dict.fromkeys(attack_key(c, m) for c in [*used, "full"] for m in self.models))
+
+    def _attack_budget(self, key: Key) -> int:
+        return self._config(*key).estimated_queries(len(self.labels))
+
+    # ---- stages ----------------------------------------------------------------------------
+    def _randomness(self, pixels: torch.Tensor) -> dict[str, float]:
+        """Largest logit change between two forwards of the clean photo with different draws
+        (a second encoding, and a second purification per defence)."""
+        clean = self.embeddings[("clean", UNDEFENDED)]
+        with torch.no_grad():
+            again = self.backbone.encode_image(pixels)
+        differences = {}
+        for model in self.models:
+            first = self._logits(model, clean, derive_seed(self.seed, "evaluate", "clean", model))
+            second = self._logits(model, again, derive_seed(self.seed, "randomness", model))
+            differences[model] = float((first - second).abs().max())
+        return differences
+
+    def _module(self, key: Key) -> nn.Module:
+        """The module the attack of `key` queries (and differentiates)."""
+        if key not in self.modules:
+            condition, model = key
+            threat = CONDITIONS[condition].threat or "transfer"
+            self.modules[key] = attacked_model(self.classifier, self.purifiers.get(model), threat)
+        return self.modules[key]
+
+    def _gradients(self, pixels: torch.Tensor, progress: Progress) -> dict[Key, torch.Tensor]:
+        gradients = {}
+        for key in self._gradient_keys():
+            model = key[1]
+            samples = self.model_eot[model]
+            with progress.stage("gradients", samples) as on_query:
+                # One seed per model: every threat sees the same random draws.
+                gradients[key] = pixel_gradient(
+                    self._module(key),
+                    pixels,
+                    self.y,
+                    derive_seed(self.seed, "gradient", model),
+                    samples,
+                )
+                on_query(samples)
+        return gradients
+
+    def _condition(self, condition: str, pixels: torch.Tensor, progress: Progress) -> list[Cell]:
+        cells = []
+        for model in self.models:
+            key = ("clean", UNDEFENDED) if condition == "clean" else attack_key(condition, model)
+            if key not in self.embeddings:
+                self._craft(key, pixels, progress, condition, self._config(*key))
+            z = self.embeddings[key]
+            probs = self._logits(
+                model, z, derive_seed(self.seed, "evaluate", condition, model)
+            ).softmax(dim=-1)[0]
+            best = int(probs.argmax())
+            cells.append(
+                Cell(condition, model, self.labels[best], float(probs[best]), best == int(self.y))
+            )
+        return cells
+
+    def _craft(
+        self,
+        key: Key,
+        pixels: torch.Tensor,
+        progress: Progress,
+        stage: str,
+        config: AttackConfig,
+    ) -> None:
+        """Run `config` against the module of `key`, round to 8 bits inside the ball, and
+        encode the image once (every model evaluated on it reuses the embedding)."""
+        budget = config.estimated_queries(len(self.labels))
+        with progress.stage(stage, budget) as on_query:
+            raw = craft_attack(
+                self._module(key),
+                pixels,
+                self.y,
+                config,
+                derive_seed(self.seed, "attack", *key),
+                len(self.labels),
+                on_query=on_query,
+            )
+        adversarial = quantize_in_ball(pixels, raw, config.norm, config.eps)
+        with progress.stage(stage, 1), torch.no_grad():
+            self.images[key] = adversarial
+            self.embeddings[key] = self.backbone.encode_image(adversarial)
+
+    def _config(self, condition: str, model: str) -> AttackConfig:
+        if condition == "noise":
+            return noise_attack(self.norm, self.eps)
+        if condition == "square":
+            return square_attack(self.norm, self.eps, self.square_queries)
+        return gradient_attack(self.norm, self.eps, self.steps, self.model_eot[model])
+
+    def _single_step(self, pixels: torch.Tensor, progress: Progress) -> dict[str, bool]:
+        """Whether one exact-gradient step (FGSM) fools each model."""
+        fooled = {}
+        for model in self.models:
+            config = single_step_attack(self.norm, self.eps, self.model_eot[model])
+            key = ("single_step", model)
+            self.modules[key] = self._module(attack_key("full", model))
+            self._craft(key, pixels, progress, "single_step", config)
+            fooled[model] = not self._correct(model, key)
+        return fooled
+
+    def _sweep_ladder(self) -> list[float]:
+        cap = MAX_EPS[self.norm]
+        ladder, eps = [], self.eps
+        while eps < cap:
+            eps = min(eps * SWEEP_FACTOR, cap)
+            ladder.append(eps)
+        return ladder
+
+    def _eps_sweeps(
+        self, pixels: torch.Tensor, fooled_at_eps: dict[str, bool], progress: Progress
+    ) -> dict[str, list[tuple[float, bool]]]:
+        """(eps, fooled) per model: the audit's eps, then growing ones until one fools it
+        (not run for a model the full-gradient attack already fooled)."""
+        sweeps = {}
+        ladder = self._sweep_ladder()
+        for model in self.models:
+            results = [(self.eps, fooled_at_eps[model])]
+            budget = self._attack_budget(("full", model)) + 1
+            for eps in ladder:
+                if results[-1][1]:
+                    progress.done += budget
+                    progress.report(progress.done, "eps_sweep")
+                    continue
+                key = (f"sweep_{eps:.6g}", model)
+                self.modules[key] = self._module(attack_key("full", model))
+                config = gradient_attack(self.norm, eps, self.steps, self.model_eot[model])
+                self._craft(key, pixels, progress, "eps_sweep", config)
+                results.append((eps, not self._correct(model, key)))
+            sweeps[model] = results
+        return sweeps
+
+    # ---- measurements -> checks ------------------------------------------------------------
+    def _logits(self, model: str, z: torch.Tensor, seed: int) -> torch.Tensor:
+        """The served model's logits for embedding `z` (fp32, seeded draws)."""
+        purifier = self.purifiers.get(model)
+        with torch.no_grad(), seeded(seed):
+            purified = z if purifier is None else purifier(z)
+            return self.classifier.logits_from_embeddings(purified).float()
+
+    def _correct(self, model: str, key: Key) -> bool:
+        seed = derive_seed(self.seed, "evaluate", key[0], model)
+        return int(self._logits(model, self.embeddings[key], seed).argmax()) == int(self.y)
+
+    def _gradient_stats(self, gradients: dict[Key, torch.Tensor]) -> list[GradientStats]:
+        if not gradients:
+            return []
+        return [
+            compare(
+                condition,
+                model,
+                gradients[attack_key(condition, model)],
+                gradients[attack_key("full", model)],
+            )
+            for condition in self.conditions
+            if condition in GRADIENT_CONDITIONS
+            for model in self.models
+        ]
+
+    def _checks(
+        self,
+        matrix: list[Cell],
+        stats: list[GradientStats],
+        differences: dict[str, float],
+        single: dict[str, bool],
+        sweeps: dict[str, list[tuple[float, bool]]],
+    ) -> list[Check]:
+        titles = {name: c.title for name, c in CONDITIONS.items()}
+        correct = {(cell.condition, cell.model): cell.correct for cell in matrix}
+        found: list[Check] = []
+        for row in stats:
+            same_as_full = attack_key(row.condition, row.model) == attack_key("full", row.model)
+            title = self._subject(row.condition, row.model)
+            if (
+                "zero_gradients" in self.checks
+                and row.condition != "transfer"
+                and (row.condition == "full" or not same_as_full)
+            ):
+                found.append(audit_checks.zero_gradients(row, title, self.norm))
+            if "gradient_direction" in self.checks and not same_as_full:
+                found.append(audit_checks.gradient_direction(row, title, self.norm))
+        if "bpda_validity" in self.checks and "bpda" in self.conditions:
+            for model, purifier in self.purifiers.items():
+                if isinstance(purifier, CosPurifier):
+                    keys = {attack_key(c, model) for c in self.conditions if c != "clean"}
+                    z = torch.cat(
+                        [self.embeddings[("clean", UNDEFENDED)]]
+                        + [self.embeddings[key] for key in sorted(keys)]
+                    )
+                    angles = audit_checks.angles_to_null(z, purifier.null_embedding)
+                    found.append(
+                        audit_checks.bpda_validity(
+                            model, purifier.title, angles, purifier.step_size
+                        )
+                    )
+        for model, title in self.models.items():
+            clean_ok = correct[("clean", model)]
+            fooled = {
+                c: not correct[(c, model)] for c in self.conditions if c in GRADIENT_CONDITIONS
+            }
+            white_box = {c: f for c, f in fooled.items() if c in WHITE_BOX_CONDITIONS}
+            if (
+                "white_box_vs_black_box" in self.checks
+                and "square" in self.conditions
+                and white_box
+            ):
+                found.append(
+                    audit_checks.white_box_vs_black_box(
+                        model, title, clean_ok, not correct[("square", model)], white_box, titles
+                    )
+                )
+            if "noise_control" in self.checks and "noise" in self.conditions and fooled:
+                found.append(
+                    audit_checks.noise_control(
+                        model, title, clean_ok, not correct[("noise", model)], fooled, titles
+                    )
+                )
+            if single:
+                found.append(
+                    audit_checks.single_step_vs_iterative(
+                        model, title, clean_ok, single[model], fooled["full"]
+                    )
+                )
+            if sweeps:
+                found.append(
+                    audit_checks.eps_sweep(model, title, clean_ok, sweeps[model], self.norm)
+                )
+            if "randomness" in self.checks:
+                found.append(audit_checks.randomness(model, title, differences[model], self.eot))
+        return found
+
+    def _subject(self, condition: str, model: str) -> str:
+        """How a check names (condition, model): 'as released' for the first defence,
+        'as released (CLIPure-Diff)' for others, 'undefended CLIP, full gradient'."""
+        title = CONDITIONS[condition].title
+        if model == UNDEFENDED:
+            return f"{self.models[model]}, {title}"
+        if len(self.purifiers) > 1:
+            return f"{title} ({self.models[model]})"
+        return title
+
+    def _settings(self, y: int) -> dict:
+        info = self.backbone.info
+        templates = self.playground.templates
+        settings = {
+            "model": info.name,
+            "pretrained": info.pretrained,
+            "weights_id": info.weights_id,
+            "random_weights": info.random_weights,
+            "device": info.device,
+            "precision": info.precision,
+            "templates": templates if isinstance(templates, str) else list(templates),
+            "labels": self.labels,
+            "true_label": self.labels[y],
+            "norm": self.norm,
+            "eps": self.eps,
+            "steps": self.steps,
+            "gradient_attack": self.attack.method,
+            "square_queries": self.square_queries if "square" in self.conditions else None,
+            "eot": self.eot,
+            "eot_models": [m for m, samples in self.model_eot.items() if samples > 1],
+            "eps_sweep": self._sweep_ladder() if "eps_sweep" in self.checks else [],
+            "defenses": {name: p.settings() for name, p in self.purifiers.items()},
+            "conditions": self.conditions,
+            "checks": self.checks,
+            "seed": self.seed,
+            "versions": {
+                "torch": torch.__version__,
+                "open_clip": open_clip.__version__,
+                "torchattacks": torchattacks.__version__,
+            },
+        }
+        if self.norm == "linf":
+            settings["eps_255"] = self.eps * 255
+        return settings
+
+
+def _label_index(labels: list[str], label: str | int) -> int:
+    """A label's index; an int is taken as the index itself (label lists may repeat names)."""
+    if isinstance(label, int) and not isinstance(label, bool):
+        if not 0 <= label < len(labels):
+            raise InputError(f"true label index {label} is not a label index.")
+        return label
+    cleaned = " ".join(str(label).split())
+    if cleaned not in labels:
+        raise InputError(f"label {label!r} is not in the label list ({', '.join(labels[:10])}...).")
+    return labels.index(cleaned)
