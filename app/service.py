@@ -18,7 +18,7 @@ from typing import Any
 from PIL import Image
 
 from clipure_core import AttackConfig, InputError, Playground, PlaygroundResult, load_backbone
-from clipure_core.attacks import AUTOATTACK_TARGETS, MAX_EOT_SAMPLES, MAX_EPS, MAX_STEPS
+from clipure_core.attacks import MAX_EOT_SAMPLES, MAX_EPS, MAX_SQUARE_QUERIES, MAX_STEPS
 from clipure_core.backbone import Backbone
 from clipure_core.images import open_image
 from clipure_core.prior import prior_for
@@ -75,7 +75,7 @@ class PlaygroundRequest:
             method,
             norm,
             eps * scale,
-            _count(self.steps, "steps", 1, MAX_STEPS),
+            _count(self.steps, "steps", 1, MAX_SQUARE_QUERIES if method == "square" else MAX_STEPS),
             step_size or None,
             eot_samples=_count(self.eot_samples, "EOT samples", 1, MAX_EOT_SAMPLES),
         )
@@ -178,16 +178,9 @@ def _seed(value) -> int:
 
 
 def estimated_queries(config: AttackConfig, targets: int, num_labels: int) -> int:
-    """Model forwards an attack will make (for the progress bar), per attacked model x targets."""
-    per_attack = config.effective_steps * config.eot_samples
-    if config.method in ("apgd-t", "autoattack"):
-        target_classes = min(num_labels - 1, AUTOATTACK_TARGETS)
-        per_attack = (config.steps + 1) * config.eot_samples * target_classes
-        if config.method == "autoattack":
-            per_attack += (config.steps + 1) * config.eot_samples
-    elif config.method.startswith("apgd"):
-        per_attack = (config.steps + 1) * config.eot_samples
-    return max(1, per_attack * targets)
+    """Model forwards of a request (progress bars, GPU leases): the engine's estimate for
+    one attack, times the attacked models."""
+    return max(1, config.estimated_queries(num_labels) * targets)
 
 
 @dataclass(frozen=True)

@@ -209,8 +209,8 @@ def test_friendly_errors_hide_tracebacks():
 
 
 def test_progress_totals_and_zerogpu_duration():
-    assert estimated_queries(AttackConfig(steps=10), 1, 5) == 10
-    assert estimated_queries(AttackConfig(steps=10), 2, 5) == 20
+    assert estimated_queries(AttackConfig(steps=10), 1, 5) == 11
+    assert estimated_queries(AttackConfig(steps=10), 2, 5) == 22
     assert estimated_queries(AttackConfig("apgd-t", steps=10), 1, 5) == 44
     # the lease counts the same queries as the progress bar (they used to differ for APGD-T)
     apgd_t = PlaygroundRequest(labels="a, b, c, d, e", method="apgd-t", steps=10)
@@ -317,7 +317,7 @@ def test_run_handler_without_a_server(context):
     result = run(
         context, {**values, "clipure_cos": True, "clipure_cos.steps": 3}, lambda *a: seen.append(a)
     )
-    assert seen[-1] == (2, 2, "attack: model queries")
+    assert seen[-1] == (2, 3, "attack: model queries")  # PGD: 2 steps of at most 3 queries
     assert result.settings["defenses"]["clipure_cos"]["steps"] == 3
     assert result.models == ["undefended", "clipure_cos"]
     with pytest.raises(InputError, match="model 'ViT-H-14'"):

@@ -141,9 +141,7 @@ def test_bpda_gradient_flips_past_atan_of_the_step_size(backbone, classifier, pi
             logits = classifier.logits_from_embeddings(purifier(zz, gradient=mode))
             (grads[mode],) = torch.autograd.grad(F.cross_entropy(logits, label), zz)
         cosines[degrees] = direction_cosine(grads["full"][0], grads["bpda"][0])
-        turned = math.degrees(
-            math.acos(float(F.cosine_similarity(purifier(z), z).clamp(-1, 1)))
-        )
+        turned = math.degrees(math.acos(float(F.cosine_similarity(purifier(z), z).clamp(-1, 1))))
         assert (turned > 170) == (degrees > BPDA_LIMIT_DEG), (degrees, turned)
     assert cosines[80.0] > 0.99
     assert cosines[89.0] < -0.99
@@ -168,9 +166,7 @@ class UnluckyOnTheCleanImage(nn.Module):
 
 
 @pytest.mark.parametrize("method", ["apgd-ce", "apgd-t", "square"])
-def test_every_image_is_attacked_even_when_one_forward_misclassifies_it(
-    classifier, pixels, method
-):
+def test_every_image_is_attacked_even_when_one_forward_misclassifies_it(classifier, pixels, method):
     label = classifier(pixels).argmax(dim=-1)
     config = AttackConfig(method, "linf", 8 / 255, 20 if method == "square" else 3)
     ours = UnluckyOnTheCleanImage(classifier, pixels)
