@@ -54,15 +54,15 @@ body.talk, body.talk gradio-app, body.talk .gradio-container, body.talk .main {
   --background-fill-secondary: #111; --block-background-fill: #000;
   --body-text-color: #fff; --block-label-text-color: #fff; --block-title-text-color: #fff;
   --border-color-primary: #666;}
-body.talk #title h1 {font-size: 2.2rem; color: #fff;}
-body.talk #verdict .card div {color: #fff !important;}
-#verdict .card .model {font-size: 1.5rem;}
-body.talk #verdict .card .outcome {font-size: 3rem;}
-body.talk #verdict .card .change {font-size: 1.6rem;}
-body.talk #verdict .facts, body.talk #verdict .ready {font-size: 1.3rem; color: #fff;}
-body.talk #threat-matrix .matrix {font-size: 1.35rem;}
-body.talk #threat-matrix .cell.right {background: #067647; color: #fff;}
-body.talk #threat-matrix .cell.wrong {background: #b42318; color: #fff;}
+body.talk #title h1 {font-size: 2.2rem !important; color: #fff !important;}
+body.talk #verdict .card .model {font-size: 1.5rem !important;}
+body.talk #verdict .card .outcome {font-size: 3rem !important;}
+body.talk #verdict .card .change {font-size: 1.6rem !important;}
+body.talk #verdict .facts, body.talk #verdict .ready {font-size: 1.3rem !important;
+  color: #fff !important;}
+body.talk #threat-matrix .matrix {font-size: 1.35rem !important;}
+body.talk #threat-matrix .cell.right {background: #067647 !important; color: #fff !important;}
+body.talk #threat-matrix .cell.wrong {background: #b42318 !important; color: #fff !important;}
 """
 
 
