@@ -18,7 +18,7 @@ ASSETS = Path(__file__).resolve().parents[1] / "assets"
 OUTCOMES = ("fooled", "still right", "already wrong", "target hit")
 READY = "Pick an example or upload a photo, then press <b>Run</b>."
 NO_CHANGE = "The attack found no adversarial example: the image is unchanged."
-CHECK_MARKS = {"fail": "❌", "warn": "⚠️", "pass": "✅"}
+CHECK_MARKS = {"fail": "✗ fail", "warn": "⚠ warn", "pass": "✓ pass"}
 
 
 def outcome(clean: str, adversarial: str, true_label: str, target: str | None = None) -> str:
@@ -196,7 +196,8 @@ def checks_html(checks: list[Mapping[str, Any]]) -> str:
     """The audit's checks, failures and warnings first."""
     order = {"fail": 0, "warn": 1, "pass": 2}
     items = [
-        f'<li class="{check["status"]}">{CHECK_MARKS.get(check["status"], "")} '
+        f'<li class="{check["status"]}"><span class="mark">'
+        f"{CHECK_MARKS.get(check['status'], '')}</span> "
         f"<b>{html.escape(check['name'].replace('_', ' '))}</b>: "
         f"{html.escape(check['explanation'])}</li>"
         for check in sorted(checks, key=lambda check: order.get(check["status"], 3))

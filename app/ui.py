@@ -43,6 +43,12 @@ CSS = """
 #threat-matrix .matrix {width: 100%; border-collapse: collapse; font-size: 1.05rem;}
 #threat-matrix .matrix th, #threat-matrix .matrix td {border: 1px solid #d0d5dd;
   padding: 6px 10px; text-align: left; vertical-align: top;}
+#threat-matrix .matrix td.cell, #threat-matrix .matrix thead th:not(:first-child) {
+  width: 19%; white-space: nowrap;}
+#threat-matrix .checks .fail .mark {color: #b42318;}
+#threat-matrix .checks .warn .mark {color: #b54708;}
+#threat-matrix .checks .pass .mark {color: #067647;}
+#perturbation img {width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated;}
 #threat-matrix .knew {font-weight: 400; font-size: 0.85rem; opacity: 0.8;}
 #threat-matrix .cell.right {background: #dcfae6; color: #054f31;}
 #threat-matrix .cell.wrong {background: #fee4e2; color: #7a271a;}
@@ -56,7 +62,7 @@ body.talk, body.talk gradio-app, body.talk .gradio-container, body.talk .main {
   --border-color-primary: #666;}
 body.talk #title h1 {font-size: 2.2rem !important; color: #fff !important;}
 body.talk #verdict .card .model {font-size: 1.5rem !important;}
-body.talk #verdict .card .outcome {font-size: 3rem !important;}
+body.talk #verdict .card .outcome {font-size: 2.6rem !important;}
 body.talk #verdict .card .change {font-size: 1.6rem !important;}
 body.talk #verdict .facts, body.talk #verdict .ready {font-size: 1.3rem !important;
   color: #fff !important;}

@@ -499,10 +499,61 @@ def test_audit_handler_with_a_stand_in_audit(tiny_checkpoint):
     html = matrix_html(data, stand_in.conditions)
     assert html.count("<tr>") == 3 and "✓ cat 75%" in html and "✗ dog 75%" in html
     assert "The defended model, purification as identity." in html
-    assert "⚠️" in html and "&lt;here&gt;" in html
+    assert "⚠ warn" in html and "&lt;here&gt;" in html
     cancel = threading.Event()
     cancel.set()
     with pytest.raises(Cancelled):
         audit(context, values, None, None, cancel)
     with pytest.raises(InputError, match="eps must be in"):
         audit(context, {**values, "eps": -1})
+
+
+AUDIT_ARGS = {
+    "labels": "cat, dog, car, airplane",
+    "true_label": "cat",
+    "norm": "linf",
+    "eps": 8,
+    "steps": 2,
+    "defenses": "clipure_cos",
+    "seed": 0,
+    "conditions": "",
+}
+
+
+def test_audit_api_returns_the_audit_json(client):
+    from clipure_core.audit import CONDITIONS
+
+    data = client.predict(
+        image=handle_file(str(ASSETS / "chelsea.png")), **AUDIT_ARGS, api_name="/audit"
+    )
+    assert data["labels"] == ["cat", "dog", "car", "airplane"] and data["true_label"] == "cat"
+    cells = {(cell["condition"], cell["model"]): cell for cell in data["matrix"]}
+    assert {condition for condition, _ in cells} == set(CONDITIONS)
+    assert {model for _, model in cells} == {"undefended", "clipure_cos"}
+    for cell in cells.values():
+        assert 0 <= cell["probability"] <= 1
+        assert cell["correct"] == (cell["prediction"] == "cat")
+    assert {check["status"] for check in data["checks"]} <= {"pass", "warn", "fail"}
+    assert all(check["explanation"] for check in data["checks"])
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ({"eps": -2}, "eps must be in"),
+        ({"conditions": "oracle"}, "unknown audit condition 'oracle'"),
+        ({"defenses": "jpeg"}, "unknown defence 'jpeg'"),
+        ({"labels": " , "}, "at least one class name"),
+        ({"seed": 2**40}, "seed must be an integer from 0 to 4294967295"),
+    ],
+)
+def test_bad_audit_requests_are_readable_errors_and_the_server_keeps_serving(
+    client, override, message
+):
+    photo = handle_file(str(ASSETS / "rocket.jpg"))
+    with pytest.raises(AppError, match=message) as raised:
+        client.predict(image=photo, **{**AUDIT_ARGS, **override}, api_name="/audit")
+    assert "Traceback" not in str(raised.value)
+    cheap = {**AUDIT_ARGS, "conditions": "clean, noise"}
+    data = client.predict(image=photo, **cheap, api_name="/audit")
+    assert {cell["condition"] for cell in data["matrix"]} == {"clean", "noise"}
