@@ -128,7 +128,7 @@ def wire(demo: gr.Blocks, layout: Layout, context: Context, lazy_examples: bool)
 
     @cancellable
     @friendly_errors
-    def api_playground(
+    def playground(
         image: str,
         labels: str,
         method: str,
@@ -156,9 +156,7 @@ def wire(demo: gr.Blocks, layout: Layout, context: Context, lazy_examples: bool)
             seed: random seed (0 to 4294967295); the same inputs and seed give the same result.
 
         Returns:
-            The result JSON: labels, true label, clean and adversarial probabilities per model,
-            predictions, perturbation size, diagnostics, settings and the CLI command that
-            reproduces it.
+            The result JSON (probabilities per model, clean and adversarial; settings; command).
         """
         values = handlers.api_values(
             defenses,
@@ -176,7 +174,7 @@ def wire(demo: gr.Blocks, layout: Layout, context: Context, lazy_examples: bool)
 
     @cancellable
     @friendly_errors
-    def api_audit(
+    def audit(
         image: str,
         labels: str,
         true_label: str,
@@ -205,9 +203,7 @@ def wire(demo: gr.Blocks, layout: Layout, context: Context, lazy_examples: bool)
             conditions: comma-separated subset of the conditions; empty for all of them.
 
         Returns:
-            The audit JSON: labels, true label, the matrix (condition x model: prediction,
-            probability, correct), the pixel gradients per condition, the checks (pass, warn
-            or fail, each with a plain explanation), settings and timings.
+            The audit JSON (the matrix of condition x model; gradients; checks; settings).
         """
         if conditions is not None and not isinstance(conditions, str):
             raise gr.Error(f"conditions: comma-separated names, got {conditions!r}.")
@@ -273,7 +269,7 @@ def wire(demo: gr.Blocks, layout: Layout, context: Context, lazy_examples: bool)
     layout.talk.change(None, layout.talk, None, js=TALK_TOGGLE, **UI_ONLY)
     demo.load(None, None, layout.talk, js=TALK_FROM_URL, **UI_ONLY)
 
-    for name, endpoint in (("playground", api_playground), ("audit", api_audit)):
+    for name, endpoint in (("playground", playground), ("audit", audit)):
         api_inputs, api_output, trigger = layout.api[name]
         trigger.click(endpoint, api_inputs, api_output, api_name=name, concurrency_id=GPU_QUEUE)
 

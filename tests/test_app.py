@@ -557,3 +557,27 @@ def test_bad_audit_requests_are_readable_errors_and_the_server_keeps_serving(
     cheap = {**AUDIT_ARGS, "conditions": "clean, noise"}
     data = client.predict(image=photo, **cheap, api_name="/audit")
     assert {cell["condition"] for cell in data["matrix"]} == {"clean", "noise"}
+
+
+def test_mcp_serves_the_playground_and_the_audit_as_tools(tiny_checkpoint):
+    """`python app.py --mcp`: gradio's MCP server, with the endpoints' docstrings as the
+    tools' descriptions (needs gradio[mcp], in requirements-dev.txt)."""
+    import httpx
+
+    from app.ui import build_demo, launch_options
+
+    model = ["--model", TINY_MODEL, "--pretrained", str(tiny_checkpoint), "--device", "cpu"]
+    config = parse_config([*model, "--examples", "lazy", "--mcp"], environ={})
+    assert launch_options(config)["mcp_server"] is True
+    demo = build_demo(config)
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, server_port=None, mcp_server=True)
+    try:
+        tools = httpx.get(f"{url}gradio_api/mcp/schema", timeout=30).json()
+    finally:
+        demo.close()
+    by_name = {tool["name"]: tool for tool in tools}
+    assert sorted(by_name) == ["audit", "playground"]
+    assert "with and without CLIPure" in by_name["playground"]["description"]
+    assert "threat matrix" in by_name["audit"]["description"]
+    eps = by_name["playground"]["inputSchema"]["properties"]["eps"]
+    assert "units of 1/255" in eps["description"]

@@ -238,5 +238,5 @@ def test_the_log_holds_counts_and_timings_but_no_user_data(
         assert secret not in server_output.out + server_output.err
     assert "request done: 2 labels, pgd x 1 steps, 1 defences" in logged
     assert "run: refused (InputError) after" in logged
-    assert "api_playground: failed (RuntimeError; its message is not logged) after" in logged
+    assert "playground: failed (RuntimeError; its message is not logged) after" in logged
     assert "in broken" in logged  # where it failed, for whoever reads the log
