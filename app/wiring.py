@@ -235,6 +235,7 @@ def wire(demo: gr.Blocks, layout: Layout, context: Context, lazy_examples: bool)
         run,
         inputs,
         list(outputs.values()),
+        show_progress_on=outputs["verdict"],  # one progress bar, where the verdict will be
         concurrency_id=GPU_QUEUE,
         api_name="run",
         api_visibility="undocumented",

@@ -36,7 +36,7 @@ from clipure_core import AttackConfig, Playground, load_backbone
 
 from .conftest import ASSETS, TINY_MODEL, VIEWPORT
 from .page import page_inputs, page_outputs
-from .test_browser import pick_cat_example
+from .test_browser import pick_example
 
 CLIENTS, REQUESTS_PER_CLIENT = 16, 3
 # Distinct requests (image, labels, steps, seed); client i sends requests i, i+1, i+2.
@@ -276,8 +276,9 @@ def start_long_run_in_a_page(browser, url: str, queries: list[float]) -> Page:
     page = browser.new_page(viewport=VIEWPORT)
     page.set_default_timeout(15_000)
     page.goto(url)
-    pick_cat_example(page)
-    page.get_by_label("number input for Steps", exact=True).fill("200")
+    pick_example(page)
+    page.get_by_role("tab", name="Attack").click()
+    page.get_by_label("number input for Attack steps", exact=True).fill("200")
     page.get_by_label("number input for EOT samples", exact=True).fill("16")
     page.get_by_label("BPDA (adaptive)").check()
     page.locator("#run").click()
@@ -291,10 +292,10 @@ def test_the_stop_button_stops_the_attack_on_the_server(browser, running_app, mo
     page.locator("#stop").click()
     assert settles(model_queries), "the attack went on after Stop"
     assert len(model_queries) < 6400
-    page.get_by_label("number input for Steps", exact=True).fill("1")
+    page.get_by_label("number input for Attack steps", exact=True).fill("1")
     page.get_by_label("number input for EOT samples", exact=True).fill("1")
     page.locator("#run").click()  # the queue is free: the next run goes through
-    expect(page.locator("#verdict")).to_contain_text(" -> ", timeout=60_000)
+    expect(page.locator("#verdict .facts")).to_contain_text("1 steps", timeout=60_000)
     page.close()
 
 
