@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,13 +72,18 @@ class StopRegistry:
                 del self._events[session]
 
 
-def reporter(progress: gr.Progress | None) -> Progress | None:
-    """gradio's progress bar as an `on_progress(done, total, description)` callback."""
+def reporter(progress: gr.Progress | None, interval_s: float = 0.2) -> Progress | None:
+    """gradio's progress bar as an `on_progress(done, total, description)` callback, updated
+    at most every `interval_s` (an update per model query would flood the page)."""
     if progress is None:
         return None
+    last = [float("-inf")]
 
     def report(done: int, total: int, description: str) -> None:
-        progress((done, total), desc=description, unit="queries")
+        now = time.monotonic()
+        if now - last[0] >= interval_s or done >= total:
+            last[0] = now
+            progress((done, total), desc=description, unit="queries")
 
     return report
 

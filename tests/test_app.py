@@ -581,3 +581,13 @@ def test_mcp_serves_the_playground_and_the_audit_as_tools(tiny_checkpoint):
     assert "threat matrix" in by_name["audit"]["description"]
     eps = by_name["playground"]["inputSchema"]["properties"]["eps"]
     assert "units of 1/255" in eps["description"]
+
+
+def test_progress_reaches_the_page_at_most_five_times_a_second():
+    from app.wiring import reporter
+
+    shown = []
+    report = reporter(lambda fraction, desc, unit: shown.append(fraction), interval_s=60)
+    for done in range(1, 101):
+        report(done, 100, "attack: model queries")
+    assert shown == [(1, 100), (100, 100)]  # the first update, then the last one
