@@ -48,12 +48,12 @@ def _escaped(text: str) -> str:
 
 
 def defense_settings_from_args(args: argparse.Namespace) -> dict[str, dict]:
-    """{defence: {setting: value}} from flags added by `add_defense_flags` (unset ones left
-    out, so the purifier picks its own default)."""
+    """{defence: {setting: value}} from flags added by `add_defense_flags` (unset ones, and
+    any a parser did not declare, left out: the purifier picks its own default)."""
     from . import PURIFIERS
 
     settings = {}
     for name, purifier in PURIFIERS.items():
-        values = {s.name: getattr(args, _dest(purifier, s)) for s in purifier.settings_spec}
+        values = {s.name: getattr(args, _dest(purifier, s), None) for s in purifier.settings_spec}
         settings[name] = {key: value for key, value in values.items() if value is not None}
     return settings
