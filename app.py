@@ -2,10 +2,12 @@
 
 python app.py [--model ViT-B-32] [--pretrained openai|FILE|hf-hub:org/repo|random]
               [--device cpu|cuda] [--host 127.0.0.1] [--port 7860] [--share] [--queue-size 32]
+              [--examples eager|lazy] [--mcp]
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sys
 
@@ -15,6 +17,9 @@ from clipure_core import InputError, WeightsUnavailableError, load_backbone
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_config(argv)
+    if config.mcp and importlib.util.find_spec("mcp") is None:
+        print('error: --mcp needs gradio\'s MCP extra: pip install "gradio[mcp]"', file=sys.stderr)
+        return 2
     try:  # load the start-up model first: fail in seconds with the options, not in the UI
         load_backbone(config.model, config.pretrained, device=config.device)
     except (InputError, WeightsUnavailableError) as error:

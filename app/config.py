@@ -7,9 +7,17 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from clipure_core.loading import RANDOM_WEIGHTS
+
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "openai"
 ENV_PREFIX = "CLIPURE_"
+EXAMPLE_CACHING = ("eager", "lazy")
+
+
+def is_random(pretrained: str | None) -> bool:
+    """Whether load_backbone gives random weights for `pretrained` ('random', '' or None)."""
+    return (pretrained or RANDOM_WEIGHTS) == RANDOM_WEIGHTS
 
 
 @dataclass(frozen=True)
@@ -21,10 +29,13 @@ class AppConfig:
     port: int = 7860
     share: bool = False
     queue_size: int = 32
+    mcp: bool = False
+    examples: str = "eager"
 
     @property
     def random_weights(self) -> bool:
-        return self.pretrained in ("random", "", "none")
+        """As load_backbone reads `pretrained` (it refuses 'none')."""
+        return is_random(self.pretrained)
 
 
 def _flag(value: str | None) -> bool:
@@ -46,7 +57,8 @@ def parse_config(
     argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> AppConfig:
     """`python app.py --model ... --pretrained ...`; CLIPURE_MODEL, CLIPURE_PRETRAINED,
-    CLIPURE_DEVICE, CLIPURE_HOST, CLIPURE_PORT, CLIPURE_SHARE, CLIPURE_QUEUE_SIZE are the
+    CLIPURE_DEVICE, CLIPURE_HOST, CLIPURE_PORT, CLIPURE_SHARE, CLIPURE_QUEUE_SIZE, CLIPURE_MCP,
+    CLIPURE_EXAMPLES are the
     defaults of the matching options. GRADIO_SERVER_NAME (set by Hugging Face Spaces) is the
     host's default when CLIPURE_HOST is not set."""
     env = os.environ if environ is None else environ
@@ -80,6 +92,19 @@ def parse_config(
         default=default("QUEUE_SIZE", "32"),
         help="jobs that may wait for the model (default 32); more get a 'busy' message",
     )
+    parser.add_argument(
+        "--mcp",
+        action="store_true",
+        default=_flag(default("MCP", "")),
+        help="also serve the playground and the audit as MCP tools (needs gradio[mcp])",
+    )
+    parser.add_argument(
+        "--examples",
+        choices=EXAMPLE_CACHING,
+        default=default("EXAMPLES", "eager"),
+        help="compute the examples' results at start-up (eager, default) or at their first "
+        "click (lazy; always lazy under ZeroGPU)",
+    )
     args = parser.parse_args(argv)
     return AppConfig(
         args.model,
@@ -89,4 +114,6 @@ def parse_config(
         args.port,
         args.share,
         args.queue_size,
+        args.mcp,
+        args.examples,
     )

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .service import PlaygroundRequest
+from clipure_core import InputError
+from clipure_core.prompts import parse_labels
+
+from .service import PlaygroundRequest, estimated_queries
 
 try:  # only installed on Spaces
     import spaces
@@ -25,15 +28,21 @@ def zero_gpu() -> bool:
 
 
 def requested_seconds(choice: object, image: object, request: PlaygroundRequest) -> int:
-    """A GPU lease that fits the request: model queries of the attacks, where each query
-    through an attacked CLIPure-Diff also runs its prior `diff_steps` times."""
+    """A GPU lease that fits the request: the model queries its progress bar counts, where
+    each query through an attacked CLIPure-Diff also runs its prior `diff_steps` times. A
+    request the engine will refuse gets the base lease (it fails in seconds, with its
+    message)."""
+    try:
+        config = request.attack_config()
+        labels = len(parse_labels(request.labels)[0])
+        steps = int(request.purifier_settings().get("clipure_diff", {}).get("steps", 10))
+    except InputError:
+        return BASE_SECONDS
     adaptive = request.threat != "transfer"
     attacked = 1 + (len(request.defenses) if adaptive else 0)
-    queries = int(request.steps) * int(request.eot_samples) * attacked
-    if request.method in ("apgd-t", "autoattack"):
-        queries *= 10
+    queries = estimated_queries(config, attacked, labels)
     if adaptive and "clipure_diff" in request.defenses:
-        queries *= 1 + int(request.diff_steps)
+        queries *= 1 + steps
     return int(min(MAX_SECONDS, BASE_SECONDS + SECONDS_PER_QUERY * queries))
 
 

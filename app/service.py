@@ -12,24 +12,20 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
 from clipure_core import AttackConfig, InputError, Playground, PlaygroundResult, load_backbone
-from clipure_core.attacks import (
-    AUTOATTACK_TARGETS,
-    MAX_EOT_SAMPLES,
-    MAX_EPS,
-    MAX_STEPS,
-    METHODS,
-)
+from clipure_core.attacks import MAX_EOT_SAMPLES, MAX_EPS, MAX_SQUARE_QUERIES, MAX_STEPS
 from clipure_core.backbone import Backbone
 from clipure_core.images import open_image
 from clipure_core.prior import prior_for
 from clipure_core.prompts import LABEL_PRESETS, null_prompts, parse_labels, resolve_templates
+from clipure_core.purifiers import check_defense
 from clipure_core.text_embeddings import (
     class_prompt_groups,
     measured_rate,
@@ -41,15 +37,12 @@ from clipure_core.text_embeddings import (
 from .catalog import ModelChoice
 
 FILE_LIFETIME_S = 3600
-MAX_SEED = 2**32 - 1  # seeds the UI and the API accept (the engine takes any < 2**64)
+MAX_SEED = 2**32 - 1  # seeds the UI and the API accept (the engine takes any < 2**63)
 TEXT_LIMIT_ENV = "CLIPURE_TEXT_LIMIT_S"
 DEFAULT_TEXT_LIMIT_S = 120.0  # longest text encoding one request may hold the queue for
-ATTACK_PROGRESS = ("attack: model queries", "queries")
-
-# on_progress(done, total, desc, unit): model queries are reported as (done, total) alone (the
-# description and unit are ATTACK_PROGRESS's), text encoding with its own description and
-# "prompts". Raising from it (as `cancel` does) ends the work at its next batch or query.
-ProgressCallback = Callable[..., None]
+# on_progress(done, total, description): after every unit of work (a model query, a batch of
+# text prompts). Raising from it (as `cancel` does) ends the work at its next query or batch.
+Progress = Callable[[int, int, str], None]
 
 
 class Cancelled(Exception):
@@ -58,7 +51,11 @@ class Cancelled(Exception):
 
 @dataclass(frozen=True)
 class PlaygroundRequest:
-    """One request in the units the UI shows: L-inf eps and step size in /255, L2 in [0, 1]."""
+    """One request in the units the UI shows: L-inf eps and step size in /255, L2 in [0, 1].
+
+    `defense_settings` holds each defence's settings by the names of its registry
+    (`Purifier.settings_spec`), e.g. {"clipure_cos": {"steps": 10, "step_size": 30.0}}.
+    """
 
     labels: str
     method: str = "pgd"
@@ -72,17 +69,13 @@ class PlaygroundRequest:
     true_label: str | None = None
     target_label: str | None = None
     eot_samples: int = 1
-    cos_steps: int = 10
-    cos_step_size: float = 30.0
-    diff_steps: int = 10
-    diff_step_size: float = 30.0
+    defense_settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     templates: str = "ensemble"  # or "single" (one template: 80 times fewer prompts to encode)
 
     def attack_config(self) -> AttackConfig:
-        """The engine's AttackConfig, every field checked in the units the UI shows."""
+        """The engine's AttackConfig (which validates it) from the UI's units; the numbers
+        whose units the UI converts (eps, step size) are checked in those units."""
         method = _text(self.method, "attack method").strip().lower()
-        if method not in METHODS and method != "apgd":
-            raise InputError(f"attack method {method!r}: use one of {', '.join(METHODS)}.")
         norm = _text(self.norm, "norm").strip().lower().replace("-", "")
         if norm not in MAX_EPS:
             raise InputError(f"norm {norm!r}: use linf or l2.")
@@ -95,7 +88,7 @@ class PlaygroundRequest:
             method,
             norm,
             eps * scale,
-            _count(self.steps, "steps", 1, MAX_STEPS),
+            _count(self.steps, "steps", 1, MAX_SQUARE_QUERIES if method == "square" else MAX_STEPS),
             step_size or None,
             eot_samples=_count(self.eot_samples, "EOT samples", 1, MAX_EOT_SAMPLES),
         )
@@ -110,6 +103,31 @@ class PlaygroundRequest:
         _text(self.true_label, "true label")
         _text(self.target_label, "target label")
         _text(self.templates, "templates")
+
+    def purifier_settings(self) -> dict[str, dict]:
+        """Each defence's settings as its purifier takes them: whole numbers and numbers
+        converted from the UI's floats (the purifier checks their ranges)."""
+        settings = {}
+        for name, values in (self.defense_settings or {}).items():
+            spec = {s.name: s for s in check_defense(name).settings_spec}
+            settings[name] = {
+                key: _as_kind(
+                    value, spec[key].kind, f"{check_defense(name).title} {spec[key].title}"
+                )
+                if key in spec
+                else value
+                for key, value in values.items()
+            }
+        return settings
+
+
+def _as_kind(value, kind: type, name: str):
+    """A UI value as the setting's type (gradio sends whole numbers as floats)."""
+    if kind is int:
+        return _integer(value, name)
+    if kind is float:
+        return _number(value, name)
+    return value
 
 
 def _text(value, name: str, allow_list: bool = False) -> str:
@@ -191,16 +209,26 @@ def _preset_name(labels: list[str]) -> str | None:
 
 
 def estimated_queries(config: AttackConfig, targets: int, num_labels: int) -> int:
-    """Model forwards an attack will make (for the progress bar), per attacked model x targets."""
-    per_attack = config.effective_steps * config.eot_samples
-    if config.method in ("apgd-t", "autoattack"):
-        target_classes = min(num_labels - 1, AUTOATTACK_TARGETS)
-        per_attack = (config.steps + 1) * config.eot_samples * target_classes
-        if config.method == "autoattack":
-            per_attack += (config.steps + 1) * config.eot_samples
-    elif config.method.startswith("apgd"):
-        per_attack = (config.steps + 1) * config.eot_samples
-    return max(1, per_attack * targets)
+    """Model forwards of a request (progress bars, GPU leases): the engine's estimate for
+    one attack, times the attacked models."""
+    return max(1, config.estimated_queries(num_labels) * targets)
+
+
+@dataclass(frozen=True)
+class AuditBackend:
+    """What the threat matrix runs: `run(playground, image, labels, **options)` returning an
+    object with `to_dict()` (clipure_core.audit.run_audit), and the conditions it knows (each
+    with `title` and `attacker_knew`), in the matrix's order."""
+
+    run: Callable[..., Any]
+    conditions: Mapping[str, Any]
+
+
+def engine_audit() -> AuditBackend:
+    """The engine's audit (clipure_core.audit)."""
+    from clipure_core.audit import CONDITIONS, run_audit
+
+    return AuditBackend(run_audit, CONDITIONS)
 
 
 class PlaygroundService:
@@ -212,8 +240,14 @@ class PlaygroundService:
     out. Before the first measurement the first chunk of prompts measures it.
     """
 
-    def __init__(self, device: str | None = None, text_limit_s: float | None = None) -> None:
+    def __init__(
+        self,
+        device: str | None = None,
+        audit: AuditBackend | None = None,
+        text_limit_s: float | None = None,
+    ) -> None:
         self.device = device
+        self._audit = audit
         if text_limit_s is None:
             text_limit_s = float(os.environ.get(TEXT_LIMIT_ENV) or DEFAULT_TEXT_LIMIT_S)
         self.text_limit_s = text_limit_s
@@ -236,16 +270,24 @@ class PlaygroundService:
             key = (id(backbone), templates)
             return self._playgrounds.setdefault(key, Playground(backbone, templates))
 
+    def request_playground(self, choice: ModelChoice, request: PlaygroundRequest) -> Playground:
+        """The playground for the request's templates, its text embeddings encoded (with
+        progress, or refused when too long; see the class docstring)."""
+        templates = (request.templates or "ensemble").strip().lower()
+        if templates not in ("ensemble", "single"):
+            raise InputError(f"templates {templates!r}: use ensemble or single.")
+        return self.playground(choice, templates)
+
     def run(
         self,
         choice: ModelChoice,
         image: str | Path | Image.Image | None,
         request: PlaygroundRequest,
-        on_progress: ProgressCallback | None = None,
+        on_progress: Progress | None = None,
         cancel: threading.Event | None = None,
     ) -> PlaygroundResult:
-        """Run `request`; `on_progress` sees the text encoding (if any) and every model
-        query; `cancel` aborts it at the next batch of prompts or model query."""
+        """Run `request`; `on_progress(done, total, description)` sees the text encoding (if
+        any) and every model query; `cancel` aborts it at the next batch or query."""
         if image is None:
             raise InputError("no image: upload or paste a photo, or click an example.")
         request.check()
@@ -256,27 +298,16 @@ class PlaygroundService:
         attacked = 1 + (len(defenses) if request.threat != "transfer" else 0)
         labels = parse_labels(request.labels)[0]
         total = estimated_queries(attack, attacked, len(labels))
-        templates = (request.templates or "ensemble").strip().lower()
-        if templates not in ("ensemble", "single"):
-            raise InputError(f"templates {templates!r}: use ensemble or single.")
-        playground = self.playground(choice, templates)
-
-        def stop_if_cancelled() -> None:
-            if cancel is not None and cancel.is_set():
-                raise Cancelled
+        playground = self.request_playground(choice, request)
 
         def on_query(done: int) -> None:
-            stop_if_cancelled()
+            if cancel is not None and cancel.is_set():
+                raise Cancelled
             if on_progress is not None:
-                on_progress(min(done, total), total)
-
-        def on_text(done: int, total: int) -> None:
-            stop_if_cancelled()
-            if on_progress is not None:
-                on_progress(done, total, f"text embeddings: {total:,} prompts", "prompts")
+                on_progress(min(done, total), total, "attack: model queries")
 
         self.encode_text(choice, playground, labels, bool(defenses), on_progress, cancel)
-        with text_progress(on_text):  # whatever is left to encode (e.g. CLIPure-Diff's prompt)
+        with text_progress(self._text_progress(on_progress, cancel)):  # e.g. Diff's prompt
             return playground.run(
                 image,
                 request.labels,  # as given: the result's notices say what parsing changed
@@ -286,18 +317,21 @@ class PlaygroundService:
                 seed=seed,
                 true_label=request.true_label or None,
                 target_label=request.target_label or None,
-                defense_settings={
-                    "clipure_cos": {
-                        "steps": _integer(request.cos_steps, "CLIPure-Cos steps"),
-                        "step_size": _number(request.cos_step_size, "CLIPure-Cos step size"),
-                    },
-                    "clipure_diff": {
-                        "steps": _integer(request.diff_steps, "CLIPure-Diff steps"),
-                        "step_size": _number(request.diff_step_size, "CLIPure-Diff step size"),
-                    },
-                },
+                defense_settings=request.purifier_settings(),
                 on_query=on_query,
             )
+
+    @staticmethod
+    def _text_progress(
+        on_progress: Progress | None, cancel: threading.Event | None
+    ) -> Callable[[int, int], None]:
+        def on_text(done: int, total: int) -> None:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled
+            if on_progress is not None:
+                on_progress(done, total, f"text embeddings: {total:,} prompts")
+
+        return on_text
 
     def encode_text(
         self,
@@ -305,7 +339,7 @@ class PlaygroundService:
         playground: Playground,
         labels: list[str],
         null_prompt: bool,
-        on_progress: ProgressCallback | None = None,
+        on_progress: Progress | None = None,
         cancel: threading.Event | None = None,
     ) -> None:
         """Encode (and cache) the labels' prompts, and the null prompt's, that are not cached
@@ -336,7 +370,7 @@ class PlaygroundService:
                 else:
                     left = _duration((total - done) / rate)
                     desc = f"text embeddings: {total:,} prompts, about {left} left"
-                on_progress(done, total, desc, "prompts")
+                on_progress(done, total, desc)
 
         prompt_group_embeddings(backbone, groups, on_progress=check)
 
@@ -375,13 +409,64 @@ class PlaygroundService:
             f"this app: {command}"
         )
 
-    def save_downloads(self, result: PlaygroundResult) -> tuple[Path, Path]:
-        """Write the adversarial PNG (the evaluated 8-bit image) and the result JSON."""
+    @property
+    def audit_backend(self) -> AuditBackend:
+        if self._audit is None:
+            self._audit = engine_audit()
+        return self._audit
+
+    def audit(
+        self,
+        choice: ModelChoice,
+        image: str | Path | Image.Image | None,
+        request: PlaygroundRequest,
+        conditions: Sequence[str] | None = None,
+        on_progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+    ) -> dict:
+        """The threat matrix of `request`'s photo (every condition x every model) as the
+        audit's JSON; `request`'s eps, norm, steps, defences and seed apply, its attack
+        method does not (each condition has its own). `cancel` aborts it."""
+        if image is None:
+            raise InputError("no image: upload or paste a photo, or click an example.")
+        request.check()
+        attack = request.attack_config()
+        seed = _seed(request.seed)
+        image = open_image(image)
+        defenses = [name for name in request.defenses or () if name]
+        playground = self.request_playground(choice, request)
+        labels = parse_labels(request.labels)[0]
+        self.encode_text(choice, playground, labels, bool(defenses), on_progress, cancel)
+
+        def on_query(done: int, total: int, condition: str) -> None:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled
+            if on_progress is not None:
+                on_progress(min(done, total), total, f"threat matrix: {condition}")
+
+        return self.audit_backend.run(
+            playground,
+            image,
+            request.labels,
+            true_label=request.true_label or None,
+            eps=attack.eps,
+            norm=attack.norm,
+            steps=attack.steps,
+            defenses=defenses,
+            defense_settings=request.purifier_settings(),
+            seed=seed,
+            conditions=conditions,
+            on_progress=on_query,
+        ).to_dict()
+
+    def save_downloads(self, result: PlaygroundResult, payload: dict) -> tuple[Path, Path]:
+        """Write the adversarial PNG (the evaluated 8-bit image) and `payload`, the result's
+        JSON, as files."""
         self._prune()
         stem = self.output_dir / f"clipure-{uuid.uuid4().hex[:12]}"
         png, data = stem.with_suffix(".png"), stem.with_suffix(".json")
         result.adversarial_image.save(png, format="PNG")
-        data.write_text(json.dumps(result.to_dict(), indent=2))
+        data.write_text(json.dumps(payload, indent=2))
         return png, data
 
     def _prune(self) -> None:

@@ -16,6 +16,7 @@ from .images import open_image
 from .loading import load_backbone
 from .pipeline import Playground
 from .prompts import null_prompts, parse_labels, resolve_templates
+from .purifiers import add_defense_flags, defense_settings_from_args
 from .text_embeddings import (
     cache_root,
     class_prompt_groups,
@@ -65,13 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--defense", default="clipure_cos", help="comma-separated defences ('' for none)"
     )
-    predict.add_argument("--cos-steps", type=int, default=10)
-    predict.add_argument("--cos-step-size", type=float, default=30.0)
-    predict.add_argument("--diff-steps", type=int, default=10)
-    predict.add_argument("--diff-step-size", type=float, default=30.0)
-    predict.add_argument(
-        "--prior", default=None, help="CLIPure-Diff prior checkpoint (default: found for the model)"
-    )
+    add_defense_flags(predict)
     predict.add_argument("--seed", type=int, default=0)
     predict.add_argument("--json", action="store_true", help="print the full result as JSON")
     predict.add_argument("--save-adversarial", default=None, help="write the adversarial PNG here")
@@ -113,14 +108,8 @@ def attack_config(args: argparse.Namespace) -> AttackConfig:
 
 
 def defense_settings(args: argparse.Namespace) -> dict[str, dict]:
-    """Per-defence settings from the CLI options."""
-    diff = {"steps": args.diff_steps, "step_size": args.diff_step_size}
-    if args.prior:
-        diff["prior"] = args.prior
-    return {
-        "clipure_cos": {"steps": args.cos_steps, "step_size": args.cos_step_size},
-        "clipure_diff": diff,
-    }
+    """Per-defence settings from the CLI options (flags from the purifier registry)."""
+    return defense_settings_from_args(args)
 
 
 def predict(args: argparse.Namespace) -> int:

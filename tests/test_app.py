@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import ClassVar
 
 import gradio as gr
 import pytest
@@ -14,13 +15,14 @@ from gradio_client.exceptions import AppError
 
 from app.catalog import CATALOG, model_choices
 from app.config import parse_config
+from app.errors import friendly_errors
 from app.gpu import gpu_task, requested_seconds
 from app.service import Cancelled, PlaygroundRequest, PlaygroundService, estimated_queries
-from app.ui import friendly_errors
 from clipure_core import AttackConfig, InputError, ZeroShotClassifier, load_backbone
 from clipure_core.pixels import pil_to_pixels
 
 from .conftest import ASSETS, TINY_MODEL, run_without_weights
+from .page import page_inputs, page_outputs
 
 API_ARGS = {
     "labels": "cat, dog, car, airplane",
@@ -66,10 +68,13 @@ def test_start_model_is_offered_first():
     assert len(custom) == len(CATALOG) + 1
 
 
-def test_only_the_playground_endpoint_is_documented(client):
-    assert list(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == [
-        "/playground"
-    ]
+def test_only_the_playground_and_audit_endpoints_are_documented(client):
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert list(endpoints) == ["/playground", "/audit"]
+    parameters = [p["parameter_name"] for p in endpoints["/audit"]["parameters"]]
+    assert parameters == [
+        "image", "labels", "true_label", "norm", "eps", "steps", "defenses", "seed", "conditions"
+    ]  # fmt: skip
 
 
 def test_playground_api_returns_the_result_json(client):
@@ -85,32 +90,19 @@ def test_playground_api_returns_the_result_json(client):
     assert data["image_for"]["clipure_cos"] == "clipure_cos"
 
 
-def test_downloaded_png_reproduces_the_reported_probabilities(client, tiny_checkpoint):
-    outputs = client.predict(
-        TINY_MODEL + " · " + str(tiny_checkpoint),
-        handle_file(str(ASSETS / "coffee.png")),
-        "cat, dog, coffee mug",
-        "",
-        "pgd",
-        "linf",
-        6,
-        4,
-        0,
-        "",
-        "transfer",
-        1,
-        0,
-        True,
-        10,
-        30.0,
-        False,
-        10,
-        30.0,
-        api_name="/run",
+def test_downloaded_png_reproduces_the_reported_probabilities(client, running_app, tiny_checkpoint):
+    inputs = page_inputs(
+        running_app,
+        Backbone=f"{TINY_MODEL} · {tiny_checkpoint}",
+        Photo=handle_file(str(ASSETS / "coffee.png")),
+        **{"Labels (comma-separated)": "cat, dog, coffee mug", "eps (L-inf, /255)": 6},
+        **{"Attack steps": 4},
     )
-    verdict, png, data = outputs[0], outputs[-2], outputs[-1]
+    outputs = page_outputs(running_app, client.predict(*inputs, api_name="/run"))
+    verdict = outputs["verdict"]
     assert "Undefended CLIP" in verdict and "CLIPure-Cos" in verdict
-    result = json.loads(Path(data).read_text())
+    png = outputs["Adversarial PNG (exactly what was evaluated)"]
+    result = json.loads(Path(outputs["Settings and result (JSON)"]).read_text())
     backbone = load_backbone(TINY_MODEL, str(tiny_checkpoint), device="cpu")
     classifier = ZeroShotClassifier(backbone, result["labels"], "ensemble")
     from PIL import Image
@@ -162,10 +154,10 @@ def test_stop_really_stops_the_attack(tiny_checkpoint):
     cancel = threading.Event()
     seen = []
 
-    def on_progress(done, total, desc="attack", unit="queries"):
-        if unit == "queries":
-            seen.append(done)
-        if done == 3 and unit == "queries":
+    def on_progress(done, total, description):
+        assert description == "attack: model queries"
+        seen.append(done)
+        if done == 3:
             cancel.set()
 
     request = PlaygroundRequest(labels="cat, dog", steps=50)
@@ -186,6 +178,17 @@ def test_missing_image_and_units():
     assert l2.eps == 0.5
     with pytest.raises(InputError, match="whole number"):
         PlaygroundRequest(labels="a", steps=2.5).attack_config()
+    # the engine's aliases, all of them (the app used to take 'apgd' only)
+    assert PlaygroundRequest(labels="a", method="apgd").attack_config().method == "apgd-ce"
+    assert PlaygroundRequest(labels="a", method="aa").attack_config().method == "autoattack"
+    pgdl2 = PlaygroundRequest(labels="a", method="pgdl2", norm="l2", eps=0.5).attack_config()
+    assert pgdl2.method == "pgd-l2"
+
+
+def test_random_weights_as_load_backbone_reads_them():
+    assert parse_config(["--pretrained", "random"], environ={}).random_weights
+    assert parse_config(["--pretrained", ""], environ={}).random_weights
+    assert not parse_config(["--pretrained", "none"], environ={}).random_weights  # refused
 
 
 def test_friendly_errors_hide_tracebacks():
@@ -206,9 +209,14 @@ def test_friendly_errors_hide_tracebacks():
 
 
 def test_progress_totals_and_zerogpu_duration():
-    assert estimated_queries(AttackConfig(steps=10), 1, 5) == 10
-    assert estimated_queries(AttackConfig(steps=10), 2, 5) == 20
+    assert estimated_queries(AttackConfig(steps=10), 1, 5) == 11
+    assert estimated_queries(AttackConfig(steps=10), 2, 5) == 22
     assert estimated_queries(AttackConfig("apgd-t", steps=10), 1, 5) == 44
+    # the lease counts the same queries as the progress bar (they used to differ for APGD-T)
+    apgd_t = PlaygroundRequest(labels="a, b, c, d, e", method="apgd-t", steps=10)
+    assert requested_seconds(None, None, apgd_t) == int(20 + 0.05 * 44)
+    refused = PlaygroundRequest(labels="a, b", steps="ten")  # int() used to fail here
+    assert requested_seconds(None, None, refused) == 20
     short = requested_seconds(None, None, PlaygroundRequest(labels="a", steps=10))
     long = requested_seconds(None, None, PlaygroundRequest(labels="a", steps=1000, eot_samples=8))
     assert 0 < short < long <= 300
@@ -265,3 +273,321 @@ def test_startup_without_reachable_weights_exits_with_the_options(tmp_path):
     for option in ("--pretrained random", "HF_HUB_OFFLINE=1", ".safetensors"):
         assert option in completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+# --- handlers without a server ---------------------------------------------------------------
+
+
+@pytest.fixture
+def context(tiny_checkpoint):
+    from app.handlers import Context
+
+    return Context(PlaygroundService("cpu"), model_choices(TINY_MODEL, str(tiny_checkpoint)))
+
+
+def test_named_controls_build_the_request():
+    from app.handlers import request_from
+
+    request = request_from(
+        {
+            "labels": "cat, dog",
+            "eps": 8,
+            "seed": 3,
+            "clipure_cos": True,
+            "clipure_cos.steps": 4.0,
+            "clipure_cos.step_size": 2.5,
+            "clipure_diff": False,
+            "clipure_diff.steps": 7.0,
+            "image": "ignored: not a request field",
+        }
+    )
+    assert (request.labels, request.eps, request.seed) == ("cat, dog", 8, 3)
+    assert request.method == "pgd" and request.defenses == ["clipure_cos"]
+    settings = request.purifier_settings()
+    assert settings["clipure_cos"] == {"steps": 4, "step_size": 2.5}
+    assert isinstance(settings["clipure_cos"]["steps"], int)
+    assert settings["clipure_diff"] == {"steps": 7}
+
+
+def test_run_handler_without_a_server(context):
+    from app.handlers import run
+
+    values = {"image": str(ASSETS / "chelsea.png"), "labels": "cat, dog", "steps": 2}
+    seen = []
+    result = run(
+        context, {**values, "clipure_cos": True, "clipure_cos.steps": 3}, lambda *a: seen.append(a)
+    )
+    assert seen[-1] == (2, 3, "attack: model queries")  # PGD: 2 steps of at most 3 queries
+    assert result.settings["defenses"]["clipure_cos"]["steps"] == 3
+    assert result.models == ["undefended", "clipure_cos"]
+    with pytest.raises(InputError, match="model 'ViT-H-14'"):
+        run(context, {**values, "model": "ViT-H-14"})
+
+
+def test_a_new_defence_is_one_class(monkeypatch):
+    """Registering a purifier gives it a switch and controls in the app, and flags in the
+    predict and evaluate command lines."""
+    from app.layout import defense_controls
+    from clipure_core import cli
+    from clipure_core.evaluate import cli as evaluate_cli
+    from clipure_core.purifiers import PURIFIERS, CosPurifier, Setting
+
+    class Toy(CosPurifier):
+        name, title, flag_prefix = "toy", "Toy", "toy"
+        settings_spec = (*CosPurifier.settings_spec, Setting("width", "width", 3, "", 1, 9))
+
+    monkeypatch.setitem(PURIFIERS, "toy", Toy)
+    controls = defense_controls({})
+    assert controls["toy"].label == "Toy"
+    assert controls["toy.width"].label == "Toy width" and controls["toy.width"].maximum == 9
+    assert "toy.batch_coupled" not in controls  # a reproduction option: flags only
+    args = cli.build_parser().parse_args(["predict", "x.png", "--labels", "a", "--toy-width", "5"])
+    assert cli.defense_settings(args)["toy"] == {
+        "steps": 10,
+        "step_size": 30.0,
+        "width": 5,
+        "batch_coupled": False,
+    }
+    parser = evaluate_cli.build_parser()
+    args = parser.parse_args(["--data", "d", "--out", "o", "--toy-batch-coupled"])
+    assert evaluate_cli.config_from_args(args).defense_settings["toy"]["batch_coupled"] is True
+
+
+@pytest.mark.parametrize(
+    "clean,adversarial,target,expected",
+    [
+        ("cat", "dog", None, "fooled"),
+        ("cat", "cat", None, "still right"),
+        ("dog", "dog", None, "already wrong"),
+        ("dog", "cat", None, "already wrong"),
+        ("cat", "fox", "fox", "target hit"),
+        ("cat", "dog", "fox", "fooled"),
+    ],
+)
+def test_verdict_outcomes(clean, adversarial, target, expected):
+    from app.results import outcome
+
+    assert outcome(clean, adversarial, "cat", target) == expected
+
+
+def test_verdict_cards_escape_labels_and_say_the_outcome(context):
+    from app.handlers import run
+    from app.results import verdict_html, verdicts
+
+    labels = "<img src=x onerror=alert(1)>, dog"
+    result = run(context, {"image": str(ASSETS / "chelsea.png"), "labels": labels, "steps": 1})
+    payload = result.to_dict()
+    html = verdict_html(payload)
+    assert "<img src=x" not in html and "&lt;img src=x" in html
+    cards = verdicts(payload)
+    assert [card["title"] for card in cards] == ["Undefended CLIP"]
+    assert f'class="card {cards[0]["outcome"].replace(" ", "-")}"' in html
+
+
+def test_the_result_json_is_made_once_and_its_command_reproduces_it(
+    context, tiny_checkpoint, monkeypatch, capsys
+):
+    import shlex
+
+    from app.handlers import run
+    from app.outputs import result_payload
+    from clipure_core import PlaygroundResult
+    from clipure_core.cli import main as cli_main
+
+    calls = []
+    original = PlaygroundResult.to_dict
+    monkeypatch.setattr(PlaygroundResult, "to_dict", lambda self: calls.append(1) or original(self))
+    values = {
+        "image": str(ASSETS / "coffee.png"),
+        "labels": "cat, coffee mug, teapot",
+        "method": "pgd",
+        "eps": 6,
+        "steps": 3,
+        "threat": "bpda",
+        "seed": 5,
+        "true_label": "teapot",
+        "clipure_cos": True,
+        "clipure_cos.steps": 4,
+    }
+    payload = result_payload(run(context, values), values["labels"], values["image"])
+    assert len(calls) == 1
+    command = payload["reproduce"]["command"]
+    args = shlex.split(command)
+    assert args[:5] == ["python", "-m", "clipure_core", "predict", "assets/coffee.png"]
+    assert "--cos-steps" in args and "--cos-step-size" not in args  # defaults are left out
+    args[4] = str(ASSETS / "coffee.png")
+    assert cli_main([*args[3:], "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["predictions"] == payload["predictions"]
+    assert again["true_label"] == "teapot" and again["settings"]["seed"] == 5
+    for condition, per_model in payload["probabilities"].items():
+        for model, probs in per_model.items():
+            assert again["probabilities"][condition][model] == pytest.approx(probs, abs=1e-5)
+
+
+class StandInAudit:
+    """A small audit with the contract's shape: two conditions, progress per query."""
+
+    class Condition:
+        def __init__(self, title: str, knew: str) -> None:
+            self.title, self.attacker_knew = title, knew
+
+    conditions: ClassVar[dict] = {
+        "clean": Condition("clean", "Nothing."),
+        "bpda": Condition("BPDA", "The defended model, purification as identity."),
+    }
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def run(self, playground, image, labels, *, on_progress=None, **options):
+        self.calls.append({"labels": labels, **options})
+        for done in range(1, 4):
+            if on_progress is not None:
+                on_progress(done, 3, "bpda")
+        names = playground.classifier(["cat", "dog"]).labels
+
+        class Result:
+            @staticmethod
+            def to_dict():
+                matrix = [
+                    {
+                        "condition": c,
+                        "model": m,
+                        "prediction": names[i],
+                        "probability": 0.75,
+                        "correct": i == 0,
+                    }
+                    for i, (c, m) in enumerate([("clean", "undefended"), ("bpda", "clipure_cos")])
+                ]
+                checks = [
+                    {
+                        "name": "zero_gradients",
+                        "status": "warn",
+                        "value": 1.0,
+                        "explanation": "The gradient is exactly 0 <here>.",
+                    }
+                ]
+                return {
+                    "labels": names,
+                    "true_label": "cat",
+                    "matrix": matrix,
+                    "gradients": [],
+                    "checks": checks,
+                    "settings": {},
+                    "timings_ms": {"total": 1.0},
+                }
+
+        return Result()
+
+
+def test_audit_handler_with_a_stand_in_audit(tiny_checkpoint):
+    from app.handlers import Context, audit
+    from app.results import matrix_html
+    from app.service import AuditBackend
+
+    stand_in = StandInAudit()
+    service = PlaygroundService("cpu", audit=AuditBackend(stand_in.run, stand_in.conditions))
+    context = Context(service, model_choices(TINY_MODEL, str(tiny_checkpoint)))
+    values = {"image": str(ASSETS / "chelsea.png"), "labels": "cat, dog", "eps": 8, "steps": 3}
+    progress = []
+    data = audit(context, {**values, "clipure_cos": True}, None, lambda *a: progress.append(a))
+    assert progress[-1] == (3, 3, "threat matrix: bpda")
+    call = stand_in.calls[0]
+    assert call["eps"] == pytest.approx(8 / 255) and call["steps"] == 3
+    assert call["defenses"] == ["clipure_cos"] and call["norm"] == "linf"
+    html = matrix_html(data, stand_in.conditions)
+    assert html.count("<tr>") == 3 and "✓ cat 75%" in html and "✗ dog 75%" in html
+    assert "The defended model, purification as identity." in html
+    assert "⚠ warn" in html and "&lt;here&gt;" in html
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        audit(context, values, None, None, cancel)
+    with pytest.raises(InputError, match="eps must be in"):
+        audit(context, {**values, "eps": -1})
+
+
+AUDIT_ARGS = {
+    "labels": "cat, dog, car, airplane",
+    "true_label": "cat",
+    "norm": "linf",
+    "eps": 8,
+    "steps": 2,
+    "defenses": "clipure_cos",
+    "seed": 0,
+    "conditions": "",
+}
+
+
+def test_audit_api_returns_the_audit_json(client):
+    from clipure_core.audit import CONDITIONS
+
+    data = client.predict(
+        image=handle_file(str(ASSETS / "chelsea.png")), **AUDIT_ARGS, api_name="/audit"
+    )
+    assert data["labels"] == ["cat", "dog", "car", "airplane"] and data["true_label"] == "cat"
+    cells = {(cell["condition"], cell["model"]): cell for cell in data["matrix"]}
+    assert {condition for condition, _ in cells} == set(CONDITIONS)
+    assert {model for _, model in cells} == {"undefended", "clipure_cos"}
+    for cell in cells.values():
+        assert 0 <= cell["probability"] <= 1
+        assert cell["correct"] == (cell["prediction"] == "cat")
+    assert {check["status"] for check in data["checks"]} <= {"pass", "warn", "fail"}
+    assert all(check["explanation"] for check in data["checks"])
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ({"eps": -2}, "eps must be in"),
+        ({"conditions": "oracle"}, "unknown audit condition 'oracle'"),
+        ({"defenses": "jpeg"}, "unknown defence 'jpeg'"),
+        ({"labels": " , "}, "at least one class name"),
+        ({"seed": 2**40}, "seed must be an integer from 0 to 4294967295"),
+    ],
+)
+def test_bad_audit_requests_are_readable_errors_and_the_server_keeps_serving(
+    client, override, message
+):
+    photo = handle_file(str(ASSETS / "rocket.jpg"))
+    with pytest.raises(AppError, match=message) as raised:
+        client.predict(image=photo, **{**AUDIT_ARGS, **override}, api_name="/audit")
+    assert "Traceback" not in str(raised.value)
+    cheap = {**AUDIT_ARGS, "conditions": "clean, noise"}
+    data = client.predict(image=photo, **cheap, api_name="/audit")
+    assert {cell["condition"] for cell in data["matrix"]} == {"clean", "noise"}
+
+
+def test_mcp_serves_the_playground_and_the_audit_as_tools(tiny_checkpoint):
+    """`python app.py --mcp`: gradio's MCP server, with the endpoints' docstrings as the
+    tools' descriptions (needs gradio[mcp], in requirements-dev.txt)."""
+    import httpx
+
+    from app.ui import build_demo, launch_options
+
+    model = ["--model", TINY_MODEL, "--pretrained", str(tiny_checkpoint), "--device", "cpu"]
+    config = parse_config([*model, "--examples", "lazy", "--mcp"], environ={})
+    assert launch_options(config)["mcp_server"] is True
+    demo = build_demo(config)
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, server_port=None, mcp_server=True)
+    try:
+        tools = httpx.get(f"{url}gradio_api/mcp/schema", timeout=30).json()
+    finally:
+        demo.close()
+    by_name = {tool["name"]: tool for tool in tools}
+    assert sorted(by_name) == ["audit", "playground"]
+    assert "with and without CLIPure" in by_name["playground"]["description"]
+    assert "threat matrix" in by_name["audit"]["description"]
+    eps = by_name["playground"]["inputSchema"]["properties"]["eps"]
+    assert "units of 1/255" in eps["description"]
+
+
+def test_progress_reaches_the_page_at_most_five_times_a_second():
+    from app.wiring import reporter
+
+    shown = []
+    report = reporter(lambda fraction, desc, unit: shown.append(fraction), interval_s=60)
+    for done in range(1, 101):
+        report(done, 100, "attack: model queries")
+    assert shown == [(1, 100), (100, 100)]  # the first update, then the last one

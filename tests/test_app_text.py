@@ -34,10 +34,11 @@ class Recorder:
         self.text: list[tuple[int, int, str]] = []
         self.queries: list[int] = []
 
-    def __call__(self, done, total, desc=None, unit="queries") -> None:
-        if unit == "prompts":
-            self.text.append((done, total, desc))
+    def __call__(self, done: int, total: int, description: str) -> None:
+        if description.startswith("text embeddings"):
+            self.text.append((done, total, description))
         else:
+            assert description == "attack: model queries"
             self.queries.append(done)
 
 
@@ -67,8 +68,8 @@ def test_stop_ends_the_text_encoding_at_its_next_batch(choice, monkeypatch):
     cancel = threading.Event()
     progress = Recorder()
 
-    def stop_after_first_batch(done, total, desc=None, unit="queries"):
-        progress(done, total, desc, unit)
+    def stop_after_first_batch(done, total, description):
+        progress(done, total, description)
         if done > 0:
             cancel.set()
 

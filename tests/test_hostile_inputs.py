@@ -347,8 +347,14 @@ def test_bad_numbers_in_ui_units_get_a_specific_message(fields, message):
         ({"defenses": ["clipure_cos", 7]}, r"^defence must be text, got 7\.$"),
         ({"defenses": ["jpeg"]}, r"^unknown defence 'jpeg': use one of clipure_cos"),
         ({"target_label": "zebra"}, r"^label 'zebra' is not in the label list \(cat, dog"),
-        ({"cos_steps": math.inf}, r"^CLIPure-Cos steps must be a finite number"),
-        ({"cos_step_size": -1}, r"^CLIPure-Cos step size: a finite number > 0\.$"),
+        (
+            {"defense_settings": {"clipure_cos": {"steps": math.inf}}},
+            r"^CLIPure-Cos steps must be a finite number",
+        ),
+        (
+            {"defense_settings": {"clipure_cos": {"step_size": -1}}},
+            r"^CLIPure-Cos step size: a finite number > 0\.$",
+        ),
     ],
 )
 def test_bad_requests_in_the_service_get_a_specific_message(tiny_checkpoint, fields, message):

@@ -35,7 +35,8 @@ from app.ui import build_demo, launch_options
 from clipure_core import AttackConfig, Playground, load_backbone
 
 from .conftest import ASSETS, TINY_MODEL, VIEWPORT
-from .test_browser import pick_cat_example
+from .page import page_inputs, page_outputs
+from .test_browser import pick_example
 
 CLIENTS, REQUESTS_PER_CLIENT = 16, 3
 # Distinct requests (image, labels, steps, seed); client i sends requests i, i+1, i+2.
@@ -114,7 +115,7 @@ def serve(config_args: list[str], choices: list[ModelChoice] | None = None) -> I
     patch = pytest.MonkeyPatch()
     if choices is not None:
         patch.setattr(app.ui, "model_choices", lambda name, pretrained: choices)
-    config = parse_config(["--device", "cpu", *config_args], environ={})
+    config = parse_config(["--device", "cpu", "--examples", "lazy", *config_args], environ={})
     demo = build_demo(config)
     patch.undo()
     _, url, _ = demo.launch(
@@ -275,8 +276,9 @@ def start_long_run_in_a_page(browser, url: str, queries: list[float]) -> Page:
     page = browser.new_page(viewport=VIEWPORT)
     page.set_default_timeout(15_000)
     page.goto(url)
-    pick_cat_example(page)
-    page.get_by_label("number input for Steps", exact=True).fill("200")
+    pick_example(page)
+    page.get_by_role("tab", name="Attack").click()
+    page.get_by_label("number input for Attack steps", exact=True).fill("200")
     page.get_by_label("number input for EOT samples", exact=True).fill("16")
     page.get_by_label("BPDA (adaptive)").check()
     page.locator("#run").click()
@@ -290,10 +292,10 @@ def test_the_stop_button_stops_the_attack_on_the_server(browser, running_app, mo
     page.locator("#stop").click()
     assert settles(model_queries), "the attack went on after Stop"
     assert len(model_queries) < 6400
-    page.get_by_label("number input for Steps", exact=True).fill("1")
+    page.get_by_label("number input for Attack steps", exact=True).fill("1")
     page.get_by_label("number input for EOT samples", exact=True).fill("1")
     page.locator("#run").click()  # the queue is free: the next run goes through
-    expect(page.locator("#verdict")).to_contain_text(" -> ", timeout=60_000)
+    expect(page.locator("#verdict .facts")).to_contain_text("1 steps", timeout=60_000)
     page.close()
 
 
@@ -382,37 +384,25 @@ def test_interleaved_models_never_mix_results(two_model_app, two_models, tmp_pat
     assert expected["checkpoint"] != expected["random"]
 
     def run_args(key: str, seed: int) -> list:
-        """The undocumented /run endpoint: the model's label first, then the UI's inputs."""
-        return [
-            two_models[key].label,
-            handle_file(str(ASSETS / "chelsea.png")),
-            "cat, dog, car",
-            "",  # true label: the clean prediction
-            "pgd",
-            "linf",
-            8,
-            2,  # steps
-            0,
-            "",  # untargeted
-            "transfer",
-            1,
-            seed,
-            True,
-            5,
-            30.0,
-            False,
-            10,
-            30.0,
-        ]
+        """The page's /run endpoint: its controls, by label."""
+        return page_inputs(
+            two_model_app,
+            Backbone=two_models[key].label,
+            Photo=handle_file(str(ASSETS / "chelsea.png")),
+            **{"Labels (comma-separated)": "cat, dog, car", "eps (L-inf, /255)": 8},
+            **{"Attack steps": 2, "Seed": seed, "CLIPure-Cos steps": 5},
+        )
 
     images: list[str] = []
 
     def result(key: str, seed: int) -> dict:
-        outputs = Client(two_model_app, verbose=False).predict(
-            *run_args(key, seed), api_name="/run"
+        outputs = page_outputs(
+            two_model_app,
+            Client(two_model_app, verbose=False).predict(*run_args(key, seed), api_name="/run"),
         )
-        images.extend(Path(path).name for path in outputs[1:4])  # clean, adversarial, change
-        return json.loads(Path(outputs[-1]).read_text())
+        clean, adversarial = outputs["comparison"]
+        images.extend(Path(path).name for path in (clean, adversarial, outputs["perturbation"]))
+        return json.loads(Path(outputs["Settings and result (JSON)"]).read_text())
 
     alone = {(key, seed): result(key, seed) for key in two_models for seed in (0, 1)}
     order = [(key, seed) for seed in (0, 1) for key in two_models] * 3

@@ -34,16 +34,21 @@ from app.ui import build_demo, launch_options
 from clipure_core.images import MAX_FILE_BYTES
 
 from .conftest import ASSETS, ONE_STEP_API_ARGS, TINY_CONFIG, TINY_MODEL
+from .page import page_inputs
 
 ROOT = ASSETS.parent
 API_ARGS = ONE_STEP_API_ARGS
 
 
-def run_inputs(model_label: str, image, labels: str, true_label: str = "") -> list:
-    """The inputs of the undocumented /run endpoint (the UI's button), in order."""
-    attack = ["pgd", "linf", 4, 1, 0, "", "transfer", 1, 0]  # method ... target, threat, EOT, seed
-    defences = [True, 2, 30.0, False, 2, 30.0]
-    return [model_label, image, labels, true_label, *attack, *defences]
+def run_inputs(url: str, model_label: str, image, labels: str, true_label: str = "") -> list:
+    """The inputs of the page's undocumented /run endpoint (the Run button), one attack step."""
+    return page_inputs(
+        url,
+        Backbone=model_label,
+        Photo=image,
+        **{"Labels (comma-separated)": labels, "True label": true_label, "Attack steps": 1},
+        **{"CLIPure-Cos steps": 2},
+    )
 
 
 def call(url: str, api_name: str, data: list) -> str:
@@ -128,7 +133,17 @@ def test_uploads_are_limited_to_20_mb(running_app):
 def test_downloads_go_to_gradios_cache_which_is_emptied_at_shutdown(tiny_checkpoint):
     service = PlaygroundService("cpu")
     config = parse_config(
-        ["--model", TINY_MODEL, "--pretrained", str(tiny_checkpoint), "--device", "cpu"],
+        # lazy: no example results made at start-up, only this request's files
+        [
+            "--model",
+            TINY_MODEL,
+            "--pretrained",
+            str(tiny_checkpoint),
+            "--device",
+            "cpu",
+            "--examples",
+            "lazy",
+        ],
         environ={},
     )
     demo = build_demo(config, service)
@@ -138,7 +153,7 @@ def test_downloads_go_to_gradios_cache_which_is_emptied_at_shutdown(tiny_checkpo
         label = f"{TINY_MODEL} · {tiny_checkpoint}"
         image = handle_file(str(ASSETS / "chelsea.png"))
         outputs = Client(url, verbose=False).predict(
-            *run_inputs(label, image, "cat, dog"), api_name="/run"
+            *run_inputs(url, label, image, "cat, dog"), api_name="/run"
         )
         assert json.loads(Path(outputs[-1]).read_text())["labels"] == ["cat", "dog"]
         assert list(service.output_dir.iterdir()) == []  # our copies are gone
@@ -199,6 +214,7 @@ def test_the_log_holds_counts_and_timings_but_no_user_data(
     with pytest.raises(AppError, match="okapi-secret-9"):  # the user's own words, to the user
         client.predict(
             *run_inputs(
+                running_app,
                 f"{TINY_MODEL} · {tiny_checkpoint}",
                 handle_file(str(photo)),
                 args["labels"],
@@ -222,5 +238,5 @@ def test_the_log_holds_counts_and_timings_but_no_user_data(
         assert secret not in server_output.out + server_output.err
     assert "request done: 2 labels, pgd x 1 steps, 1 defences" in logged
     assert "run: refused (InputError) after" in logged
-    assert "api_playground: failed (RuntimeError; its message is not logged) after" in logged
+    assert "playground: failed (RuntimeError; its message is not logged) after" in logged
     assert "in broken" in logged  # where it failed, for whoever reads the log

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..attacks import METHODS, SQUARE_QUERIES
 from ..errors import InputError, WeightsUnavailableError
+from ..purifiers import add_defense_flags, defense_settings_from_args
 from ..threats import THREATS
 from .compare import compare_main
 from .config import MAX_ATTACK_SEEDS, MAX_EVAL_DRAWS, EvalConfig
@@ -123,18 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=("none", "clipure_cos"),
         help="comma-separated models: none (undefended CLIP), clipure_cos, clipure_diff",
     )
-    defense.add_argument("--cos-steps", type=int, default=10)
-    defense.add_argument("--cos-step-size", type=float, default=30.0)
-    defense.add_argument(
-        "--cos-batch-coupled",
-        action="store_true",
-        help="normalise the CLIPure-Cos step by the whole batch (reference code reproduction)",
-    )
-    defense.add_argument("--diff-steps", type=int, default=10)
-    defense.add_argument("--diff-step-size", type=float, default=30.0)
-    defense.add_argument(
-        "--prior", default=None, help="CLIPure-Diff prior checkpoint (default: found for the model)"
-    )
+    add_defense_flags(defense)
     defense.add_argument(
         "--defense-settings",
         type=_json_object,
@@ -155,18 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
-    cos = {
-        "steps": args.cos_steps,
-        "step_size": args.cos_step_size,
-        "batch_coupled": args.cos_batch_coupled,
-    }
     unknown = [name for name in args.defense_settings if name not in args.defense]
     if unknown:
         raise InputError(f"--defense-settings: {unknown[0]!r} is not in --defense.")
-    diff = {"steps": args.diff_steps, "step_size": args.diff_step_size}
-    if args.prior:
-        diff["prior"] = args.prior
-    settings = {"clipure_cos": cos, "clipure_diff": diff}
+    settings = defense_settings_from_args(args)
     for name, extra in args.defense_settings.items():
         settings[name] = {**settings.get(name, {}), **extra}
     return EvalConfig(

@@ -6,9 +6,10 @@ from collections.abc import Sequence
 
 from ..backbone import Backbone
 from ..errors import InputError
-from .base import Purifier
+from .base import Purifier, Setting
 from .cos import CosPurifier, cos_purify, neg_cos_gradient
 from .diff import DiffPurifier
+from .flags import add_defense_flags, defense_settings_from_args
 from .polar import GRADIENT_MODES, polar_step
 from .trace import TrajectoryRecorder
 
@@ -41,10 +42,13 @@ __all__ = [
     "CosPurifier",
     "DiffPurifier",
     "Purifier",
+    "Setting",
     "TrajectoryRecorder",
+    "add_defense_flags",
     "build_purifier",
     "check_defense",
     "cos_purify",
+    "defense_settings_from_args",
     "neg_cos_gradient",
     "polar_step",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -17,11 +18,60 @@ StepCallback = Callable[..., None]
 MAX_PURIFY_STEPS = 1000
 
 
+@dataclass(frozen=True)
+class Setting:
+    """One setting of a purifier, as its constructor takes it: the registry from which the
+    app builds its defence controls and the CLIs their flags.
+
+    `ui_maximum` narrows a slider (the engine accepts up to `maximum`); `advanced` settings
+    are reproduction options: flags only, no control in the app.
+    """
+
+    name: str
+    title: str
+    default: int | float | bool | str | None
+    help: str = ""
+    minimum: float | None = None
+    maximum: float | None = None
+    ui_maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    advanced: bool = False
+    flag: str | None = None  # the CLI flag when it is not --{flag_prefix}-{name}
+
+    @property
+    def kind(self) -> type:
+        """bool, int, float or str: the type of the default (str when it is None)."""
+        return str if self.default is None else type(self.default)
+
+
+STEPS = Setting(
+    "steps",
+    "steps",
+    10,
+    "purification steps (0 = off)",
+    minimum=0,
+    maximum=MAX_PURIFY_STEPS,
+    ui_maximum=50,
+)
+STEP_SIZE = Setting(
+    "step_size", "step size", 30.0, "polar step size eta (the paper: 30)", minimum=0.0
+)
+BATCH_COUPLED = Setting(
+    "batch_coupled",
+    "batch coupled",
+    False,
+    "normalise each step by the whole batch's gradient (reference code reproduction)",
+    advanced=True,
+)
+
+
 class Purifier(nn.Module):
     """Maps (B, D) image embeddings to purified ones. Subclasses implement `purify`."""
 
     name: str = ""
     title: str = ""
+    flag_prefix: str = ""  # CLI flags: --{flag_prefix}-{setting}, e.g. --cos-steps
+    settings_spec: tuple[Setting, ...] = (STEPS, STEP_SIZE)
 
     def __init__(self, steps: int, step_size: float) -> None:
         super().__init__()
@@ -36,6 +86,11 @@ class Purifier(nn.Module):
 
     def settings(self) -> dict:
         return {"steps": self.steps, "step_size": self.step_size}
+
+    @classmethod
+    def unavailable(cls, backbone: Backbone) -> str | None:
+        """Why this defence cannot run on `backbone` (None when it can)."""
+        return None
 
     @classmethod
     def resolve_settings(cls, backbone: Backbone, settings: dict) -> dict:

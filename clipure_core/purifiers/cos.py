@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from ..backbone import Backbone
 from ..prompts import null_prompts, resolve_templates
 from ..text_embeddings import prompt_group_embeddings
-from .base import Purifier, StepCallback
+from .base import BATCH_COUPLED, STEP_SIZE, STEPS, Purifier, StepCallback
 from .polar import check_gradient_mode, polar_step
 
 
@@ -57,6 +57,8 @@ class CosPurifier(Purifier):
 
     name = "clipure_cos"
     title = "CLIPure-Cos"
+    flag_prefix = "cos"
+    settings_spec = (STEPS, STEP_SIZE, BATCH_COUPLED)
 
     def __init__(
         self,

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ..backbone import Backbone
 from ..errors import InputError
 from ..prior import LatentPrior, cached_prior, null_condition, prior_for, priors_dir
-from .base import Purifier, StepCallback
+from .base import BATCH_COUPLED, STEP_SIZE, STEPS, Purifier, Setting, StepCallback
 from .polar import polar_step
 
 TIMESTEP_RANGE = (900, 999)
@@ -32,6 +32,39 @@ class DiffPurifier(Purifier):
 
     name = "clipure_diff"
     title = "CLIPure-Diff"
+    flag_prefix = "diff"
+    settings_spec = (
+        STEPS,
+        STEP_SIZE,
+        Setting(
+            "prior",
+            "prior",
+            None,
+            "prior checkpoint (default: the one found for the model)",
+            advanced=True,
+            flag="--prior",
+        ),
+        Setting("t_min", "lowest timestep", TIMESTEP_RANGE[0], "", minimum=0, advanced=True),
+        Setting("t_max", "highest timestep", TIMESTEP_RANGE[1], "", minimum=0, advanced=True),
+        Setting(
+            "text_encodings",
+            "text encodings",
+            "tokens",
+            "per-token encodings, or the pooled embedding at every position (reference)",
+            choices=("tokens", "pooled"),
+            advanced=True,
+        ),
+        Setting(
+            "cond_drop_prob",
+            "condition drop probability",
+            0.0,
+            "the reference still dropped the condition 10 % of the time",
+            minimum=0.0,
+            maximum=1.0,
+            advanced=True,
+        ),
+        BATCH_COUPLED,
+    )
 
     def __init__(
         self,
@@ -75,6 +108,16 @@ class DiffPurifier(Purifier):
         self.register_buffer("null_embedding", condition.text_embed)
         self.register_buffer("condition_embed", condition.text_embed.to(dtype))
         self.register_buffer("condition_tokens", condition.text_encodings.to(dtype))
+
+    @classmethod
+    def unavailable(cls, backbone: Backbone) -> str | None:
+        if prior_for(backbone) is None:
+            return (
+                "needs a diffusion prior over this backbone's image embeddings. Only ViT-L/14 "
+                "(OpenAI) has a public one; train one with `python -m clipure_core.train_prior` "
+                "and put it in CLIPURE_PRIORS_DIR."
+            )
+        return None
 
     @classmethod
     def resolve_settings(cls, backbone: Backbone, settings: dict) -> dict:
