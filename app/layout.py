@@ -100,6 +100,14 @@ def attack_controls() -> dict[str, gr.Component]:
             elem_classes=ADVANCED,
             render=False,
         ),
+        "templates": gr.Radio(
+            [("80 CLIP prompt templates (the paper)", "ensemble"), ("one template", "single")],
+            value="ensemble",
+            label="Prompts per label",
+            info="one template encodes 80 times fewer prompts (quicker for many new labels)",
+            elem_id="templates",
+            render=False,
+        ),
         # Choices follow the labels box; the engine validates the value itself.
         "true_label": gr.Dropdown(
             [("CLIP's clean prediction", CLEAN_PREDICTION)],
@@ -293,6 +301,7 @@ def build_layout(
                     controls[name].render()
         with gr.Tab("Labels"):
             preset = gr.Radio(["Custom", *PRESETS], value="Custom", label="Class labels")
+            controls["templates"].render()
             with gr.Row():
                 controls["true_label"].render()
                 controls["target_label"].render()

@@ -397,7 +397,8 @@ class PlaygroundService:
         if len(templates) > 1:
             single = (
                 f" use the single template ({len(labels):,} prompts, about "
-                f"{_duration(len(labels) / rate)}; --templates single on the command line);"
+                f"{_duration(len(labels) / rate)}; 'Prompts per label' in the Labels tab, "
+                "--templates single on the command line);"
             )
         return (
             f"{total:,} text prompts of these labels are not cached yet ({len(labels):,} "

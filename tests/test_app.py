@@ -322,6 +322,10 @@ def test_run_handler_without_a_server(context):
     assert result.models == ["undefended", "clipure_cos"]
     with pytest.raises(InputError, match="model 'ViT-H-14'"):
         run(context, {**values, "model": "ViT-H-14"})
+    single = run(context, {**values, "templates": "single"})
+    assert single.settings["templates"] == "single"  # the Labels tab's "Prompts per label"
+    with pytest.raises(InputError, match="templates 'all': use ensemble or single"):
+        run(context, {**values, "templates": "all"})
 
 
 def test_a_new_defence_is_one_class(monkeypatch):
