@@ -231,6 +231,18 @@ def engine_audit() -> AuditBackend:
     return AuditBackend(run_audit, CONDITIONS)
 
 
+@dataclass(frozen=True)
+class _Job:
+    """A checked request, ready for the engine."""
+
+    attack: AttackConfig
+    seed: int
+    image: Image.Image
+    labels: list[str]
+    defenses: list[str]
+    playground: Playground
+
+
 class PlaygroundService:
     """Loads backbones on demand (cached per process) and runs requests on them.
 
@@ -288,17 +300,9 @@ class PlaygroundService:
     ) -> PlaygroundResult:
         """Run `request`; `on_progress(done, total, description)` sees the text encoding (if
         any) and every model query; `cancel` aborts it at the next batch or query."""
-        if image is None:
-            raise InputError("no image: upload or paste a photo, or click an example.")
-        request.check()
-        attack = request.attack_config()
-        seed = _seed(request.seed)
-        image = open_image(image)
-        defenses = [name for name in request.defenses or () if name]
-        attacked = 1 + (len(defenses) if request.threat != "transfer" else 0)
-        labels = parse_labels(request.labels)[0]
-        total = estimated_queries(attack, attacked, len(labels))
-        playground = self.request_playground(choice, request)
+        job = self._prepare(choice, image, request, on_progress, cancel)
+        attacked = 1 + (len(job.defenses) if request.threat != "transfer" else 0)
+        total = estimated_queries(job.attack, attacked, len(job.labels))
 
         def on_query(done: int) -> None:
             if cancel is not None and cancel.is_set():
@@ -306,20 +310,44 @@ class PlaygroundService:
             if on_progress is not None:
                 on_progress(min(done, total), total, "attack: model queries")
 
-        self.encode_text(choice, playground, labels, bool(defenses), on_progress, cancel)
         with text_progress(self._text_progress(on_progress, cancel)):  # e.g. Diff's prompt
-            return playground.run(
-                image,
+            return job.playground.run(
+                job.image,
                 request.labels,  # as given: the result's notices say what parsing changed
-                attack,
+                job.attack,
                 threat=request.threat,
-                defenses=defenses,
-                seed=seed,
+                defenses=job.defenses,
+                seed=job.seed,
                 true_label=request.true_label or None,
                 target_label=request.target_label or None,
                 defense_settings=request.purifier_settings(),
                 on_query=on_query,
             )
+
+    def _prepare(
+        self,
+        choice: ModelChoice,
+        image: str | Path | Image.Image | None,
+        request: PlaygroundRequest,
+        on_progress: Progress | None,
+        cancel: threading.Event | None,
+    ) -> _Job:
+        """Check `request`, open the photo, and encode the text embeddings it lacks."""
+        if image is None:
+            raise InputError("no image: upload or paste a photo, or click an example.")
+        request.check()
+        job = _Job(
+            attack=request.attack_config(),
+            seed=_seed(request.seed),
+            image=open_image(image),
+            labels=parse_labels(request.labels)[0],
+            defenses=[name for name in request.defenses or () if name],
+            playground=self.request_playground(choice, request),
+        )
+        self.encode_text(
+            choice, job.playground, job.labels, bool(job.defenses), on_progress, cancel
+        )
+        return job
 
     @staticmethod
     def _text_progress(
@@ -428,16 +456,7 @@ class PlaygroundService:
         """The threat matrix of `request`'s photo (every condition x every model) as the
         audit's JSON; `request`'s eps, norm, steps, defences and seed apply, its attack
         method does not (each condition has its own). `cancel` aborts it."""
-        if image is None:
-            raise InputError("no image: upload or paste a photo, or click an example.")
-        request.check()
-        attack = request.attack_config()
-        seed = _seed(request.seed)
-        image = open_image(image)
-        defenses = [name for name in request.defenses or () if name]
-        playground = self.request_playground(choice, request)
-        labels = parse_labels(request.labels)[0]
-        self.encode_text(choice, playground, labels, bool(defenses), on_progress, cancel)
+        job = self._prepare(choice, image, request, on_progress, cancel)
 
         def on_query(done: int, total: int, condition: str) -> None:
             if cancel is not None and cancel.is_set():
@@ -446,16 +465,16 @@ class PlaygroundService:
                 on_progress(min(done, total), total, f"threat matrix: {condition}")
 
         return self.audit_backend.run(
-            playground,
-            image,
+            job.playground,
+            job.image,
             request.labels,
             true_label=request.true_label or None,
-            eps=attack.eps,
-            norm=attack.norm,
-            steps=attack.steps,
-            defenses=defenses,
+            eps=job.attack.eps,
+            norm=job.attack.norm,
+            steps=job.attack.steps,
+            defenses=job.defenses,
             defense_settings=request.purifier_settings(),
-            seed=seed,
+            seed=job.seed,
             conditions=conditions,
             on_progress=on_query,
         ).to_dict()
