@@ -18,8 +18,8 @@ THREATS: dict[str, str] = {
     "pixels underflows to exactly 0 in float16, so gradient attacks cannot move.",
     "paper": "The attacker targets the defended classifier in float32 with the purifier's "
     "inner gradient held constant, as the released code computed it. That gradient is tiny "
-    "(each step divides it by ~30) but points the right way, so sign-based attacks such as "
-    "PGD still work.",
+    "(each step divides it by ~30) but not zero, and its signal points the right way (partly "
+    "buried in float32 round-off), so sign-based attacks such as PGD can still make progress.",
     "bpda": "The attacker targets the defended classifier and treats purification as the "
     "identity when back-propagating (BPDA, Athalye et al. 2018). Wrong past 88.09 degrees "
     "from the null prompt, where 10 steps of size 30 flip the embedding: report it with full.",

@@ -90,7 +90,8 @@ def zero_gradients(stats: GradientStats, title: str, norm: str) -> Check:
             "warn",
             stats.norm,
             f"{title}: the gradient is tiny (size {stats.norm:.1e}); sign-based attacks "
-            "still follow it, but attacks that scale by its size would stall.",
+            "still move along it (how well it points is the gradient-direction check), but "
+            "attacks that scale by its size would stall.",
             **where,
         )
     if stats.zero_fraction > MOSTLY_ZERO:

@@ -11,8 +11,9 @@ from .config import EvalConfig
 PAPER = (
     "threat 'paper' holds the purifier's inner gradient constant, as the released evaluation "
     "did. In fp32 with per-sample purification steps that gradient is attenuated (by about "
-    "30^-10 for CLIPure-Cos) but points the right way, so sign-based L-inf attacks stay nearly "
-    "as strong as under 'bpda'; it is not what masked the release. The release's masking came "
+    "30^-10 for CLIPure-Cos) but not zero, and its signal points the right way (partly buried "
+    "in float32 round-off, by an amount that varies per image), so sign-based L-inf attacks "
+    "can still make progress; it is not what masked the release. The release's masking came "
     "from fp16 (the attenuated gradient underflows to exactly 0), batch coupling at batch size "
     "2 (the gradient drowns in round-off) and the small-norm guards of L2 attacks: threat "
     "'release' and --protocol release reproduce it. Compare with 'bpda' and 'full'."
