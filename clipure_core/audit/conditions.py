@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ..attacks import AttackConfig
@@ -99,20 +99,25 @@ GRADIENT_CONDITIONS = tuple(name for name, c in CONDITIONS.items() if c.gradient
 WHITE_BOX_CONDITIONS = ("release", "paper", "bpda", "full")
 
 
-def check_conditions(names: Iterable[str] | str | None) -> list[str]:
-    """The requested conditions in the matrix's order ('clean' is always run: every
-    comparison starts from it)."""
+def pick_names(names: Iterable[str] | str | None, known: Sequence[str], what: str) -> list[str]:
+    """The names asked for (a list or comma-separated text; None: all), in `known`'s order;
+    an unknown name is an InputError naming `what` they are."""
     if names is None:
-        return list(CONDITIONS)
+        return list(known)
     if isinstance(names, str):
         names = names.split(",")
     wanted = {name.strip() for name in names if name.strip()}
-    unknown = sorted(wanted - set(CONDITIONS))
+    unknown = sorted(wanted - set(known))
     if unknown:
-        raise InputError(
-            f"unknown audit condition {unknown[0]!r}: use some of {', '.join(CONDITIONS)}."
-        )
-    return [name for name in CONDITIONS if name in wanted or name == "clean"]
+        raise InputError(f"unknown audit {what} {unknown[0]!r}: use some of {', '.join(known)}.")
+    return [name for name in known if name in wanted]
+
+
+def check_conditions(names: Iterable[str] | str | None) -> list[str]:
+    """The requested conditions in the matrix's order ('clean' is always run: every
+    comparison starts from it)."""
+    chosen = pick_names(names, list(CONDITIONS), "condition")
+    return [name for name in CONDITIONS if name in chosen or name == "clean"]
 
 
 def attack_key(condition: str, model: str) -> tuple[str, str]:

@@ -35,6 +35,7 @@ from .conditions import (
     check_conditions,
     gradient_attack,
     noise_attack,
+    pick_names,
     single_step_attack,
     square_attack,
 )
@@ -77,21 +78,10 @@ def run_audit(
     """
     audit = _Audit(
         playground, labels, eps, norm, steps, defenses, defense_settings or {}, seed,
-        check_conditions(conditions), _check_names(checks), square_queries, eot,
+        check_conditions(conditions), pick_names(checks, list(CHECKS), "check"),
+        square_queries, eot,
     )  # fmt: skip
     return audit.run(image, true_label, on_progress)
-
-
-def _check_names(names: Iterable[str] | str | None) -> list[str]:
-    if names is None:
-        return list(CHECKS)
-    if isinstance(names, str):
-        names = names.split(",")
-    wanted = {name.strip() for name in names if name.strip()}
-    unknown = sorted(wanted - set(CHECKS))
-    if unknown:
-        raise InputError(f"unknown audit check {unknown[0]!r}: use some of {', '.join(CHECKS)}.")
-    return [name for name in CHECKS if name in wanted]
 
 
 def _check_count(name: str, value: int, high: int) -> int:
