@@ -168,7 +168,8 @@ def report_html(results: dict) -> str:
     )
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+def html_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """An HTML table of escaped cells."""
     head = "".join(f"<th>{html.escape(str(cell))}</th>" for cell in header)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>"
@@ -201,7 +202,7 @@ def _settings_table(results: dict) -> str:
         ("models", ", ".join(settings["models"])),
         ("versions", ", ".join(f"{k} {v}" for k, v in results["versions"].items())),
     ]
-    return "<h2>Settings</h2>" + _table(("setting", "value"), rows)
+    return "<h2>Settings</h2>" + html_table(("setting", "value"), rows)
 
 
 def _per_model(values: dict | None) -> str:
@@ -236,7 +237,7 @@ def _accuracy_table(results: dict) -> str:
         "accuracy [95 % interval] (correct/n)",
         "over attack seeds: mean +- sd [min, max]",
     )
-    return "<h2>Accuracy</h2>" + _table(header, rows)
+    return "<h2>Accuracy</h2>" + html_table(header, rows)
 
 
 def _worst_case_table(results: dict) -> str:
@@ -245,7 +246,7 @@ def _worst_case_table(results: dict) -> str:
         for entry in results["worst_case"]
     ]
     header = ("eps", "model", "conditions", "robust under all [95 % interval] (correct/n)")
-    return "<h2>Worst case per image</h2>" + _table(header, rows)
+    return "<h2>Worst case per image</h2>" + html_table(header, rows)
 
 
 def _paired_table(results: dict) -> str:
@@ -276,7 +277,7 @@ def _paired_table(results: dict) -> str:
         "neither",
         "exact McNemar p",
     )
-    return "<h2>Each defence vs the undefended model, same images</h2>" + _table(header, rows)
+    return "<h2>Each defence vs the undefended model, same images</h2>" + html_table(header, rows)
 
 
 def _cell(entry: dict) -> str:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import InputError
+from .charts import html_table
 from .report import RESULTS_FILE, ROWS_FILE
 from .stats import mcnemar_exact
 from .store import write_text_atomic
@@ -141,14 +142,6 @@ def comparison_lines(comparison: dict, names: Sequence[str]) -> list[str]:
 
 
 def comparison_html(comparison: dict, names: Sequence[str]) -> str:
-    def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-        head = "".join(f"<th>{html.escape(str(cell))}</th>" for cell in header)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>"
-            for row in rows
-        )
-        return f"<table><tr>{head}</tr>{body}</table>"
-
     header = ("", "model", f"A: {names[0]}", f"B: {names[1]}")
     paired = [
         (
@@ -166,10 +159,10 @@ def comparison_html(comparison: dict, names: Sequence[str]) -> str:
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}</style></head><body>"
         "<h1>Two evaluation runs side by side</h1>"
         f"<p>A: {html.escape(comparison['a'])}<br>B: {html.escape(comparison['b'])}</p>"
-        + table(header, table_rows(comparison))
+        + html_table(header, table_rows(comparison))
         + "<h2>Worst case per image, A vs B (exact McNemar)</h2>"
         + (
-            table(("eps", "model", "robust in A only", "robust in B only", "p"), paired)
+            html_table(("eps", "model", "robust in A only", "robust in B only", "p"), paired)
             if comparison["same_images"]
             else "<p>The runs evaluated different images: no paired test.</p>"
         )
