@@ -1,0 +1,209 @@
+"""8-bit rounding after an attack: images that rounding made non-adversarial again are
+counted and re-attacked on the 8-bit lattice (clipure_core/lattice.py), and the runs record
+how many. Toy models on pixels place the decision boundary exactly, so every expected
+outcome below is written down by hand."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from clipure_core.evaluate import batch as batch_module
+from clipure_core.evaluate.cli import main
+from clipure_core.lattice import LATTICE_STEPS, round_onto_lattice
+
+from .test_evaluate_run import N_IMAGES, read_csv
+
+GREY = 128
+
+
+class Shift(nn.Module):
+    """Logits over `classes` classes: class 1 scores (sum of the pixels' shifts from grey, in
+    8-bit levels, over `pixels`) - `threshold`; class 0 scores 0, any others `others`.
+    Counts its forwards and backwards."""
+
+    def __init__(
+        self, threshold: float, pixels: slice = slice(None), classes: int = 2, others=-5.0
+    ):
+        super().__init__()
+        self.threshold, self.pixels, self.classes, self.others = threshold, pixels, classes, others
+        self.forwards = self.backwards = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.forwards += 1
+        shift = (x * 255 - GREY).flatten(1)[:, self.pixels].sum(dim=1)
+        if shift.requires_grad:
+            shift.register_hook(self._count_backward)
+        logits = torch.full((x.shape[0], self.classes), self.others)
+        logits[:, 0] = 0.0
+        return logits.index_put((torch.arange(x.shape[0]), torch.tensor(1)), shift - self.threshold)
+
+    def _count_backward(self, gradient: torch.Tensor) -> None:
+        self.backwards += 1
+
+
+def grey(batch: int = 1) -> torch.Tensor:
+    return torch.full((batch, 3, 2, 2), GREY / 255)
+
+
+def levels(pixels: torch.Tensor) -> torch.Tensor:
+    return pixels * 255
+
+
+def test_linf_rounding_undoes_the_attack_and_one_lattice_step_repairs_it():
+    # 12 pixels at +3.4 levels: 40.8 > 40 fools; rounded to +3 levels: 36 < 40 does not;
+    # one sign step of one level: +4 levels, 48 > 40, inside 4/255.
+    model, clean = Shift(40.0), grey()
+    raw = clean + 3.4 / 255
+    result = round_onto_lattice(model, clean, raw, torch.tensor([0]), "linf", 4 / 255)
+    assert result.fooled_before == [True] and result.fooled_after == [False]
+    assert result.undone == [True] and result.repaired == [True]
+    assert torch.equal(result.adversarial, torch.full((1, 3, 2, 2), 132.0) / 255)
+    assert result.image(0) == {
+        "fooled_before_rounding": True,
+        "fooled_after_rounding": False,
+        "undone_by_rounding": True,
+        "repaired": True,
+    }
+    # two judgements, one differentiated forward at the rounded image, one judging the step
+    assert (model.forwards, model.backwards) == (4, 1)
+
+
+def test_linf_lattice_cannot_reach_a_boundary_outside_the_lattice_ball():
+    # eps 4.5/255 allows 4 whole levels: the float image at +4.5 levels fools (54 > 50), no
+    # 8-bit image inside the ball does (at most 48).
+    model, clean = Shift(50.0), grey()
+    raw = clean + 4.5 / 255
+    result = round_onto_lattice(model, clean, raw, torch.tensor([0]), "linf", 4.5 / 255)
+    assert result.undone == [True] and result.repaired == [False]
+    assert torch.equal(result.adversarial, torch.full((1, 3, 2, 2), 132.0) / 255)
+    assert (model.forwards, model.backwards) == (2 + LATTICE_STEPS + 1, LATTICE_STEPS)
+
+
+def test_nothing_undone_costs_two_forwards_and_no_gradient():
+    model, clean = Shift(40.0), grey()
+    raw = clean + 3.6 / 255  # rounds to +4 levels: 48 > 40 still fools
+    result = round_onto_lattice(model, clean, raw, torch.tensor([0]), "linf", 4 / 255)
+    assert result.fooled_before == result.fooled_after == [True]
+    assert result.undone == [False] and result.repaired == [False]
+    assert (model.forwards, model.backwards) == (2, 0)
+
+
+def test_only_undone_images_move():
+    # image 0: +3.4 levels (undone, then repaired); image 1: +1.2 levels (never fooled)
+    model, clean = Shift(40.0), grey(2)
+    raw = clean + torch.tensor([3.4, 1.2]).view(2, 1, 1, 1) / 255
+    result = round_onto_lattice(model, clean, raw, torch.tensor([0, 0]), "linf", 4 / 255)
+    assert result.fooled_before == [True, False] and result.fooled_after == [False, False]
+    assert result.undone == [True, False] and result.repaired == [True, False]
+    assert torch.equal(levels(result.adversarial[0]), torch.full((3, 2, 2), 132.0))
+    assert torch.equal(levels(result.adversarial[1]), torch.full((3, 2, 2), 129.0))
+
+
+def test_l2_rounding_undone_and_repaired_on_the_lattice():
+    # only pixel 0 counts: +3.4 levels fools (> 3.2), rounded +3 does not; a normalised step
+    # moves that pixel by one level: +4 levels, L2 norm exactly 4/255 = eps.
+    model, clean = Shift(3.2, pixels=slice(0, 1)), grey()
+    raw = clean.clone()
+    raw.view(-1)[0] += 3.4 / 255
+    result = round_onto_lattice(model, clean, raw, torch.tensor([0]), "l2", 4 / 255)
+    assert result.undone == [True] and result.repaired == [True]
+    expected = torch.full((1, 3, 2, 2), float(GREY))
+    expected.view(-1)[0] = 132.0
+    assert torch.equal(levels(result.adversarial), expected)
+
+
+def test_l2_lattice_cannot_leave_the_ball():
+    # eps 4.4/255: +4.4 levels fool (> 4.2); +4 (the rounding) does not, +5 is outside the ball
+    model, clean = Shift(4.2, pixels=slice(0, 1)), grey()
+    raw = clean.clone()
+    raw.view(-1)[0] += 4.4 / 255
+    result = round_onto_lattice(model, clean, raw, torch.tensor([0]), "l2", 4.4 / 255)
+    assert result.undone == [True] and result.repaired == [False]
+    assert float(levels(result.adversarial - clean).norm()) == pytest.approx(4.0, rel=1e-5)
+
+
+def test_targeted_attack_is_judged_by_its_target():
+    # three classes, true class 2 (never predicted): untargeted, every image fools it; with
+    # target 1 the float image reaches it, its rounding falls back to class 0, one step repairs
+    model, clean = Shift(40.0, classes=3), grey()
+    raw = clean + 3.4 / 255
+    labels = torch.tensor([2])
+    untargeted = round_onto_lattice(model, clean, raw, labels, "linf", 4 / 255)
+    assert untargeted.fooled_before == untargeted.fooled_after == [True]
+    assert untargeted.undone == [False]
+    targeted = round_onto_lattice(model, clean, raw, labels, "linf", 4 / 255, targeted_label=1)
+    assert targeted.undone == [True] and targeted.repaired == [True]
+    assert torch.equal(targeted.adversarial, torch.full((1, 3, 2, 2), 132.0) / 255)
+
+
+def test_judging_without_repair_keeps_the_rounding():
+    model, clean = Shift(40.0), grey()
+    raw = clean + 3.4 / 255
+    result = round_onto_lattice(model, clean, raw, torch.tensor([0]), "linf", 4 / 255, repair=False)
+    assert result.undone == [True] and result.repaired == [False]
+    assert result.image(0)["repaired"] is None
+    assert torch.equal(result.adversarial, torch.full((1, 3, 2, 2), 131.0) / 255)
+    assert model.backwards == 0
+
+
+class MeanShift(nn.Module):
+    """Four classes: class 0 below a mean shift of 3.2 levels from the clean image, class 1
+    above it (the evaluation's attacked model, replaced)."""
+
+    def __init__(self, clean: dict) -> None:
+        super().__init__()
+        self.clean = clean
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        reference = self.clean[x.shape]
+        shift = ((x - reference) * 255).flatten(1).mean(dim=1)
+        return torch.stack(
+            [3.2 - shift, shift - 3.2, torch.full_like(shift, -9), torch.full_like(shift, -9)], 1
+        )
+
+
+def test_evaluate_records_undone_and_repaired(tiny_model_dir, image_folder, tmp_path, monkeypatch):
+    """The attacked model is a toy judging the mean shift from the clean image, the 'attack'
+    adds 3.4 levels: the float image is class 1, its rounding (+3 levels, less where pixels
+    hit 255) class 0, one lattice step (+4) class 1 again. Images of class 0 ('bird') are
+    undone and repaired (3 of 12); cats (1) were never fooled; dogs and cars (2, 3) stay fooled."""
+    clean: dict = {}
+    toy = MeanShift(clean)
+
+    def fake_attack(model, pixels, labels, config, seed, num_classes=None):
+        clean[pixels.shape] = pixels
+        return (pixels + 3.4 / 255).clamp(0, 1)
+
+    monkeypatch.setattr(batch_module, "craft_attack", fake_attack)
+    monkeypatch.setattr(batch_module, "attacked_model", lambda *args: toy)
+    out = tmp_path / "run"
+    args = [
+        "--data", str(image_folder), "--model", f"local-dir:{tiny_model_dir}",
+        "--templates", "single", "--num-images", str(N_IMAGES), "--batch-size", "4",
+        "--attack", "pgd", "--steps", "1", "--eps", "4", "--threat", "transfer",
+        "--defense", "none,clipure_cos", "--out", str(out), "--no-progress",
+    ]  # fmt: skip
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    robust = {entry["model"]: entry for entry in results["robust"]}
+    assert (robust["undefended"]["undone_by_rounding"], robust["undefended"]["repaired"]) == (3, 3)
+    # under transfer the defence was not attacked: nothing of its own to count
+    assert robust["clipure_cos"]["undone_by_rounding"] is None
+    assert robust["clipure_cos"]["repaired"] is None
+    rows = read_csv(out / "per_image.csv")
+    undefended = [row for row in rows if row["model"] == "undefended"]
+    undone = {row["true_label"] for row in undefended if row["undone_by_rounding"] == "True"}
+    assert undone == {"bird"}
+    assert all(row["repaired"] == row["undone_by_rounding"] for row in undefended)
+    for row in undefended:  # a repaired image moved one more level
+        expected = 4 if row["true_label"] == "bird" else 3
+        assert float(row["linf"]) == pytest.approx(expected / 255, rel=1e-5)
+    defended = [row for row in rows if row["model"] == "clipure_cos"]
+    assert {(row["undone_by_rounding"], row["repaired"]) for row in defended} == {("", "")}
+    with open(out / "per_image.csv", newline="") as handle:
+        assert "undone_by_rounding" in csv.DictReader(handle).fieldnames
