@@ -107,16 +107,17 @@ def _lattice_attack(
     fools the model, else its highest-objective point (the start included). Returns the
     images and which of them fool the model."""
     x, repaired, moving = start.clone(), torch.zeros_like(moving), moving.clone()
-    best, best_objective = start.clone(), None
+    best, best_value = start.clone(), None
     for step in range(steps + 1):
         leaf, logits, objective = _forward(model, x, goal, targeted, with_graph=step < steps)
+        value = objective.detach()
         fooled = _fooled(logits.detach(), goal, targeted) & moving
         if step > 0:  # the start is the rounded image, already judged not to fool
             repaired |= fooled
             moving &= ~fooled
-        higher = moving if best_objective is None else moving & (objective > best_objective)
+        higher = moving if best_value is None else moving & (value > best_value)
         best = torch.where(_per_image(higher | fooled, x), x, best)
-        best_objective = objective if best_objective is None else best_objective.maximum(objective)
+        best_value = value if best_value is None else best_value.maximum(value)
         if step == steps or not bool(moving.any()):
             break
         gradient = _gradient(objective, leaf)

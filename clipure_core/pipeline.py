@@ -14,12 +14,13 @@ import torch
 import torchattacks
 from PIL import Image
 
-from .attacks import AttackConfig, craft_attack
+from .attacks import GRADIENT_FREE_METHODS, AttackConfig, craft_attack
 from .backbone import Backbone
 from .classifier import ZeroShotClassifier
 from .errors import InputError
+from .lattice import round_onto_lattice
 from .loading import precision_notice
-from .pixels import perturbation_norms, pil_to_pixels, pixels_to_pil, quantize_in_ball
+from .pixels import perturbation_norms, pil_to_pixels, pixels_to_pil
 from .prompts import parse_labels
 from .purifiers import Purifier, TrajectoryRecorder, build_purifier, check_defense
 from .seeding import derive_seed, seeded
@@ -35,7 +36,8 @@ class PlaygroundResult:
 
     Under the transfer threat there is one adversarial image (crafted on the undefended
     model). Under adaptive threats every model is attacked on its own, so each has its own
-    image; `image_for[model]` names the image a model was evaluated on.
+    image; `image_for[model]` names the image a model was evaluated on. `rounding[model]`
+    says, per attacked model, what 8-bit rounding did to its attack (`LatticeResult.image`).
     """
 
     labels: list[str]
@@ -48,6 +50,7 @@ class PlaygroundResult:
     timings_ms: dict[str, float]
     settings: dict
     notices: list[str] = field(default_factory=list)
+    rounding: dict[str, dict] = field(default_factory=dict)
 
     @property
     def primary(self) -> str:
@@ -105,6 +108,7 @@ class PlaygroundResult:
                 name: {"perturbation": perturbations[name]} for name in self.adversarial_images
             },
             "image_for": self.image_for,
+            "rounding": self.rounding,
             "diagnostics": self.diagnostics,
             "timings_ms": self.timings_ms,
             "settings": self.settings,
@@ -167,7 +171,8 @@ class Playground:
 
         `true_label` defaults to the undefended model's clean prediction. The adversarial
         pixels are rounded to 8 bits (inside the eps-ball) before they are evaluated, so the
-        reported numbers are exactly those of the PNG in the result.
+        reported numbers are exactly those of the PNG in the result; an attack the rounding
+        undid is re-attacked on the 8-bit lattice (`round_onto_lattice`, `result.rounding`).
         """
         total = _Stopwatch(self.backbone.device)
         attack = attack or AttackConfig()
@@ -204,14 +209,26 @@ class Playground:
         y_tensor = torch.tensor([y], device=pixels.device)
 
         attack_targets = [UNDEFENDED] + ([] if threat == "transfer" else defenses)
-        adversarial_pixels, adversarial_z = {}, {}
+        adversarial_pixels, adversarial_z, rounding = {}, {}, {}
         for target in attack_targets:
             model = attacked_model(classifier, purifiers.get(target), threat)
             with _Stopwatch(self.backbone.device, timings, "attack"):
                 raw = craft_attack(
                     model, pixels, y_tensor, attack, seed, len(labels), on_query=on_query
                 )
-            adversarial_pixels[target] = quantize_in_ball(pixels, raw, attack.norm, attack.eps)
+                with seeded(derive_seed(seed, "lattice", target)):
+                    lattice = round_onto_lattice(
+                        model,
+                        pixels,
+                        raw,
+                        y_tensor,
+                        attack.norm,
+                        attack.eps,
+                        targeted_label=attack.targeted_label,
+                        repair=attack.method not in GRADIENT_FREE_METHODS,
+                    )
+            adversarial_pixels[target] = lattice.adversarial
+            rounding[target] = lattice.image(0)
             with _Stopwatch(self.backbone.device, timings, "encode"), torch.no_grad():
                 adversarial_z[target] = self.backbone.encode_image(adversarial_pixels[target])
 
@@ -248,6 +265,7 @@ class Playground:
             timings_ms=timings,
             settings=self._settings(labels, labels[y], attack, threat, purifiers, seed),
             notices=notices,
+            rounding=rounding,
         )
 
     def _settings(

@@ -22,15 +22,21 @@ GREY = 128
 
 
 class Shift(nn.Module):
-    """Logits over `classes` classes: class 1 scores (sum of the pixels' shifts from grey, in
-    8-bit levels, over `pixels`) - `threshold`; class 0 scores 0, any others `others`.
-    Counts its forwards and backwards."""
+    """Logits over `classes` classes: class 1 scores s - `threshold`, s the sum of the pixels'
+    shifts from grey in 8-bit levels over `pixels` (with `peak`: 1 - |s - peak|, highest at
+    s = peak); class 0 scores 0, any others `others`. Counts its forwards and backwards."""
 
     def __init__(
-        self, threshold: float, pixels: slice = slice(None), classes: int = 2, others=-5.0
+        self,
+        threshold: float = 0.0,
+        pixels: slice = slice(None),
+        classes: int = 2,
+        others: float = -5.0,
+        peak: float | None = None,
     ):
         super().__init__()
         self.threshold, self.pixels, self.classes, self.others = threshold, pixels, classes, others
+        self.peak = peak
         self.forwards = self.backwards = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -40,7 +46,8 @@ class Shift(nn.Module):
             shift.register_hook(self._count_backward)
         logits = torch.full((x.shape[0], self.classes), self.others)
         logits[:, 0] = 0.0
-        return logits.index_put((torch.arange(x.shape[0]), torch.tensor(1)), shift - self.threshold)
+        score = shift - self.threshold if self.peak is None else 1 - (shift - self.peak).abs()
+        return logits.index_put((torch.arange(x.shape[0]), torch.tensor(1)), score)
 
     def _count_backward(self, gradient: torch.Tensor) -> None:
         self.backwards += 1
@@ -82,6 +89,17 @@ def test_linf_lattice_cannot_reach_a_boundary_outside_the_lattice_ball():
     assert result.undone == [True] and result.repaired == [False]
     assert torch.equal(result.adversarial, torch.full((1, 3, 2, 2), 132.0) / 255)
     assert (model.forwards, model.backwards) == (2 + LATTICE_STEPS + 1, LATTICE_STEPS)
+
+
+def test_unrepaired_image_keeps_its_highest_loss_lattice_point():
+    # class 1 peaks at s = 40.8 (the float image, +3.4 levels): the rounding (+3, s = 36)
+    # scores -3.8, the gradient points up, but the step overshoots to +4 (s = 48, -6.2) and
+    # the ball stops it there: the rounded image had the higher loss and is kept.
+    model, clean = Shift(peak=40.8), grey()
+    raw = clean + 3.4 / 255
+    result = round_onto_lattice(model, clean, raw, torch.tensor([0]), "linf", 4 / 255)
+    assert result.undone == [True] and result.repaired == [False]
+    assert torch.equal(result.adversarial, torch.full((1, 3, 2, 2), 131.0) / 255)
 
 
 def test_nothing_undone_costs_two_forwards_and_no_gradient():

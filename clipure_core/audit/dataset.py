@@ -40,6 +40,7 @@ class DatasetAudit:
             "accuracy": self._accuracy(),
             "gradients": self._gradients(),
             "checks": self._checks(),
+            "rounding": self._rounding(),
             "images": [
                 {
                     "id": image_id,
@@ -86,6 +87,22 @@ class DatasetAudit:
             }
             for (c, m), row in values.items()
         ]
+
+    def _rounding(self) -> list[dict]:
+        """Per crafted attack x model: images 8-bit rounding undid, and how many of those the
+        lattice re-attack repaired (null where it was not tried: gradient-free attacks)."""
+        counts: dict[tuple[str, str], dict] = {}
+        for result in self.results:
+            for entry in result.rounding:
+                key = (entry["attack"], entry["model"])
+                tally = counts.setdefault(key, {"undone_by_rounding": 0, "repaired": 0, "n": 0})
+                tally["n"] += 1
+                tally["undone_by_rounding"] += entry["undone_by_rounding"]
+                if entry["repaired"] is None:
+                    tally["repaired"] = None
+                elif tally["repaired"] is not None:
+                    tally["repaired"] += entry["repaired"]
+        return [{"attack": a, "model": m, **tally} for (a, m), tally in counts.items()]
 
     def _checks(self) -> list[dict]:
         counts: dict[tuple, dict[str, int]] = {}

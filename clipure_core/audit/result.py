@@ -36,6 +36,8 @@ class AuditResult:
     settings: dict
     timings_ms: dict[str, float]
     notices: list[str] = field(default_factory=list)
+    # per crafted image: `attack`, `model` and what 8-bit rounding did (LatticeResult.image)
+    rounding: list[dict] = field(default_factory=list)
 
     @property
     def conditions(self) -> list[str]:
@@ -66,6 +68,7 @@ class AuditResult:
             "matrix": [cell.to_dict() for cell in self.matrix],
             "gradients": [stats.to_dict() for stats in self.gradients],
             "checks": [check.to_dict() for check in self.checks],
+            "rounding": self.rounding,
             "settings": self.settings,
             "timings_ms": self.timings_ms,
             "notices": self.notices,

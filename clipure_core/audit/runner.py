@@ -15,11 +15,11 @@ import torchattacks
 from PIL import Image
 from torch import nn
 
-from ..attacks import MAX_EOT_SAMPLES, MAX_EPS, AttackConfig, craft_attack
+from ..attacks import GRADIENT_FREE_METHODS, MAX_EOT_SAMPLES, MAX_EPS, AttackConfig, craft_attack
 from ..classifier import ZeroShotClassifier
 from ..errors import InputError
+from ..lattice import round_onto_lattice
 from ..pipeline import Playground
-from ..pixels import quantize_in_ball
 from ..prompts import parse_labels
 from ..purifiers import CosPurifier, Purifier
 from ..seeding import derive_seed, seeded
@@ -133,6 +133,7 @@ class _Audit:
         self.modules: dict[Key, nn.Module] = {}
         self.embeddings: dict[Key, torch.Tensor] = {}
         self.model_eot: dict[str, int] = dict.fromkeys(self.models, 1)
+        self.rounding: list[dict] = []  # one entry per crafted image (see _craft)
 
     # ---- the run ---------------------------------------------------------------------------
     def run(
@@ -196,6 +197,7 @@ class _Audit:
             settings=self._settings(y),
             timings_ms=timer.finish(),
             notices=self.notices,
+            rounding=self.rounding,
         )
 
     def _planned_queries(self) -> int:
@@ -301,8 +303,9 @@ class _Audit:
         stage: str,
         config: AttackConfig,
     ) -> None:
-        """Run `config` against the module of `key`, round to 8 bits inside the ball, and
-        encode the image once (every model evaluated on it reuses the embedding)."""
+        """Run `config` against the module of `key`, round to 8 bits inside the ball (with a
+        lattice re-attack where rounding undid a gradient attack; recorded in `rounding`),
+        and encode the image once (every model evaluated on it reuses the embedding)."""
         budget = config.estimated_queries(len(self.labels))
         with progress.stage(stage, budget) as on_query:
             raw = craft_attack(
@@ -314,9 +317,19 @@ class _Audit:
                 len(self.labels),
                 on_query=on_query,
             )
-        adversarial = quantize_in_ball(pixels, raw, config.norm, config.eps)
+        with seeded(derive_seed(self.seed, "lattice", *key)):
+            lattice = round_onto_lattice(
+                self._module(key),
+                pixels,
+                raw,
+                self.y,
+                config.norm,
+                config.eps,
+                repair=config.method not in GRADIENT_FREE_METHODS,
+            )
+        self.rounding.append({"attack": key[0], "model": key[1], **lattice.image(0)})
         with progress.stage(stage, 1), torch.no_grad():
-            self.embeddings[key] = self.backbone.encode_image(adversarial)
+            self.embeddings[key] = self.backbone.encode_image(lattice.adversarial)
 
     def _config(self, condition: str, model: str) -> AttackConfig:
         if condition == "noise":

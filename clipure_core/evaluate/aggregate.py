@@ -37,6 +37,8 @@ ROW_FIELDS = (
     "correct_draws",
     "linf",
     "l2",
+    "undone_by_rounding",
+    "repaired",
 )
 
 
@@ -81,9 +83,25 @@ def image_rows(
                             ),
                             "linf": condition["linf"][model][j],
                             "l2": condition["l2"][model][j],
+                            "undone_by_rounding": _image_fact(
+                                condition, "undone_by_rounding", model, j
+                            ),
+                            "repaired": _image_fact(condition, "repaired", model, j),
                         }
                     )
     return rows
+
+
+def _image_fact(condition: dict, name: str, model: str, index: int) -> bool | None:
+    """A per-image rounding fact of a condition (None where it was not recorded)."""
+    values = condition.get(name, {}).get(model)
+    return None if values is None else values[index]
+
+
+def _count(rows: Sequence[dict], name: str) -> int | None:
+    """How many rows have `name` True; None when no row recorded it."""
+    values = [row[name] for row in rows if row[name] is not None]
+    return sum(values) if values else None
 
 
 def clean_accuracy(records: Sequence[dict], models: Sequence[str]) -> dict[str, dict]:
@@ -101,10 +119,12 @@ def clean_accuracy(records: Sequence[dict], models: Sequence[str]) -> dict[str, 
 
 def robust_accuracy(rows: Sequence[dict]) -> list[dict]:
     """Per (eps, threat, attack, model), in row order: robust accuracy with its interval under
-    the first attack seed, the attack success rate among clean-correct images, and the
-    largest perturbation applied. With several attack seeds, `seeds` adds the accuracy under
-    each, their mean, standard deviation, min and max, and `worst_over_seeds` (an image
-    robust under every seed)."""
+    the first attack seed, the attack success rate among clean-correct images, the largest
+    perturbation applied, and (first attack seed) how many images 8-bit rounding made
+    non-adversarial again and how many of those the lattice re-attack repaired (None for a
+    model that was not the one attacked, or where not recorded). With several attack seeds,
+    `seeds` adds the accuracy under each, their mean, standard deviation, min and max, and
+    `worst_over_seeds` (an image robust under every seed)."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         key = (row["eps"], row["threat"], row["attack"], row["model"])
@@ -123,6 +143,8 @@ def robust_accuracy(rows: Sequence[dict]) -> list[dict]:
             "attack_success_rate": successes / clean_correct if clean_correct else None,
             "max_linf": max(row["linf"] for row in group),
             "max_l2": max(row["l2"] for row in group),
+            "undone_by_rounding": _count(first, "undone_by_rounding"),
+            "repaired": _count(first, "repaired"),
         }
         seeds = sorted({row["attack_seed"] for row in group})
         if len(seeds) > 1:

@@ -11,6 +11,10 @@ attack, seed).
 A stochastic model is judged on the worst of its evaluation draws: an attacked image counts
 as classified correctly only if every draw is right (`draws`, per model; draw 0 is the one a
 single-draw run makes, and the clean prediction).
+
+Crafted images are rounded to 8 bits by `round_onto_lattice`: per condition, the model an
+image was crafted against has `undone_by_rounding` and `repaired` per image (None for a model
+evaluated on another model's image, i.e. a defence under transfer).
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ from dataclasses import replace
 
 import torch
 
-from ..attacks import AttackConfig, craft_attack
+from ..attacks import GRADIENT_FREE_METHODS, AttackConfig, craft_attack
 from ..classifier import ZeroShotClassifier
-from ..pixels import LEVELS, quantize_in_ball
+from ..lattice import LatticeResult, round_onto_lattice
+from ..pixels import LEVELS
 from ..purifiers import Purifier
 from ..seeding import derive_seed, seeded
 from ..threats import attacked_model
@@ -135,7 +140,7 @@ class BatchEvaluator:
         result: dict = {"eps": condition.eps, "threat": condition.threat}
         if condition.attack is not None:
             result |= {"attack": condition.attack_name, "seed_index": condition.seed_index}
-        predictions, correct_draws, linf, l2 = {}, {}, {}, {}
+        predictions, correct_draws, linf, l2, undone, repaired = {}, {}, {}, {}, {}, {}
         for model in self.models:
             source = image_source(model, condition.threat)
             threat = condition.threat if source != UNDEFENDED else "*"
@@ -144,14 +149,16 @@ class BatchEvaluator:
                 key += (condition.attack_name, condition.seed_index)
             if key not in cache:
                 cache[key] = self._craft(pixels, labels, condition, source, seed, stages)
-            adversarial, z = cache[key]
+            adversarial, z, lattice = cache[key]
             if (key, model) not in cache:
                 with stages("evaluate"):
                     draws = self._predict(model, z, seed, repr(key))
                 cache[(key, model)] = _worst(draws, labels.tolist())
             predictions[model], correct_draws[model] = cache[(key, model)]
             linf[model], l2[model] = _perturbation(pixels, adversarial)
+            undone[model], repaired[model] = _rounding(lattice, model == source, len(labels))
         result |= {"predictions": predictions, "linf": linf, "l2": l2}
+        result |= {"undone_by_rounding": undone, "repaired": repaired}
         return result | {"correct_draws": correct_draws, "draws": dict(self.draws)}
 
     def _run_attack(self, condition: Condition) -> bool:
@@ -168,8 +175,9 @@ class BatchEvaluator:
         source: str,
         seed: int,
         stages: _Stages,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The 8-bit adversarial image of `source` under `condition`, and its embedding."""
+    ) -> tuple[torch.Tensor, torch.Tensor, LatticeResult]:
+        """The 8-bit adversarial image of `source` under `condition` (re-attacked on the 8-bit
+        lattice where rounding undid the attack), its embedding, and what rounding did."""
         config = condition.attack or self.attacks[condition.eps]
         if source in self.eot and config.method in EOT_METHODS:
             config = replace(config, eot_samples=self.eot[source])
@@ -179,10 +187,20 @@ class BatchEvaluator:
             raw = craft_attack(
                 target, pixels, labels, config, seed, num_classes=len(self.classifier.labels)
             )
-            adversarial = quantize_in_ball(pixels, raw, config.norm, config.eps)
+            with seeded(derive_seed(seed, "lattice", source)):
+                lattice = round_onto_lattice(
+                    target,
+                    pixels,
+                    raw,
+                    labels,
+                    config.norm,
+                    config.eps,
+                    targeted_label=config.targeted_label,
+                    repair=config.method not in GRADIENT_FREE_METHODS,
+                )
         with stages("evaluate"):
-            z = self._encode(adversarial)
-        return adversarial, z
+            z = self._encode(lattice.adversarial)
+        return lattice.adversarial, z, lattice
 
     def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -215,6 +233,15 @@ def _worst(draws: list[list[int]], targets: list[int]) -> tuple[list[int], list[
         worst.append(wrong[0] if wrong else target)
         correct.append(len(predictions) - len(wrong))
     return worst, correct
+
+
+def _rounding(lattice: LatticeResult, attacked: bool, count: int) -> tuple[list, list]:
+    """Per image: undone by rounding, and repaired (None when the re-attack was not tried),
+    for the model the image was crafted against; None for every other model."""
+    if not attacked:
+        return [None] * count, [None] * count
+    repaired = lattice.repaired if lattice.attempted else [None] * count
+    return lattice.undone, repaired
 
 
 def _perturbation(clean: torch.Tensor, adversarial: torch.Tensor) -> tuple[list, list]:

@@ -10,7 +10,10 @@ outcome over the whole subset; every finished pair is stored (OUT/partial/STAGE/
 resumes after a crash and shards each stage across torchrun ranks.
 
 As in the release, adversarial images are not rounded to 8 bits, an image keeps the first
-attack that fools it, and an image no attack fools keeps its clean pixels.
+attack that fools it, and an image no attack fools keeps its clean pixels. What 8-bit
+rounding would have done is recorded, not applied: per image, whether rounding the float
+adversarial inside the eps-ball would make the release's model right again
+(`undone_by_rounding`); no lattice re-attack runs (`repaired` is None).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from torch import nn
 
 from ..attacks import RELEASE_APGD_RESTARTS, AttackConfig, craft_attack
 from ..classifier import ZeroShotClassifier
+from ..lattice import round_onto_lattice
 from ..purifiers import Purifier
 from ..seeding import derive_seed, seeded
 from ..threats import attacked_model
@@ -91,17 +95,29 @@ class ReleaseEvaluator:
         config: AttackConfig,
         tag: str,
     ) -> dict:
-        """Attack the group; its predictions on the result, and perturbation sizes in [0, 1]
-        pixel units (not rounded to 8 bits, as in the release)."""
+        """Attack the group; its predictions on the result, perturbation sizes in [0, 1]
+        pixel units (not rounded to 8 bits, as in the release), and per image whether 8-bit
+        rounding would undo the attack (judged, not applied)."""
         seed = derive_seed(self.seed, "release attack", model, tag)
         adversarial = craft_attack(
             self.module(model), pixels, labels, config, seed, len(self.classifier.labels)
         )
+        with seeded(derive_seed(self.seed, "release lattice", model, tag)):
+            rounding = round_onto_lattice(
+                self.module(model),
+                pixels,
+                adversarial,
+                labels,
+                config.norm,
+                config.eps,
+                repair=False,
+            )
         delta = (adversarial - pixels).detach().double().flatten(1)
         return {
             "predictions": self.predict(model, adversarial, tag),
             "linf": delta.abs().amax(dim=1).tolist(),
             "l2": delta.norm(dim=1).tolist(),
+            "undone_by_rounding": rounding.undone,
         }
 
 
@@ -256,7 +272,8 @@ def batch_records(
 ) -> list[dict]:
     """The staged results as the batch records the reports read: one per clean pair, the
     adversarial outcome of each image being that of the first stage that fooled it (else its
-    clean pixels and the last prediction)."""
+    clean pixels and the last prediction); `undone_by_rounding` is that stage's judgement
+    (False for an image no stage fooled), `repaired` None (no re-attack)."""
     records = []
     owner: dict[int, dict] = {}
     for clean in stages[CLEAN_STAGE]:
@@ -278,6 +295,8 @@ def batch_records(
                     "predictions": {m: list(clean["predictions"][m]) for m in models},
                     "linf": {m: [0.0] * len(positions) for m in models},
                     "l2": {m: [0.0] * len(positions) for m in models},
+                    "undone_by_rounding": {m: [False] * len(positions) for m in models},
+                    "repaired": {m: [None] * len(positions) for m in models},
                 }
             )
         for p in positions:
@@ -303,4 +322,8 @@ def batch_records(
                             fooled.add(p)
                             condition["linf"][model][k] = result["linf"][j]
                             condition["l2"][model][k] = result["l2"][j]
+                            undone = result.get("undone_by_rounding")  # older records: None
+                            condition["undone_by_rounding"][model][k] = (
+                                None if undone is None else undone[j]
+                            )
     return records
