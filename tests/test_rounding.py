@@ -8,17 +8,25 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
+from clipure_core import Playground, pipeline
+from clipure_core.audit import run_audit
+from clipure_core.audit import runner as audit_runner
+from clipure_core.audit.dataset import audit_dataset
 from clipure_core.evaluate import batch as batch_module
 from clipure_core.evaluate.cli import main
+from clipure_core.evaluate.data import load_dataset
 from clipure_core.lattice import LATTICE_STEPS, round_onto_lattice
 
-from .test_evaluate_run import N_IMAGES, read_csv
+from .conftest import CLASSES, IMAGES_PER_CLASS
 
 GREY = 128
+N_IMAGES = len(CLASSES) * IMAGES_PER_CLASS
 
 
 class Shift(nn.Module):
@@ -178,7 +186,7 @@ class MeanShift(nn.Module):
         self.clean = clean
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        reference = self.clean[x.shape]
+        reference = self.clean.get(x.shape, x)  # before an attack: the clean image itself
         shift = ((x - reference) * 255).flatten(1).mean(dim=1)
         return torch.stack(
             [3.2 - shift, shift - 3.2, torch.full_like(shift, -9), torch.full_like(shift, -9)], 1
@@ -191,14 +199,8 @@ def test_evaluate_records_undone_and_repaired(tiny_model_dir, image_folder, tmp_
     hit 255) class 0, one lattice step (+4) class 1 again. Images of class 0 ('bird') are
     undone and repaired (3 of 12); cats (1) were never fooled; dogs and cars (2, 3) stay fooled."""
     clean: dict = {}
-    toy = MeanShift(clean)
-
-    def fake_attack(model, pixels, labels, config, seed, num_classes=None):
-        clean[pixels.shape] = pixels
-        return (pixels + 3.4 / 255).clamp(0, 1)
-
-    monkeypatch.setattr(batch_module, "craft_attack", fake_attack)
-    monkeypatch.setattr(batch_module, "attacked_model", lambda *args: toy)
+    monkeypatch.setattr(batch_module, "craft_attack", fake_attack(clean))
+    monkeypatch.setattr(batch_module, "attacked_model", lambda *args: MeanShift(clean))
     out = tmp_path / "run"
     args = [
         "--data", str(image_folder), "--model", f"local-dir:{tiny_model_dir}",
@@ -213,7 +215,8 @@ def test_evaluate_records_undone_and_repaired(tiny_model_dir, image_folder, tmp_
     # under transfer the defence was not attacked: nothing of its own to count
     assert robust["clipure_cos"]["undone_by_rounding"] is None
     assert robust["clipure_cos"]["repaired"] is None
-    rows = read_csv(out / "per_image.csv")
+    with open(out / "per_image.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
     undefended = [row for row in rows if row["model"] == "undefended"]
     undone = {row["true_label"] for row in undefended if row["undone_by_rounding"] == "True"}
     assert undone == {"bird"}
@@ -223,5 +226,82 @@ def test_evaluate_records_undone_and_repaired(tiny_model_dir, image_folder, tmp_
         assert float(row["linf"]) == pytest.approx(expected / 255, rel=1e-5)
     defended = [row for row in rows if row["model"] == "clipure_cos"]
     assert {(row["undone_by_rounding"], row["repaired"]) for row in defended} == {("", "")}
-    with open(out / "per_image.csv", newline="") as handle:
-        assert "undone_by_rounding" in csv.DictReader(handle).fieldnames
+
+
+def fake_attack(clean: dict):
+    """An 'attack' adding 3.4 levels to every pixel; remembers the clean pixels by shape."""
+
+    def attack(model, pixels, labels, config, seed, num_classes=None, on_query=None):
+        clean[pixels.shape] = pixels
+        return (pixels + 3.4 / 255).clamp(0, 1)
+
+    return attack
+
+
+UNDONE_AND_REPAIRED = {
+    "fooled_before_rounding": True,
+    "fooled_after_rounding": False,
+    "undone_by_rounding": True,
+    "repaired": True,
+}
+LABELS4 = ["cat", "dog", "car", "bird"]
+
+
+@pytest.fixture(scope="module")
+def mid_grey_photo():
+    """A random photo with pixels in [20, 230]: +3.4 levels never saturate."""
+    rng = np.random.default_rng(3)
+    return Image.fromarray(rng.integers(20, 231, (40, 40, 3), dtype=np.uint8))
+
+
+def test_playground_reports_rounding_per_attacked_model(backbone, mid_grey_photo, monkeypatch):
+    clean = {}
+    monkeypatch.setattr(pipeline, "craft_attack", fake_attack(clean))
+    monkeypatch.setattr(pipeline, "attacked_model", lambda *args: MeanShift(clean))
+    playground = Playground(backbone, templates="single")
+    result = playground.run(
+        mid_grey_photo, LABELS4, threat="bpda", defenses=["clipure_cos"], true_label="cat"
+    )
+    data = json.loads(json.dumps(result.to_dict()))
+    assert data["rounding"] == {
+        "undefended": UNDONE_AND_REPAIRED,
+        "clipure_cos": UNDONE_AND_REPAIRED,
+    }
+    # the repaired 8-bit image (the one evaluated and downloaded) moved 4 levels, not 3
+    assert data["perturbation"]["linf"] == pytest.approx(4 / 255, rel=1e-5)
+
+
+def test_audit_records_rounding_per_crafted_image(backbone, mid_grey_photo, monkeypatch):
+    clean = {}
+    monkeypatch.setattr(audit_runner, "craft_attack", fake_attack(clean))
+    monkeypatch.setattr(audit_runner, "attacked_model", lambda *args: MeanShift(clean))
+    playground = Playground(backbone, templates="single")
+    result = run_audit(
+        playground, mid_grey_photo, LABELS4, true_label="cat", steps=1,
+        conditions="noise,transfer,full", checks="noise_control",
+    )  # fmt: skip
+    rounding = result.to_dict()["rounding"]
+    assert rounding == [
+        # noise is gradient-free: counted, never re-attacked with a gradient
+        {"attack": "noise", "model": "undefended", **UNDONE_AND_REPAIRED, "repaired": None},
+        {"attack": "full", "model": "undefended", **UNDONE_AND_REPAIRED},
+        {"attack": "full", "model": "clipure_cos", **UNDONE_AND_REPAIRED},
+    ]
+
+
+def test_dataset_audit_counts_rounding_per_attack(backbone, image_folder, monkeypatch):
+    """As in the evaluate test: of 12 images, the 3 birds (class 0) are undone; the gradient
+    attack's are repaired, noise's are not re-attacked."""
+    clean = {}
+    monkeypatch.setattr(audit_runner, "craft_attack", fake_attack(clean))
+    monkeypatch.setattr(audit_runner, "attacked_model", lambda *args: MeanShift(clean))
+    report = audit_dataset(
+        Playground(backbone, templates="single"), load_dataset(str(image_folder)),
+        defenses=(), steps=1, conditions="noise,full", checks="noise_control",
+    ).to_dict()  # fmt: skip
+    assert report["rounding"] == [
+        {"attack": "noise", "model": "undefended", "undone_by_rounding": 3, "repaired": None,
+         "n": N_IMAGES},
+        {"attack": "full", "model": "undefended", "undone_by_rounding": 3, "repaired": 3,
+         "n": N_IMAGES},
+    ]  # fmt: skip
