@@ -14,11 +14,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from clipure_core import Playground, pipeline
+from clipure_core import AttackConfig, Playground, ZeroShotClassifier, pipeline
 from clipure_core.audit import run_audit
 from clipure_core.audit import runner as audit_runner
 from clipure_core.audit.dataset import audit_dataset
 from clipure_core.evaluate import batch as batch_module
+from clipure_core.evaluate import release
+from clipure_core.evaluate.aggregate import image_rows, robust_accuracy
 from clipure_core.evaluate.cli import main
 from clipure_core.evaluate.data import load_dataset
 from clipure_core.lattice import LATTICE_STEPS, round_onto_lattice
@@ -305,3 +307,44 @@ def test_dataset_audit_counts_rounding_per_attack(backbone, image_folder, monkey
         {"attack": "full", "model": "undefended", "undone_by_rounding": 3, "repaired": 3,
          "n": N_IMAGES},
     ]  # fmt: skip
+
+
+def test_release_protocol_records_rounding_without_applying_it(
+    backbone, mid_grey_photo, monkeypatch
+):
+    """The release keeps its float images: the float image fools the model (prediction 1) and
+    its perturbation is 3.4 levels; that rounding would undo it is recorded, and nothing is
+    re-attacked."""
+    clean = {}
+    monkeypatch.setattr(release, "craft_attack", fake_attack(clean))
+    monkeypatch.setattr(release, "attacked_model", lambda *args: MeanShift(clean))
+    evaluator = release.ReleaseEvaluator(
+        ZeroShotClassifier(backbone, LABELS4, "single"), {}, "release", seed=0
+    )
+    pixels = backbone.prepare(mid_grey_photo).unsqueeze(0).repeat(2, 1, 1, 1)
+    config = AttackConfig("apgd-ce", "linf", 4 / 255, 2)
+    result = evaluator.attack("undefended", pixels, torch.tensor([0, 1]), config, "pair 0")
+    assert result["predictions"] == [1, 1]  # image 1 (class 1) is right, never fooled
+    assert result["undone_by_rounding"] == [True, False]
+    assert result["linf"] == pytest.approx([3.4 / 255] * 2, rel=1e-5)
+    stages = {
+        "clean": [
+            {"batch": 0, "positions": [0, 1], "targets": [0, 1],
+             "predictions": {"undefended": [0, 1]}, "seconds": {"evaluate": 0.0}},
+        ],
+        "eps4_apgd-ce_undefended": [
+            {"batch": 0, "positions": [0, 1], **result, "seconds": {"attack": 0.0}},
+        ],
+        "eps4_apgd-t_undefended": [
+            {"batch": 0, "positions": [1], "predictions": [1], "linf": [0.0], "l2": [0.0],
+             "undone_by_rounding": [False], "seconds": {"attack": 0.0}},
+        ],
+    }  # fmt: skip
+    records = release.batch_records(stages, [4.0], ["undefended"], ["a", "b"], "release")
+    rows = image_rows(records, LABELS4, "autoattack")
+    assert [(row["undone_by_rounding"], row["repaired"]) for row in rows] == [
+        (True, None),
+        (False, None),
+    ]
+    (entry,) = robust_accuracy(rows)
+    assert (entry["correct"], entry["undone_by_rounding"], entry["repaired"]) == (1, 1, None)
