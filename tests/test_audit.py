@@ -59,7 +59,7 @@ def test_json_has_the_documented_schema(audited):
     data = json.loads(json.dumps(result.to_dict(), allow_nan=False))
     assert set(data) == {
         "labels", "true_label", "models", "conditions", "matrix", "gradients", "checks",
-        "settings", "timings_ms", "notices",
+        "rounding", "settings", "timings_ms", "notices",
     }  # fmt: skip
     assert data["labels"] == LABELS and data["true_label"] in LABELS
     models = [UNDEFENDED, "clipure_cos"]
