@@ -6,7 +6,8 @@ adversarial example close to the decision boundary can be pushed back across it 
 rounding (at most half a level per pixel). `round_onto_lattice` judges the attacked model on
 the float and on the rounded image, and for each image that fooled it only before rounding
 takes up to `LATTICE_STEPS` steps of one 8-bit level from the rounded image, each rounded
-back onto the lattice inside the eps-ball, and keeps the first point that fools the model.
+back onto the lattice inside the eps-ball, and keeps the first point that fools the model
+(else the highest-loss lattice point it saw, the rounded image included).
 
 The model is judged with one forward per image and step, as given: a stochastic model is
 judged on one draw (no EOT, no worst of k), and its gradient is one draw's.
