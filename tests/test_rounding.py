@@ -335,16 +335,21 @@ def test_release_protocol_records_rounding_without_applying_it(
         "eps4_apgd-ce_undefended": [
             {"batch": 0, "positions": [0, 1], **result, "seconds": {"attack": 0.0}},
         ],
+        # APGD-T fools image 1; a record stored without the judgement (an older run) reads None
         "eps4_apgd-t_undefended": [
-            {"batch": 0, "positions": [1], "predictions": [1], "linf": [0.0], "l2": [0.0],
-             "undone_by_rounding": [False], "seconds": {"attack": 0.0}},
+            {"batch": 0, "positions": [1], "predictions": [0], "linf": [0.01], "l2": [0.1],
+             "seconds": {"attack": 0.0}},
         ],
     }  # fmt: skip
     records = release.batch_records(stages, [4.0], ["undefended"], ["a", "b"], "release")
     rows = image_rows(records, LABELS4, "autoattack")
     assert [(row["undone_by_rounding"], row["repaired"]) for row in rows] == [
         (True, None),
-        (False, None),
+        (None, None),
     ]
     (entry,) = robust_accuracy(rows)
-    assert (entry["correct"], entry["undone_by_rounding"], entry["repaired"]) == (1, 1, None)
+    assert (entry["correct"], entry["undone_by_rounding"], entry["repaired"]) == (0, 1, None)
+    # an image no stage fooled is not undone
+    stages["eps4_apgd-t_undefended"][0]["predictions"] = [1]
+    records = release.batch_records(stages, [4.0], ["undefended"], ["a", "b"], "release")
+    assert [row["undone_by_rounding"] for row in image_rows(records, LABELS4)] == [True, False]
