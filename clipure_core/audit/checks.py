@@ -41,13 +41,12 @@ CHECKS: dict[str, str] = {
     "attacks that follow those steps measure it (AutoAttack's dynamic-defence flag).",
 }
 STATUSES = ("pass", "warn", "fail")
-# The division guards of the attacks that scale by the gradient's size: torchattacks' PGD-L2
-# (the audit's L2 attack) divides by ||g|| + eps_for_division, APGD by ||g|| + 1e-12 (hard-coded
-# in apgd.py). A gradient of norm n moves a step n / (n + guard) of its length: below the guard
-# less than half (fail), below 10 guards less than 91 % (warn). Sign attacks (L-inf) ignore the
-# size: only exactly-zero entries (float32 underflow) stop them, since sign(0) = 0.
+# Attacks that scale by the gradient's size divide by it plus a guard: torchattacks' PGD-L2
+# (the audit's L2 attack) by ||g|| + eps_for_division (APGD, which the audit does not run, by
+# ||g|| + 1e-12). A gradient of norm n moves a step n / (n + guard) of its length: below the
+# guard less than half (fail), below 10 guards less than 91 % (warn). Sign attacks (L-inf)
+# ignore the size: only exactly-zero entries (float32 underflow) stop them, as sign(0) = 0.
 PGD_L2_GUARD: float = inspect.signature(torchattacks.PGDL2).parameters["eps_for_division"].default
-APGD_GUARD = 1e-12
 GUARD_WARN_FACTOR = 10
 MOSTLY_ZERO = 0.1
 # gradient_direction / bpda_validity: the share of the exact gradient's progress delivered
