@@ -1,5 +1,8 @@
-"""The robustness audit on the tiny model: its JSON, the facts its checks rest on, checks
-that must fail on constructed cases, progress and abort, bad input, the CLI.
+"""The robustness audit on the tiny model: its JSON, the facts its checks rest on, progress
+and abort, bad input, the CLI; and every check on real audits of toy defences built to break
+one thing each (a reversed, zero, scaled or clean-only gradient, a fragile forward,
+saturated logits, probabilities, autograd at inference), where it must fail, beside one where
+it must pass, with the expected statuses written out (see docs/audit-checks.md).
 
 Random-weight models do not put images ~75 degrees from the null prompt as CLIP does, so the
 null prompt is placed at a chosen angle from the photo's embedding (as in test_threats.py).
@@ -320,6 +323,17 @@ def test_square_beating_white_box_fails_and_a_small_budget_warns(toys):
     (fragile,) = [c for c in toys.checks_named("white_box_vs_black_box") if c.model == "fragile"]
     assert fragile.value == {"beaten": ["full"], "square_queries": 4}  # BPDA fooled it
     assert "4 queries" in fragile.explanation
+
+
+def test_square_failing_is_evidence_from_1000_queries():
+    # a real audit with 1000 Square queries takes ~45 s on a loaded CPU: the rule, on its own
+    titles = {name: c.title for name, c in CONDITIONS.items()}
+    found = [
+        audit_checks.white_box_vs_black_box("m", "M", True, False, {"full": False}, titles, n)
+        for n in (999, 1000, 5000)
+    ]
+    assert [c.status for c in found] == ["warn", "pass", "pass"]
+    assert "999 queries" in found[0].explanation and "weak evidence" in found[0].explanation
 
 
 def test_noise_beating_a_gradient_attack_fails(toys):
