@@ -7,25 +7,27 @@ can be tested on constructed cases.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+import torchattacks
 
 from .gradients import GradientStats
 
 CHECKS: dict[str, str] = {
-    "zero_gradients": "Does the gradient that reaches the pixels exist? Exact zeros (or values "
-    "so small that an attack's safety margins swamp them) stop gradient attacks "
+    "zero_gradients": "Does the gradient that reaches the pixels exist? Exact zeros stop sign "
+    "attacks (L-inf); a gradient smaller than an L2 attack's own division guard stalls it "
     "(AutoAttack's check).",
-    "gradient_direction": "Does the gradient each threat uses point where the exact gradient "
-    "points (cosine, share of equal signs)?",
-    "bpda_validity": "BPDA pretends purification does nothing; that is only safe while every "
-    "embedding stays closer to the null prompt than atan(step size) (88.09 degrees for 30).",
+    "gradient_direction": "Does the gradient each threat uses move its attack as the exact "
+    "gradient would (L-inf: the share of the best loss gain its signs deliver; L2: cosine)?",
+    "bpda_validity": "BPDA pretends purification does nothing; is its gradient, as measured, "
+    "still pointing where the exact gradient points?",
     "white_box_vs_black_box": "A black-box attack (Square) must not succeed where gradient "
-    "attacks, which know more, fail.",
+    "attacks, which know more, fail; Square failing too is weak evidence below 1000 queries.",
     "noise_control": "Random noise must not succeed where a gradient attack fails.",
     "single_step_vs_iterative": "One gradient step (FGSM) must not succeed where many steps "
     "(PGD) fail.",
@@ -33,15 +35,24 @@ CHECKS: dict[str, str] = {
     "does, the attack is broken, not the model robust.",
     "randomness": "Do the logits change between two runs on the same input? Then attacks "
     "must average gradients over draws (EOT) and robustness needs several draws.",
+    "softmax_output": "Does the model hand the attacks probabilities instead of logits? "
+    "Cross-entropy on probabilities saturates and weakens them (AutoAttack's check).",
+    "inference_time_optimisation": "Does the defence optimise while it predicts? Then only "
+    "attacks that follow those steps measure it (AutoAttack's dynamic-defence flag).",
 }
 STATUSES = ("pass", "warn", "fail")
-# An L2 step divides by the gradient's norm plus a guard of 1e-10 (torchattacks) or 1e-12:
-# below this norm the guard dominates and the attack barely moves.
-TINY_GRADIENT = 1e-8
+# Attacks that scale by the gradient's size divide by it plus a guard: torchattacks' PGD-L2
+# (the audit's L2 attack) by ||g|| + eps_for_division (APGD, which the audit does not run, by
+# ||g|| + 1e-12). A gradient of norm n moves a step n / (n + guard) of its length: below the
+# guard less than half (fail), below 10 guards less than 91 % (warn). Sign attacks (L-inf)
+# ignore the size: only exactly-zero entries (float32 underflow) stop them, as sign(0) = 0.
+PGD_L2_GUARD: float = inspect.signature(torchattacks.PGDL2).parameters["eps_for_division"].default
+GUARD_WARN_FACTOR = 10
 MOSTLY_ZERO = 0.1
-SIGN_PASS, SIGN_FAIL = 0.75, 0.6  # share of equal signs (what L-inf attacks follow)
-COS_PASS, COS_FAIL = 0.5, 0.2  # cosine (what L2 attacks follow)
-BPDA_MARGIN_DEG = 1.0
+# gradient_direction / bpda_validity: the share of the exact gradient's progress delivered
+# (L-inf: linf_progress; L2 and BPDA: cosine)
+PROGRESS_PASS, PROGRESS_FAIL = 0.5, 0.2
+STRONG_SQUARE_QUERIES = 1000  # AutoAttack runs Square with 5000
 LOGIT_TOLERANCE = 1e-5
 
 
@@ -64,8 +75,12 @@ class Check:
         return asdict(self)
 
 
-def zero_gradients(stats: GradientStats, title: str, norm: str) -> Check:
-    """Fail on an all-zero gradient, or (L2) one too small to survive the attack's guards."""
+def zero_gradients(
+    stats: GradientStats, title: str, norm: str, guard: float = PGD_L2_GUARD
+) -> Check:
+    """Fail on an all-zero gradient; under L2 also on one below the attack's division `guard`
+    (warn below 10 guards). Under L-inf the size does not matter (the attack takes signs);
+    warn when over 10 % of the entries are exactly 0 (their sign is 0: those pixels stay)."""
     args = ("zero_gradients",)
     where = {"condition": stats.condition, "model": stats.model}
     if stats.norm == 0:
@@ -77,21 +92,16 @@ def zero_gradients(stats: GradientStats, title: str, norm: str) -> Check:
             "not move.",
             **where,
         )
-    if stats.norm < TINY_GRADIENT:
-        tiny = (
-            f"{title}: the gradient is tiny (size {stats.norm:.1e}); "
-            "an L2 attack divides it by its size plus a safety margin of about 1e-10, "
-            "so the margin wins and the attack barely moves."
-        )
-        if norm == "l2":
-            return Check(*args, "fail", stats.norm, tiny, **where)
+    if norm == "l2" and stats.norm < GUARD_WARN_FACTOR * guard:
+        share = stats.norm / (stats.norm + guard)
+        status = "fail" if stats.norm < guard else "warn"
         return Check(
             *args,
-            "warn",
+            status,
             stats.norm,
-            f"{title}: the gradient is tiny (size {stats.norm:.1e}); sign-based attacks "
-            "still move along it (how well it points is the gradient-direction check), but "
-            "attacks that scale by its size would stall.",
+            f"{title}: the gradient is tiny (size {stats.norm:.1e}); the L2 attack divides it "
+            f"by its size plus a guard of {guard:.0e}, so each step is only {share:.0%} as "
+            "long as it should be.",
             **where,
         )
     if stats.zero_fraction > MOSTLY_ZERO:
@@ -103,83 +113,95 @@ def zero_gradients(stats: GradientStats, title: str, norm: str) -> Check:
             "the attack can change only part of the image.",
             **where,
         )
+    size = " (the L-inf attack follows its signs, whatever its size)" if norm == "linf" else ""
     return Check(
         *args,
         "pass",
         stats.zero_fraction,
-        f"{title}: the gradient reaches the pixels (size {stats.norm:.1e}).",
+        f"{title}: the gradient reaches the pixels (size {stats.norm:.1e}){size}.",
         **where,
     )
 
 
 def gradient_direction(stats: GradientStats, title: str, norm: str) -> Check:
-    """Judge sign agreement for L-inf attacks (they step along signs), cosine for L2."""
+    """Judge how much of the exact gradient's progress a step along this gradient makes:
+    L-inf `linf_progress` (a step along its signs), L2 the cosine (a step along it)."""
     where = {"condition": stats.condition, "model": stats.model}
-    if stats.cos_to_full is None:
+    if stats.cos_to_full is None or stats.linf_progress is None:
         return Check(
             "gradient_direction",
-            "fail",
+            "fail" if stats.norm == 0 else "warn",
             None,
-            f"{title}: the attacker's gradient is exactly 0, so it has no direction at all.",
+            f"{title}: the attacker's gradient is exactly 0, so it has no direction at all."
+            if stats.norm == 0
+            else f"{title}: the exact gradient is 0, so there is no direction to compare with.",
             **where,
         )
     if norm == "linf":
-        value, low, high = stats.sign_agreement_with_full, SIGN_FAIL, SIGN_PASS
-        measured = f"{value:.0%} of its signs agree with the exact gradient"
-    else:
-        value, low, high = stats.cos_to_full, COS_FAIL, COS_PASS
-        measured = f"its cosine with the exact gradient is {value:.2f}"
-    if stats.cos_to_full < 0:
-        return Check(
-            "gradient_direction",
-            "fail",
-            value,
-            f"{title}: the attacker's gradient points against the exact one "
-            f"(cosine {stats.cos_to_full:.2f}), so its attack pushes the wrong way.",
-            **where,
+        value = stats.linf_progress
+        measured = (
+            f"a step along the signs of its gradient gains {value:.0%} of what a step along "
+            "the exact gradient's signs gains"
         )
-    if value >= high:
-        status, verdict = "pass", "so this attack is about as well guided as the exact one"
-    elif value < low:
-        status, verdict = "fail", "so this attack is steered almost at random"
     else:
-        status, verdict = "warn", "so this attack is only partly guided"
+        value = stats.cos_to_full
+        measured = f"its gradient's cosine with the exact gradient is {value:.2f}"
+    if value < 0:
+        status, verdict = "fail", "so its attack pushes the wrong way"
+    elif value < PROGRESS_FAIL:
+        status, verdict = "fail", "so its attack is steered almost at random"
+    elif value < PROGRESS_PASS:
+        status, verdict = "warn", "so its attack is only partly guided"
+    else:
+        status, verdict = "pass", "so its attack is well guided"
     return Check("gradient_direction", status, value, f"{title}: {measured}, {verdict}.", **where)
 
 
-def angles_to_null(embeddings: torch.Tensor, null_embedding: torch.Tensor) -> list[float]:
-    """Angle in degrees between each (B, D) embedding and the (D,) null-prompt embedding."""
-    cos = F.normalize(embeddings.double(), dim=-1) @ F.normalize(null_embedding.double(), dim=-1)
+def angles_between(a: torch.Tensor, b: torch.Tensor) -> list[float]:
+    """Angles in degrees between the rows of (B, D) `a` and `b` ((B, D) or (D,))."""
+    cos = (F.normalize(a.double(), dim=-1) * F.normalize(b.double(), dim=-1)).sum(dim=-1)
     return [math.degrees(math.acos(max(-1.0, min(1.0, float(c))))) for c in cos]
 
 
-def bpda_validity(model: str, title: str, angles_deg: Sequence[float], step_size: float) -> Check:
-    """CLIPure-Cos turns an embedding by atan(step size) per step toward the null prompt.
-    Closer than that, the steps overshoot and come back (BPDA's identity is a fair stand-in);
-    farther, the trip ends on the far side and the exact gradient flips sign."""
-    limit = math.degrees(math.atan(step_size))
-    largest = max(angles_deg)
-    if largest > limit:
-        status = "fail"
-        text = (
-            f"{title}: an embedding sits {largest:.2f} deg from the null prompt, past the "
-            f"{limit:.2f} deg where purification throws it to the far side, so BPDA's gradient "
-            "points the wrong way there; trust the full-gradient row instead."
+def bpda_validity(stats: GradientStats, title: str, turn_deg: float) -> Check:
+    """Judge BPDA by its measured gradient (`stats`: the bpda row): fail when its cosine with
+    the exact gradient is below 0.2 (negative: it points the wrong way), warn below 0.5.
+    `turn_deg`, how far purification turns the clean embedding, is reported as context: it is
+    what BPDA ignores (CLIPure-Cos with 30 per step turns 88 deg per step)."""
+    where = {"condition": stats.condition, "model": stats.model}
+    turn = f"purification turns the clean embedding by {turn_deg:.1f} deg, which BPDA ignores"
+    if stats.norm == 0:
+        return Check(
+            "bpda_validity",
+            "fail",
+            None,
+            f"{title}: BPDA's gradient is exactly 0, so it cannot guide an attack ({turn}).",
+            **where,
         )
-    elif largest > limit - BPDA_MARGIN_DEG:
-        status = "warn"
-        text = (
-            f"{title}: an embedding sits {largest:.2f} deg from the null prompt, within "
-            f"{BPDA_MARGIN_DEG:g} deg of the {limit:.2f} deg where BPDA's gradient turns "
-            "wrong; compare with the full-gradient row."
+    cos = stats.cos_to_full
+    if cos is None:
+        return Check(
+            "bpda_validity",
+            "warn",
+            None,
+            f"{title}: the exact gradient is 0, so BPDA cannot be compared with it ({turn}).",
+            **where,
         )
+    if cos < 0:
+        status, verdict = "fail", "it points the wrong way: trust the full-gradient row instead"
+    elif cos < PROGRESS_FAIL:
+        status, verdict = "fail", "it is nearly unrelated to it: trust the full-gradient row"
+    elif cos < PROGRESS_PASS:
+        status, verdict = "warn", "it only partly agrees: compare with the full-gradient row"
     else:
-        status = "pass"
-        text = (
-            f"{title}: every embedding stays within {largest:.2f} deg of the null prompt, below "
-            f"the {limit:.2f} deg where BPDA's shortcut would point the wrong way."
-        )
-    return Check("bpda_validity", status, largest, text, model=model)
+        status, verdict = "pass", "BPDA is a fair stand-in here"
+    return Check(
+        "bpda_validity",
+        status,
+        cos,
+        f"{title}: BPDA's gradient has cosine {cos:.2f} with the exact one, so {verdict} ({turn}).",
+        **where,
+    )
 
 
 def _already_wrong(name: str, model: str, title: str) -> Check:
@@ -203,26 +225,39 @@ def white_box_vs_black_box(
     square_fooled: bool,
     white_box_fooled: Mapping[str, bool],
     condition_titles: Mapping[str, str],
+    square_queries: int,
 ) -> Check:
-    """Fail when Square fooled the model and some white-box gradient attack did not."""
+    """Fail when Square fooled the model and some white-box gradient attack did not; warn
+    when Square failed with fewer than 1000 queries (its failure says little)."""
     if not clean_correct:
         return _already_wrong("white_box_vs_black_box", model, title)
     beaten = [c for c, fooled in white_box_fooled.items() if square_fooled and not fooled]
+    value = {"beaten": beaten, "square_queries": square_queries}
+    budget = f"Square had {square_queries} queries"
     if beaten:
         return Check(
             "white_box_vs_black_box",
             "fail",
-            beaten,
+            value,
             f"{title}: Square, which sees only the outputs, fooled it where "
             f"{_titles(beaten, condition_titles)} did not, so those attacks' gradients were "
-            "misleading.",
+            f"misleading ({budget}).",
+            model=model,
+        )
+    if not square_fooled and square_queries < STRONG_SQUARE_QUERIES:
+        return Check(
+            "white_box_vs_black_box",
+            "warn",
+            value,
+            f"{title}: Square did no better than the gradient attacks, but {budget} (fewer "
+            f"than {STRONG_SQUARE_QUERIES}; AutoAttack uses 5000), so that is weak evidence.",
             model=model,
         )
     return Check(
         "white_box_vs_black_box",
         "pass",
-        beaten,
-        f"{title}: the black-box Square attack did no better than the gradient attacks.",
+        value,
+        f"{title}: the black-box Square attack did no better than the gradient attacks ({budget}).",
         model=model,
     )
 
@@ -352,5 +387,73 @@ def randomness(model: str, title: str, max_difference: float, eot: int) -> Check
         max_difference,
         f"{title} is random (its scores change between runs); the attacks averaged {eot} "
         "draws per gradient, and one run's prediction is only one draw.",
+        model=model,
+    )
+
+
+def softmax_output(model: str, title: str, outputs: torch.Tensor) -> Check:
+    """Fail when the (B, C) scores the attacks see are probabilities: every entry >= 0 and
+    every row summing to 1 (within 1e-5). `value`: the largest row sum."""
+    total = float(outputs.double().sum(dim=-1).max())
+    probabilities = bool(
+        (outputs >= -LOGIT_TOLERANCE).all()
+        and ((outputs.double().sum(dim=-1) - 1).abs() <= LOGIT_TOLERANCE).all()
+    )
+    if probabilities:
+        return Check(
+            "softmax_output",
+            "fail",
+            total,
+            f"{title} returns probabilities (non-negative, summing to 1) where attacks expect "
+            "logits: their cross-entropy saturates and the attacks stall; attack its logits.",
+            model=model,
+        )
+    return Check(
+        "softmax_output",
+        "pass",
+        total,
+        f"{title} returns logits, not probabilities (its scores sum to {total:.3g}).",
+        model=model,
+    )
+
+
+def inference_time_optimisation(
+    model: str, title: str, autograd_calls: int, purification_steps: int, attacked_through: bool
+) -> Check:
+    """Flag a defence that optimises while it predicts: autograd called during one no-grad
+    prediction (measured), or a purifier taking `purification_steps` > 0 gradient steps on
+    the embedding (CLIPure-Cos takes them in closed form, invisible to autograd). Warn when
+    `attacked_through` (the audit's full-gradient attack followed every step), else fail."""
+    value = {"autograd_calls": autograd_calls, "purification_steps": purification_steps}
+    if autograd_calls == 0 and purification_steps == 0:
+        return Check(
+            "inference_time_optimisation",
+            "pass",
+            value,
+            f"{title} computes its answer in one pass, without optimising anything.",
+            model=model,
+        )
+    what = []
+    if purification_steps:
+        what.append(f"takes {purification_steps} gradient steps on the photo's embedding")
+    if autograd_calls:
+        what.append(f"calls autograd {autograd_calls} times")
+    done = " and ".join(what)
+    if attacked_through:
+        return Check(
+            "inference_time_optimisation",
+            "warn",
+            value,
+            f"{title} optimises at inference time: before answering it {done}. Attacks that "
+            "do not follow those steps overstate its robustness; the full-gradient row follows "
+            "every step, so trust that one.",
+            model=model,
+        )
+    return Check(
+        "inference_time_optimisation",
+        "fail",
+        value,
+        f"{title} optimises at inference time: before answering it {done}, and no attack in "
+        "this audit followed those steps; add the full-gradient condition.",
         model=model,
     )

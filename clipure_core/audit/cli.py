@@ -158,13 +158,13 @@ def _text(result: AuditResult) -> str:
     if result.gradients:
         lines.append("pixel gradients (vs the full gradient):")
         for g in result.gradients:
-            cos = "-" if g.cos_to_full is None else f"{g.cos_to_full:.3f}"
-            sign = (
-                "-" if g.sign_agreement_with_full is None else f"{g.sign_agreement_with_full:.3f}"
+            cos, sign, progress = (
+                "-" if value is None else f"{value:.3f}"
+                for value in (g.cos_to_full, g.sign_agreement_with_full, g.linf_progress)
             )
             lines.append(
                 f"  {g.condition:9} {g.model:14} norm {g.norm:9.2e}  zeros {g.zero_fraction:5.1%}"
-                f"  cos {cos:>6}  signs {sign:>6}"
+                f"  cos {cos:>6}  signs {sign:>6}  L-inf progress {progress:>6}"
             )
     lines.append("checks:")
     lines += [f"  {c.status.upper():4} {c.name}: {c.explanation}" for c in result.checks]

@@ -16,7 +16,13 @@ from .runner import run_audit
 
 # on_image(done_images, total_images, result of the image just audited)
 ImageCallback = Callable[[int, int, AuditResult], None]
-GRADIENT_FIELDS = ("norm", "zero_fraction", "cos_to_full", "sign_agreement_with_full")
+GRADIENT_FIELDS = (
+    "norm",
+    "zero_fraction",
+    "cos_to_full",
+    "sign_agreement_with_full",
+    "linf_progress",
+)
 
 
 @dataclass

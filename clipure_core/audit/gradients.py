@@ -13,8 +13,12 @@ from ..seeding import seeded
 
 @dataclass(frozen=True)
 class GradientStats:
-    """One gradient of the CE loss w.r.t. the pixels. `cos_to_full` and
-    `sign_agreement_with_full` are None when the gradient is exactly zero (no direction)."""
+    """One gradient of the CE loss w.r.t. the pixels, beside the exact ('full') one.
+
+    `linf_progress` = <sign(g), g_full> / ||g_full||_1: how much of the best first-order loss
+    gain of an L-inf step along sign(g) this gradient delivers (1: all of it, 0: none,
+    negative: the loss falls). The direction fields are None when either gradient is exactly
+    zero (no direction)."""
 
     condition: str
     model: str
@@ -22,6 +26,7 @@ class GradientStats:
     zero_fraction: float
     cos_to_full: float | None
     sign_agreement_with_full: float | None
+    linf_progress: float | None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,11 +54,12 @@ def compare(
     (computed in float64: attenuated gradients of 1e-17 square to below float32's range)."""
     g, reference = gradient.double().flatten(), full.double().flatten()
     norm, reference_norm = float(g.norm()), float(reference.norm())
-    cos = sign = None
+    cos = sign = progress = None
     if norm > 0 and reference_norm > 0:
         # not F.cosine_similarity: its eps clamps the product of norms, which can be ~1e-17
         cos = float(g @ reference) / (norm * reference_norm)
         sign = float((g.sign() == reference.sign()).double().mean())
+        progress = float(g.sign() @ reference) / float(reference.abs().sum())
     return GradientStats(
         condition=condition,
         model=model,
@@ -61,4 +67,5 @@ def compare(
         zero_fraction=float((g == 0).double().mean()),
         cos_to_full=cos,
         sign_agreement_with_full=sign,
+        linf_progress=progress,
     )

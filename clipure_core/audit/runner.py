@@ -21,10 +21,11 @@ from ..errors import InputError
 from ..lattice import round_onto_lattice
 from ..pipeline import Playground
 from ..prompts import parse_labels
-from ..purifiers import CosPurifier, Purifier
+from ..purifiers import Purifier
 from ..seeding import derive_seed, seeded
 from ..threats import attacked_model
 from . import checks as audit_checks
+from .autograd_probe import AutogradCounter
 from .checks import CHECKS, Check
 from .conditions import (
     CONDITIONS,
@@ -134,6 +135,8 @@ class _Audit:
         self.embeddings: dict[Key, torch.Tensor] = {}
         self.model_eot: dict[str, int] = dict.fromkeys(self.models, 1)
         self.rounding: list[dict] = []  # one entry per crafted image (see _craft)
+        self.clean_logits: dict[str, torch.Tensor] = {}
+        self.autograd_calls: dict[str, int] = {}
 
     # ---- the run ---------------------------------------------------------------------------
     def run(
@@ -243,13 +246,18 @@ class _Audit:
     # ---- stages ----------------------------------------------------------------------------
     def _randomness(self, pixels: torch.Tensor) -> dict[str, float]:
         """Largest logit change between two forwards of the clean photo with different draws
-        (a second encoding, and a second purification per defence)."""
+        (a second encoding, and a second purification per defence); the first forward's
+        logits and autograd calls are kept for the softmax and optimisation checks."""
         clean = self.embeddings[("clean", UNDEFENDED)]
         with torch.no_grad():
             again = self.backbone.encode_image(pixels)
         differences = {}
         for model in self.models:
-            first = self._logits(model, clean, derive_seed(self.seed, "evaluate", "clean", model))
+            with AutogradCounter() as counter:  # the inference-time-optimisation probe
+                first = self._logits(
+                    model, clean, derive_seed(self.seed, "evaluate", "clean", model)
+                )
+            self.clean_logits[model], self.autograd_calls[model] = first, counter.calls
             second = self._logits(model, again, derive_seed(self.seed, "randomness", model))
             differences[model] = float((first - second).abs().max())
         return differences
@@ -430,19 +438,13 @@ class _Audit:
             if "gradient_direction" in self.checks and not same_as_full:
                 found.append(audit_checks.gradient_direction(row, title, self.norm))
         if "bpda_validity" in self.checks and "bpda" in self.conditions:
+            clean = self.embeddings[("clean", UNDEFENDED)]
             for model, purifier in self.purifiers.items():
-                if isinstance(purifier, CosPurifier):
-                    keys = {attack_key(c, model) for c in self.conditions if c != "clean"}
-                    z = torch.cat(
-                        [self.embeddings[("clean", UNDEFENDED)]]
-                        + [self.embeddings[key] for key in sorted(keys)]
-                    )
-                    angles = audit_checks.angles_to_null(z, purifier.null_embedding)
-                    found.append(
-                        audit_checks.bpda_validity(
-                            model, purifier.title, angles, purifier.step_size
-                        )
-                    )
+                seed = derive_seed(self.seed, "evaluate", "clean", model)
+                with torch.no_grad(), seeded(seed):
+                    (turn,) = audit_checks.angles_between(purifier(clean), clean)
+                bpda = next(r for r in stats if (r.condition, r.model) == ("bpda", model))
+                found.append(audit_checks.bpda_validity(bpda, self.models[model], turn))
         for model, title in self.models.items():
             clean_ok = correct[("clean", model)]
             fooled = {
@@ -456,7 +458,13 @@ class _Audit:
             ):
                 found.append(
                     audit_checks.white_box_vs_black_box(
-                        model, title, clean_ok, not correct[("square", model)], white_box, titles
+                        model,
+                        title,
+                        clean_ok,
+                        not correct[("square", model)],
+                        white_box,
+                        titles,
+                        self.square_queries,
                     )
                 )
             if "noise_control" in self.checks and "noise" in self.conditions and fooled:
@@ -477,6 +485,19 @@ class _Audit:
                 )
             if "randomness" in self.checks:
                 found.append(audit_checks.randomness(model, title, differences[model], self.eot))
+            if "softmax_output" in self.checks:
+                found.append(audit_checks.softmax_output(model, title, self.clean_logits[model]))
+            if "inference_time_optimisation" in self.checks:
+                purifier = self.purifiers.get(model)
+                found.append(
+                    audit_checks.inference_time_optimisation(
+                        model,
+                        title,
+                        self.autograd_calls[model],
+                        0 if purifier is None else purifier.steps,
+                        "full" in self.conditions,
+                    )
+                )
         return found
 
     def _subject(self, condition: str, model: str) -> str:
