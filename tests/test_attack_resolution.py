@@ -1,0 +1,231 @@
+"""Attack resolution: the differentiable resize equals the model's preprocessing, and
+`--attack-resolution native` perturbs a small data set's own pixels (evaluate and audit)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+
+from clipure_core import ZeroShotClassifier
+from clipure_core.cli import main as clipure_main
+from clipure_core.errors import InputError
+from clipure_core.evaluate.cli import main as evaluate_main
+from clipure_core.evaluate.config import EvalConfig
+from clipure_core.pixels import pil_to_pixels
+from clipure_core.purifiers import build_purifier
+from clipure_core.resolution import (
+    default_attack_resolution,
+    resize_like_preprocess,
+    resized_size,
+)
+from clipure_core.threats import attacked_model
+
+from .conftest import CLASSES, LABELS, TINY_MODEL
+
+SMALL = 16  # the small images' side; the tiny model's input is 32 x 32
+PER_CLASS = 2
+EPS_4 = 0.01568627450980392  # 4/255
+L2_BOUND_16 = 0.43470927  # 4/255 * sqrt(3 * 16 * 16): the L2 norm of a full L-inf 4/255 step
+# Sizes (height, width) and model sides: upsampled square / non-square, downsampled, CIFAR.
+SIZES = [(16, 16, 32), (8, 8, 32), (16, 24, 32), (24, 16, 32), (48, 40, 32), (32, 32, 224)]
+
+
+def noise(height: int, width: int, seed: int = 0) -> Image.Image:
+    """Random 8-bit RGB: the worst case for a resize (overshoots at every pixel)."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def prepared(image: Image.Image, size: int) -> torch.Tensor:
+    """`Backbone.prepare`'s resize, for any model side."""
+    from torchvision.transforms import CenterCrop, Resize
+
+    resized = Resize(size, interpolation=InterpolationMode.BICUBIC)(image)
+    return pil_to_pixels(CenterCrop(size)(resized))
+
+
+def pil_float_filter(image: Image.Image, size: int) -> np.ndarray:
+    """PIL's bicubic filter in float ('F' images, no 8-bit rounding): width, then height,
+    each clamped to [0, 1] as PIL's 8-bit passes are; then the centre crop."""
+    pixels = np.asarray(image, dtype=np.float32) / 255
+    height, width = pixels.shape[:2]
+    new_height, new_width = resized_size(height, width, size)
+    top, left = round((new_height - size) / 2), round((new_width - size) / 2)
+    channels = []
+    for c in range(3):
+        plane = Image.fromarray(pixels[:, :, c], mode="F").resize((new_width, height), 3)
+        plane = Image.fromarray(np.clip(np.asarray(plane), 0, 1), mode="F")
+        plane = np.clip(np.asarray(plane.resize((new_width, new_height), 3)), 0, 1)
+        channels.append(plane[top : top + size, left : left + size])
+    return np.stack(channels)
+
+
+@pytest.mark.parametrize(("height", "width", "size"), SIZES)
+def test_resize_is_the_preprocessing_filter(height, width, size):
+    image = noise(height, width)
+    ours = resize_like_preprocess(pil_to_pixels(image)[None], size, InterpolationMode.BICUBIC)[0]
+    # PIL's filter to float32 rounding:
+    assert np.abs(ours.numpy() - pil_float_filter(image, size)).max() <= 1e-5
+    # the model's 8-bit preprocessing, which rounds each of its two passes to 8 bits:
+    reference = prepared(image, size)
+    assert ours.shape == reference.shape == (3, size, size)
+    assert (ours - reference).abs().max() <= 1.2 / 255
+
+
+def test_model_size_pixels_pass_unchanged(backbone):
+    pixels = torch.rand(2, 3, 32, 32)
+    assert backbone.to_model_size(pixels) is pixels
+
+
+def test_default_resolution_from_the_sizes():
+    assert default_attack_resolution([(32, 32)] * 3, 224) == "native"  # CIFAR
+    assert default_attack_resolution([(40, 16)], 32) == "native"  # shortest side 16 < 32
+    assert default_attack_resolution([(16, 16), (20, 20)], 32) == "model"  # two sizes
+    assert default_attack_resolution([(32, 32)], 32) == "model"
+    assert default_attack_resolution([(500, 375), (32, 32)], 224) == "model"
+
+
+def test_native_and_prepared_pixels_give_the_same_clean_decisions(backbone):
+    classifier = ZeroShotClassifier(backbone, LABELS, "single")
+    images = [noise(SMALL, SMALL, seed) for seed in range(8)]
+    with torch.no_grad():
+        native = torch.stack([backbone.native_pixels(image) for image in images])
+        resized = classifier(backbone.to_model_size(native))
+        reference = classifier(torch.stack([backbone.prepare(image) for image in images]))
+    assert native.shape == (8, 3, SMALL, SMALL)
+    assert resized.argmax(dim=-1).tolist() == reference.argmax(dim=-1).tolist()
+
+
+def test_attacked_module_differentiates_the_native_pixels(backbone):
+    classifier = ZeroShotClassifier(backbone, LABELS, "single")
+    purifier = build_purifier("clipure_cos", backbone, "single", steps=2)
+    module = attacked_model(classifier, purifier, "full", resize_input=True)
+    x = torch.rand(1, 3, SMALL, SMALL, requires_grad=True)
+    torch.nn.functional.cross_entropy(module(x), torch.tensor([0])).backward()
+    assert x.grad.shape == (1, 3, SMALL, SMALL) and x.grad.abs().sum() > 0
+    big = torch.rand(1, 3, 32, 32)
+    unwrapped = attacked_model(classifier, purifier, "full")
+    with torch.no_grad():
+        assert torch.equal(module(big), unwrapped(big))
+
+
+@pytest.fixture(scope="module")
+def small_folder(tmp_path_factory):
+    """4 classes x 2 random 16 x 16 images."""
+    root = tmp_path_factory.mktemp("small")
+    for c, name in enumerate(CLASSES):
+        (root / name).mkdir()
+        for i in range(PER_CLASS):
+            noise(SMALL, SMALL, seed=10 * c + i).save(root / name / f"{i}.png")
+    return root
+
+
+def evaluate(model_dir, data, out, *extra) -> tuple[dict, list[dict]]:
+    args = [
+        "--data", str(data), "--model", f"local-dir:{model_dir}", "--templates", "single",
+        "--num-images", str(len(CLASSES) * PER_CLASS), "--batch-size", "4", "--attack", "pgd",
+        "--steps", "3", "--eps", "4", "--threat", "bpda", "--defense", "none,clipure_cos",
+        "--cos-steps", "2", "--out", str(out), "--no-progress", *extra,
+    ]  # fmt: skip
+    assert evaluate_main(args) == 0
+    with open(out / "per_image.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return json.loads((out / "results.json").read_text()), rows
+
+
+def test_small_images_are_attacked_at_their_own_resolution(
+    tiny_model_dir, small_folder, tmp_path, capsys
+):
+    results, rows = evaluate(tiny_model_dir, small_folder, tmp_path / "native")
+    assert (
+        "attacked at native resolution (16x16; linf/l2 in these pixels)" in capsys.readouterr().out
+    )
+    settings = results["settings"]
+    assert settings["attack_resolution"] == "native"
+    assert settings["attack_image_size"] == {"width": 16, "height": 16}
+    linf = [float(row["linf"]) for row in rows]
+    l2 = [float(row["l2"]) for row in rows]
+    assert max(linf) == EPS_4 and max(l2) <= L2_BOUND_16
+    assert all(entry["max_l2"] <= L2_BOUND_16 for entry in results["robust"])
+
+    # clean predictions are those of native pixels -> differentiable resize -> encoder
+    from clipure_core import load_backbone
+
+    backbone = load_backbone(f"local-dir:{tiny_model_dir}", device="cpu")
+    classifier = ZeroShotClassifier(backbone, settings["data"]["classes"], "single")
+    for row in rows:
+        if row["model"] == "undefended":
+            native = backbone.native_pixels(Image.open(small_folder / row["image"]))[None]
+            with torch.no_grad():
+                predicted = classifier(backbone.to_model_size(native)).argmax().item()
+            assert int(row["clean_index"]) == predicted
+
+    results, rows = evaluate(
+        tiny_model_dir, small_folder, tmp_path / "model", "--attack-resolution", "model"
+    )
+    assert results["settings"]["attack_resolution"] == "model"
+    assert results["settings"]["attack_image_size"] == {"width": 32, "height": 32}
+    assert max(float(row["linf"]) for row in rows) == EPS_4
+    assert max(float(row["l2"]) for row in rows) > 0.44  # 32 x 32 pixels: past the 16 x 16 bound
+
+
+def test_native_needs_one_image_size(image_folder, tmp_path, capsys):
+    """Refused before any model work: the model named does not even exist."""
+    args = [
+        "--data", str(image_folder), "--model", "local-dir:" + str(tmp_path / "no-model"),
+        "--out", str(tmp_path / "out"), "--attack-resolution", "native", "--no-progress",
+    ]  # fmt: skip
+    assert evaluate_main(args) == 2
+    assert "batches the images at their own size" in capsys.readouterr().err
+
+
+def test_release_protocol_on_cifar_perturbs_its_own_pixels(tmp_path):
+    config = EvalConfig(data="cifar10", out=tmp_path, protocol="release")
+    assert config.attack_resolution == "native"
+    with pytest.raises(InputError, match="--attack-resolution native"):
+        EvalConfig(data="cifar10", out=tmp_path, protocol="release", attack_resolution="model")
+    assert EvalConfig(data="cifar10", out=tmp_path).attack_resolution is None  # by size
+
+
+def test_release_protocol_attacks_small_images_at_their_own_resolution(
+    tiny_model_dir, small_folder, tmp_path
+):
+    out = tmp_path / "release"
+    args = [
+        "--data", str(small_folder), "--model", f"local-dir:{tiny_model_dir}", "--protocol",
+        "release", "--num-images", "8", "--steps", "2", "--defense", "none", "--out", str(out),
+        "--no-progress",
+    ]  # fmt: skip
+    assert evaluate_main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["attack_resolution"] == "native"
+    with open(out / "per_image.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    linf = [float(row["linf"]) for row in rows]  # not rounded to 8 bits, as in the release
+    assert 0.015 < max(linf) <= EPS_4 + 1e-7  # one image fooled (this tiny model, these images)
+    assert max(float(row["l2"]) for row in rows) <= L2_BOUND_16
+
+
+def test_audit_of_small_images_perturbs_their_pixels(small_folder, tiny_checkpoint, capsys):
+    common = [
+        "--model", TINY_MODEL, "--pretrained", str(tiny_checkpoint), "--steps", "1",
+        "--conditions", "full", "--checks", "randomness", "--json", "--quiet",
+    ]  # fmt: skip
+    assert clipure_main(["audit", "--data", str(small_folder), "--num-images", "2", *common]) == 0
+    settings = json.loads(capsys.readouterr().out)["settings"]
+    assert settings["attack_resolution"] == "native"
+    assert settings["attack_image_size"] == {"width": 16, "height": 16}
+    photo = str(small_folder / CLASSES[0] / "0.png")
+    assert clipure_main(["audit", photo, "--labels", "cat,dog", *common]) == 0
+    assert json.loads(capsys.readouterr().out)["settings"]["attack_resolution"] == "native"
+    code = clipure_main(
+        ["audit", photo, "--labels", "cat,dog", "--attack-resolution", "model", *common]
+    )
+    settings = json.loads(capsys.readouterr().out)["settings"]
+    assert code == 0 and settings["attack_image_size"] == {"width": 32, "height": 32}
