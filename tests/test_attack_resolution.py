@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 from torchvision.transforms import InterpolationMode
 
 from clipure_core import ZeroShotClassifier
@@ -28,6 +30,7 @@ from clipure_core.threats import attacked_model
 
 from .conftest import CLASSES, LABELS, TINY_MODEL
 
+FIXTURES = Path(__file__).parent / "fixtures"
 SMALL = 16  # the small images' side; the tiny model's input is 32 x 32
 PER_CLASS = 2
 EPS_4 = 0.01568627450980392  # 4/255
@@ -76,6 +79,22 @@ def test_resize_is_the_preprocessing_filter(height, width, size):
     reference = prepared(image, size)
     assert ours.shape == reference.shape == (3, size, size)
     assert (ours - reference).abs().max() <= 1.2 / 255
+
+
+def test_resize_against_the_releases_resize():
+    """The release enlarged CIFAR inside its model with resize_right (cubic, zero padding);
+    tests/fixtures/make_release_resize.py made the fixture (an 8 x 8 image at scale 7)."""
+    golden = load_file(str(FIXTURES / "release_resize.safetensors"))
+    image = golden["image"].permute(2, 0, 1)[None].float() / 255
+    release = golden["resized"].permute(2, 0, 1)
+    ours = resize_like_preprocess(image, 56, InterpolationMode.BICUBIC)[0]
+    difference = (ours - release).abs()
+    # the same cubic filter away from the borders: output pixel o reads input pixel -1 while
+    # (o + 0.5) / 7 - 0.5 < 1, so the outer 10 output pixels on each side differ
+    assert difference[:, 10:46, 10:46].max() <= 1e-6
+    # within them the release reads zeros past the edge, the preprocessing does not:
+    assert difference[:, 9:47, 9:47].max() > 0.01
+    assert 0.51 < difference.max() < 0.53
 
 
 def test_model_size_pixels_pass_unchanged(backbone):
