@@ -10,15 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from safetensors.torch import load_file
 from torchvision.transforms import InterpolationMode
 
-from clipure_core import ZeroShotClassifier
+from clipure_core import Playground, ZeroShotClassifier
+from clipure_core.audit import run_audit
+from clipure_core.audit.dataset import audit_dataset
 from clipure_core.cli import main as clipure_main
 from clipure_core.errors import InputError
 from clipure_core.evaluate.cli import main as evaluate_main
 from clipure_core.evaluate.config import EvalConfig
+from clipure_core.evaluate.data import load_dataset
 from clipure_core.pixels import pil_to_pixels
 from clipure_core.purifiers import build_purifier
 from clipure_core.resolution import (
@@ -79,6 +83,14 @@ def test_resize_is_the_preprocessing_filter(height, width, size):
     reference = prepared(image, size)
     assert ours.shape == reference.shape == (3, size, size)
     assert (ours - reference).abs().max() <= 1.2 / 255
+
+
+def test_the_clamp_between_passes_is_needed():
+    """PIL clamps its first (8-bit) pass; one unclamped resize of both sides is far off."""
+    image = noise(SMALL, SMALL)
+    x = pil_to_pixels(image)[None]
+    single = TF.resize(x, [32, 32], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    assert (single.clamp(0, 1)[0] - prepared(image, 32)).abs().max() > 10 / 255
 
 
 def test_resize_against_the_releases_resize():
@@ -145,14 +157,18 @@ def small_folder(tmp_path_factory):
     return root
 
 
-def evaluate(model_dir, data, out, *extra) -> tuple[dict, list[dict]]:
-    args = [
+def run_args(model_dir, data, out, resolution: str | None = None) -> list[str]:
+    chosen = [] if resolution is None else ["--attack-resolution", resolution]
+    return [
         "--data", str(data), "--model", f"local-dir:{model_dir}", "--templates", "single",
         "--num-images", str(len(CLASSES) * PER_CLASS), "--batch-size", "4", "--attack", "pgd",
         "--steps", "3", "--eps", "4", "--threat", "bpda", "--defense", "none,clipure_cos",
-        "--cos-steps", "2", "--out", str(out), "--no-progress", *extra,
+        "--cos-steps", "2", "--out", str(out), "--no-progress", *chosen,
     ]  # fmt: skip
-    assert evaluate_main(args) == 0
+
+
+def evaluate(model_dir, data, out, resolution: str | None = None) -> tuple[dict, list[dict]]:
+    assert evaluate_main(run_args(model_dir, data, out, resolution)) == 0
     with open(out / "per_image.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     return json.loads((out / "results.json").read_text()), rows
@@ -162,9 +178,12 @@ def test_small_images_are_attacked_at_their_own_resolution(
     tiny_model_dir, small_folder, tmp_path, capsys
 ):
     results, rows = evaluate(tiny_model_dir, small_folder, tmp_path / "native")
-    assert (
-        "attacked at native resolution (16x16; linf/l2 in these pixels)" in capsys.readouterr().out
-    )
+    summary = capsys.readouterr().out
+    assert "attacked at native resolution (16x16; linf/l2 in these pixels)" in summary
+    assert "native: 16x16 pixels perturbed" in (tmp_path / "native" / "report.html").read_text()
+    # a resume must match it: the same --out at the other resolution is refused
+    assert evaluate_main(run_args(tiny_model_dir, small_folder, tmp_path / "native", "model")) == 2
+    assert "attack_resolution" in capsys.readouterr().err
     settings = results["settings"]
     assert settings["attack_resolution"] == "native"
     assert settings["attack_image_size"] == {"width": 16, "height": 16}
@@ -185,9 +204,7 @@ def test_small_images_are_attacked_at_their_own_resolution(
                 predicted = classifier(backbone.to_model_size(native)).argmax().item()
             assert int(row["clean_index"]) == predicted
 
-    results, rows = evaluate(
-        tiny_model_dir, small_folder, tmp_path / "model", "--attack-resolution", "model"
-    )
+    results, rows = evaluate(tiny_model_dir, small_folder, tmp_path / "model", "model")
     assert results["settings"]["attack_resolution"] == "model"
     assert results["settings"]["attack_image_size"] == {"width": 32, "height": 32}
     assert max(float(row["linf"]) for row in rows) == EPS_4
@@ -248,3 +265,17 @@ def test_audit_of_small_images_perturbs_their_pixels(small_folder, tiny_checkpoi
     )
     settings = json.loads(capsys.readouterr().out)["settings"]
     assert code == 0 and settings["attack_image_size"] == {"width": 32, "height": 32}
+
+
+def test_audit_sizes_and_the_library_default(backbone, small_folder, image_folder):
+    playground = Playground(backbone, "single")
+    photo = Image.open(small_folder / CLASSES[0] / "0.png")
+    quick = {"conditions": "clean", "checks": "randomness", "defenses": ()}
+    assert run_audit(playground, photo, LABELS, **quick).settings["attack_resolution"] == "model"
+    chosen = run_audit(playground, photo, LABELS, attack_resolution=None, **quick)
+    assert chosen.settings["attack_resolution"] == "native"
+    dataset = load_dataset(str(image_folder))
+    mixed = audit_dataset(playground, dataset, num_images=3, attack_resolution="native", **quick)
+    settings = mixed.to_dict()["settings"]
+    assert settings["attack_resolution"] == "native"
+    assert settings["attack_image_size"] is None  # these 3 images differ in size
