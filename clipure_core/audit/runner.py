@@ -18,6 +18,7 @@ from torch import nn
 from ..attacks import MAX_EOT_SAMPLES, MAX_EPS, AttackConfig, craft_attack
 from ..classifier import ZeroShotClassifier
 from ..errors import InputError
+from ..images import normalize_image
 from ..pipeline import Playground
 from ..pixels import quantize_in_ball
 from ..prompts import parse_labels
@@ -332,8 +333,7 @@ class _Audit:
         """(1, 3, H, W): the pixels the attacks perturb (see run_audit's attack_resolution),
         with the resolution and their size kept for the settings."""
         if resolution is None:
-            native = self.backbone.native_pixels(image)
-            size = (native.shape[-1], native.shape[-2])
+            size = normalize_image(image).size  # upright, before any resize
             resolution = "native" if upsampled(size, self.backbone.image_size) else "model"
         pixels = attack_pixels(self.backbone, image, resolution).unsqueeze(0)
         self.resolution, self.size = resolution, (pixels.shape[-1], pixels.shape[-2])
