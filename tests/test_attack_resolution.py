@@ -209,6 +209,11 @@ def test_small_images_are_attacked_at_their_own_resolution(
     assert results["settings"]["attack_image_size"] == {"width": 32, "height": 32}
     assert max(float(row["linf"]) for row in rows) == EPS_4
     assert max(float(row["l2"]) for row in rows) > 0.44  # 32 x 32 pixels: past the 16 x 16 bound
+    capsys.readouterr()
+    assert (
+        evaluate_main(["compare", str(tmp_path / "native"), str(tmp_path / "model"), "--json"]) == 0
+    )
+    assert json.loads(capsys.readouterr().out)["differing_settings"] == ["attack_resolution"]
 
 
 def test_native_needs_one_image_size(image_folder, tmp_path, capsys):
