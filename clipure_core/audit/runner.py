@@ -81,12 +81,13 @@ def run_audit(
     model-size pixels (the playground's), 'native' the photo's own pixels, resized inside the
     attacked model; None picks native for a photo smaller than the model's input.
     """
+    resolution = check_attack_resolution(attack_resolution)
     audit = _Audit(
         playground, labels, eps, norm, steps, defenses, defense_settings or {}, seed,
         check_conditions(conditions), pick_names(checks, list(CHECKS), "check"),
         square_queries, eot,
     )  # fmt: skip
-    return audit.run(image, true_label, on_progress, check_attack_resolution(attack_resolution))
+    return audit.run(image, true_label, on_progress, resolution)
 
 
 def _check_count(name: str, value: int, high: int) -> int:

@@ -210,17 +210,10 @@ class _Run:
         if n > len(dataset):
             notices.append(f"--n {n}: the dataset has {len(dataset)} images; using all.")
         subset = stratified_subset(dataset.targets, n, config.seed)
-        sizes = (dataset.image_size(item) for item in subset)
-        if config.attack_resolution == "native":
-            one_size(sizes)  # refused before the model loads
+        if config.attack_resolution == "native":  # refused before the model loads
+            one_size(dataset.image_size(item) for item in subset)
         backbone = load_backbone(config.model, config.pretrained, self.device, config.precision)
-        resolution = config.attack_resolution or default_attack_resolution(
-            (dataset.image_size(item) for item in subset), backbone.image_size
-        )
-        if resolution == "native":
-            attack_size = dataset.image_size(subset[0])
-        else:
-            attack_size = (backbone.image_size, backbone.image_size)
+        resolution, attack_size = _attack_resolution(config, dataset, subset, backbone.image_size)
         if backbone.info.random_weights:
             notices.append("random weights: the accuracies are meaningless (a speed check).")
         with tqdm_progress(disable=not (config.progress and self.cluster.is_root)):
@@ -358,6 +351,18 @@ class _Run:
             bar.close()
             pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C: do not wait for a load
         return done
+
+
+def _attack_resolution(
+    config: EvalConfig, dataset: EvalDataset, subset: list[int], model_size: int
+) -> tuple[str, Size]:
+    """The run's attack resolution (the flag's, else chosen from the images' sizes) and the
+    (width, height) of the pixels its attacks perturb."""
+    sizes = (dataset.image_size(item) for item in subset)
+    resolution = config.attack_resolution or default_attack_resolution(sizes, model_size)
+    if resolution == "native":
+        return resolution, dataset.image_size(subset[0])
+    return resolution, (model_size, model_size)
 
 
 def _json_safe(options: dict) -> dict:
