@@ -13,7 +13,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from safetensors.torch import load_file
-from torchvision.transforms import InterpolationMode
+from torchvision.transforms import CenterCrop, InterpolationMode, Resize
 
 from clipure_core import Playground, ZeroShotClassifier
 from clipure_core.audit import run_audit
@@ -28,7 +28,6 @@ from clipure_core.purifiers import build_purifier
 from clipure_core.resolution import (
     default_attack_resolution,
     resize_like_preprocess,
-    resized_size,
 )
 from clipure_core.threats import attacked_model
 
@@ -51,8 +50,6 @@ def noise(height: int, width: int, seed: int = 0) -> Image.Image:
 
 def prepared(image: Image.Image, size: int) -> torch.Tensor:
     """`Backbone.prepare`'s resize, for any model side."""
-    from torchvision.transforms import CenterCrop, Resize
-
     resized = Resize(size, interpolation=InterpolationMode.BICUBIC)(image)
     return pil_to_pixels(CenterCrop(size)(resized))
 
@@ -61,8 +58,8 @@ def pil_float_filter(image: Image.Image, size: int) -> np.ndarray:
     """PIL's bicubic filter in float ('F' images, no 8-bit rounding): width, then height,
     each clamped to [0, 1] as PIL's 8-bit passes are; then the centre crop."""
     pixels = np.asarray(image, dtype=np.float32) / 255
-    height, width = pixels.shape[:2]
-    new_height, new_width = resized_size(height, width, size)
+    height = pixels.shape[0]
+    new_width, new_height = Resize(size)(image).size  # torchvision's size rule, on PIL
     top, left = round((new_height - size) / 2), round((new_width - size) / 2)
     channels = []
     for c in range(3):
