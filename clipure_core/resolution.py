@@ -9,10 +9,12 @@ threat model (CIFAR: 32 x 32 images, as RobustBench and the released evaluation 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch import nn
@@ -30,6 +32,7 @@ ATTACK_RESOLUTIONS: dict[str, str] = {
 }
 
 Size = tuple[int, int]  # (width, height), as PIL gives it
+_IDENTITY_BLOCK = 512  # rows of the identity resized at once by resize_matrix
 
 
 def check_attack_resolution(name: str | None) -> str | None:
@@ -90,23 +93,42 @@ def resize_like_preprocess(
     size x size crop; what `Backbone.prepare` does to an 8-bit photo with PIL. Like PIL, the
     width is resized first and each pass is clamped to [0, 1]; PIL also rounds each pass to
     8 bits, which a differentiable resize cannot (the two differ by at most 1.2/255, tested).
-    Pixels already size x size pass unchanged."""
+    Pixels already size x size pass unchanged.
+
+    Each pass is a matrix product with the pass's resize matrix (`resize_matrix`): the same
+    numbers as torch's antialiased interpolation, whose CUDA backward has no deterministic
+    implementation, while a matrix product's has."""
     height, width = pixels.shape[-2:]
     if (height, width) == (size, size):
         return pixels
     new_height, new_width = resized_size(height, width, size)
     if new_width != width:
-        pixels = _resize(pixels, height, new_width, interpolation)
+        matrix = resize_matrix(width, new_width, interpolation, pixels.device, pixels.dtype)
+        pixels = (pixels @ matrix.T).clamp(0, 1)
     if new_height != height:
-        pixels = _resize(pixels, new_height, new_width, interpolation)
+        matrix = resize_matrix(height, new_height, interpolation, pixels.device, pixels.dtype)
+        pixels = (matrix @ pixels).clamp(0, 1)
     return TF.center_crop(pixels, [size, size])
 
 
-def _resize(
-    pixels: torch.Tensor, height: int, width: int, interpolation: InterpolationMode
+@functools.lru_cache(maxsize=32)
+def resize_matrix(
+    length: int,
+    new_length: int,
+    interpolation: InterpolationMode,
+    device: torch.device,
+    dtype: torch.dtype,
 ) -> torch.Tensor:
-    resized = TF.resize(pixels, [height, width], interpolation=interpolation, antialias=True)
-    return resized.clamp(0, 1)
+    """(new_length, length): the linear map torchvision's antialiased resize applies along
+    one axis, read off by resizing the identity (row i of it is pixel i alone), in blocks of
+    rows so that a long side never needs the whole identity at once."""
+    blocks = []
+    for start in range(0, length, _IDENTITY_BLOCK):
+        pixel = torch.arange(start, min(start + _IDENTITY_BLOCK, length), device=device)
+        alone = F.one_hot(pixel, length).to(dtype)[:, None, None, :]
+        resized = TF.resize(alone, [1, new_length], interpolation=interpolation, antialias=True)
+        blocks.append(resized[:, 0, 0, :])
+    return torch.cat(blocks).T.contiguous()
 
 
 class ResizedInput(nn.Module):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from torchvision.transforms import CenterCrop, InterpolationMode, Resize
 
-from clipure_core import Playground, ZeroShotClassifier
+from clipure_core import Playground, ZeroShotClassifier, load_backbone
 from clipure_core.audit import run_audit
 from clipure_core.audit.dataset import audit_dataset
 from clipure_core.cli import main as clipure_main
@@ -28,11 +29,14 @@ from clipure_core.purifiers import build_purifier
 from clipure_core.resolution import (
     default_attack_resolution,
     resize_like_preprocess,
+    resize_matrix,
 )
 from clipure_core.threats import attacked_model
 
 from .conftest import CLASSES, LABELS, TINY_MODEL
 
+# Deterministic cuBLAS needs this before CUDA starts (for the `cuda` test below).
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 FIXTURES = Path(__file__).parent / "fixtures"
 SMALL = 16  # the small images' side; the tiny model's input is 32 x 32
 PER_CLASS = 2
@@ -104,6 +108,39 @@ def test_resize_against_the_releases_resize():
     # within them the release reads zeros past the edge, the preprocessing does not:
     assert difference[:, 9:47, 9:47].max() > 0.01
     assert 0.51 < difference.max() < 0.53
+
+
+def test_resize_matrix_is_torchvisions_resize():
+    """Across the identity blocks of a long side (1300 > 512 rows), up and down."""
+    x = torch.rand(2, 3, 5, 1300)
+    for new in (224, 2000):
+        matrix = resize_matrix(1300, new, InterpolationMode.BICUBIC, x.device, x.dtype)
+        expected = TF.resize(x, [5, new], interpolation=InterpolationMode.BICUBIC, antialias=True)
+        assert (x @ matrix.T - expected).abs().max() <= 1e-5
+
+
+@pytest.mark.cuda
+def test_native_gradients_on_cuda_with_deterministic_algorithms(tiny_checkpoint):
+    """torch's antialiased interpolation has no deterministic CUDA backward; ours must."""
+    backbone = load_backbone(TINY_MODEL, str(tiny_checkpoint), "cuda")
+    classifier = ZeroShotClassifier(backbone, LABELS, "single")
+    purifier = build_purifier("clipure_cos", backbone, "single", steps=2)
+    module = attacked_model(classifier, purifier, "full", resize_input=True)
+    pixels = torch.rand(2, 3, SMALL, SMALL, generator=torch.Generator().manual_seed(0))
+    gradients = []
+    torch.use_deterministic_algorithms(True)
+    try:
+        for _ in range(2):
+            x = pixels.cuda().requires_grad_(True)
+            loss = torch.nn.functional.cross_entropy(module(x), torch.tensor([0, 1]).cuda())
+            (gradient,) = torch.autograd.grad(loss, x)
+            gradients.append(gradient.cpu())
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert torch.equal(gradients[0], gradients[1]) and gradients[0].abs().sum() > 0
+    on_cpu = resize_like_preprocess(pixels, 32, InterpolationMode.BICUBIC)
+    on_cuda = resize_like_preprocess(pixels.cuda(), 32, InterpolationMode.BICUBIC).cpu()
+    assert (on_cuda - on_cpu).abs().max() <= 1e-5
 
 
 def test_model_size_pixels_pass_unchanged(backbone):
@@ -190,8 +227,6 @@ def test_small_images_are_attacked_at_their_own_resolution(
     assert all(entry["max_l2"] <= L2_BOUND_16 for entry in results["robust"])
 
     # clean predictions are those of native pixels -> differentiable resize -> encoder
-    from clipure_core import load_backbone
-
     backbone = load_backbone(f"local-dir:{tiny_model_dir}", device="cpu")
     classifier = ZeroShotClassifier(backbone, settings["data"]["classes"], "single")
     for row in rows:
