@@ -15,6 +15,7 @@ from torchvision.transforms import CenterCrop, InterpolationMode, Resize
 from .errors import InputError
 from .images import check_aspect_ratio, normalize_image
 from .pixels import pil_to_pixels
+from .resolution import resize_like_preprocess
 from .text_encoder import TEXT_BATCH, BatchCallback, encode_prompts, fallback_reason
 
 
@@ -83,6 +84,18 @@ class Backbone(nn.Module):
         image = Resize(self.image_size, interpolation=self.interpolation)(image)
         image = CenterCrop(self.image_size)(image)
         return pil_to_pixels(image).to(self.device)
+
+    def native_pixels(self, image: Image.Image) -> torch.Tensor:
+        """Photo -> (3, H, W) float pixels in [0, 1] at its own size (the upright 8-bit RGB
+        picture of `prepare`, before resizing), on the model's device; `to_model_size` then
+        does the rest of `prepare`, differentiably."""
+        check_aspect_ratio(image.width, image.height)
+        return pil_to_pixels(normalize_image(image)).to(self.device)
+
+    def to_model_size(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) pixels -> (B, 3, S, S): `prepare`'s resize and centre crop in
+        differentiable torch ops (see resolution.resize_like_preprocess); S x S passes as is."""
+        return resize_like_preprocess(pixels, self.image_size, self.interpolation)
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) pixels in [0, 1] -> (B, D) float32 embeddings (not normalised)."""

@@ -8,6 +8,7 @@ from .classifier import DefendedClassifier, ZeroShotClassifier
 from .errors import InputError
 from .purifiers import Purifier
 from .release import ReleaseClassifier
+from .resolution import ResizedInput
 
 THREATS: dict[str, str] = {
     "transfer": "The attacker targets the undefended CLIP; every defence is then shown the "
@@ -34,14 +35,24 @@ def check_threat(threat: str) -> str:
 
 
 def attacked_model(
-    classifier: ZeroShotClassifier, purifier: Purifier | None, threat: str
+    classifier: ZeroShotClassifier,
+    purifier: Purifier | None,
+    threat: str,
+    resize_input: bool = False,
 ) -> nn.Module:
     """The module an attack under `threat` differentiates to hurt `purifier`'s predictions
     (the undefended classifier when `purifier` is None or the threat is a transfer; under
-    "release" the release's float16 model, with or without the purifier)."""
+    "release" the release's float16 model, with or without the purifier). `resize_input`:
+    it takes pixels of any size and resizes them inside as the model's preprocessing would
+    (`--attack-resolution native`; model-size pixels pass unchanged)."""
     check_threat(threat)
     if threat == "release":
-        return ReleaseClassifier(classifier, purifier)
-    if purifier is None or threat == "transfer":
-        return classifier
-    return DefendedClassifier(classifier, purifier, gradient=threat)
+        module: nn.Module = ReleaseClassifier(classifier, purifier)
+    elif purifier is None or threat == "transfer":
+        module = classifier
+    else:
+        module = DefendedClassifier(classifier, purifier, gradient=threat)
+    if not resize_input:
+        return module
+    backbone = classifier.backbone
+    return ResizedInput(module, backbone.image_size, backbone.interpolation)

@@ -14,6 +14,7 @@ from ..evaluate.data import DataUnavailableError, load_dataset
 from ..images import open_image
 from ..loading import load_backbone
 from ..pipeline import Playground
+from ..resolution import ATTACK_RESOLUTIONS
 from .checks import CHECKS
 from .conditions import CONDITIONS
 from .dataset import DatasetAudit, audit_dataset
@@ -49,6 +50,13 @@ def add_audit_parser(commands: argparse._SubParsersAction) -> None:
         "--eps", type=float, default=4.0, help="L-inf in /255 units, L2 in [0, 1] pixel units"
     )
     audit.add_argument("--steps", type=int, default=10, help="PGD steps of gradient conditions")
+    audit.add_argument(
+        "--attack-resolution",
+        default=None,
+        choices=list(ATTACK_RESOLUTIONS),
+        help="native: perturb the image's own pixels, resized inside the model; model: the "
+        "model-size pixels (default: native for images smaller than the model's input)",
+    )
     audit.add_argument("--square-queries", type=int, default=SQUARE_QUERIES)
     audit.add_argument("--eot", type=int, default=1, help="EOT samples for random models")
     audit.add_argument(
@@ -91,6 +99,7 @@ def audit_command(args: argparse.Namespace) -> int:
         "checks": args.checks,
         "square_queries": args.square_queries,
         "eot": args.eot,
+        "attack_resolution": args.attack_resolution,
     }
     if image is None:
         try:

@@ -10,6 +10,7 @@ from ..errors import InputError
 from ..evaluate.data import EvalDataset
 from ..evaluate.subset import stratified_subset
 from ..pipeline import Playground
+from ..resolution import upsampled
 from .checks import STATUSES
 from .result import AuditResult
 from .runner import run_audit
@@ -55,10 +56,19 @@ class DatasetAudit:
                 }
                 for image_id, result in zip(self.ids, self.results, strict=True)
             ],
-            "settings": {**first.settings, "true_label": None},
+            "settings": {
+                **first.settings,
+                "true_label": None,
+                "attack_image_size": self._attack_image_size(),
+            },
             "timings_ms": {"total": self.seconds * 1000},
             "notices": self.notices,
         }
+
+    def _attack_image_size(self) -> dict | None:
+        """The size of the attacked pixels when every image has the same one, else None."""
+        sizes = [result.settings["attack_image_size"] for result in self.results]
+        return sizes[0] if all(size == sizes[0] for size in sizes) else None
 
     def _accuracy(self) -> list[dict]:
         correct: dict[tuple[str, str], int] = {}
@@ -133,7 +143,9 @@ def audit_dataset(
 ) -> DatasetAudit:
     """Audit `num_images` images of `dataset` (a seeded subset stratified by class; None:
     all), each against its true class. `audit_options` are `run_audit`'s keywords (eps,
-    norm, steps, defenses, conditions, checks, ..., on_progress for each image)."""
+    norm, steps, defenses, conditions, checks, ..., on_progress for each image);
+    `attack_resolution` None picks native for the whole set when every chosen image is
+    smaller than the model's input, else model."""
     if num_images is not None and (
         isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1
     ):
@@ -142,6 +154,11 @@ def audit_dataset(
         chosen = list(range(len(dataset)))
     else:
         chosen = stratified_subset(dataset.targets, num_images, seed)
+    if audit_options.get("attack_resolution", "model") is None:
+        small = all(
+            upsampled(dataset.image_size(i), playground.backbone.image_size) for i in chosen
+        )
+        audit_options["attack_resolution"] = "native" if small else "model"
     start = time.perf_counter()
     results = []
     for index in chosen:

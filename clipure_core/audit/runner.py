@@ -18,10 +18,12 @@ from torch import nn
 from ..attacks import GRADIENT_FREE_METHODS, MAX_EOT_SAMPLES, MAX_EPS, AttackConfig, craft_attack
 from ..classifier import ZeroShotClassifier
 from ..errors import InputError
+from ..images import normalize_image
 from ..lattice import round_onto_lattice
 from ..pipeline import Playground
 from ..prompts import parse_labels
 from ..purifiers import Purifier
+from ..resolution import attack_pixels, check_attack_resolution, upsampled
 from ..seeding import derive_seed, seeded
 from ..threats import attacked_model
 from . import checks as audit_checks
@@ -66,6 +68,7 @@ def run_audit(
     square_queries: int = SQUARE_QUERIES,
     eot: int = 1,
     on_progress: ProgressCallback | None = None,
+    attack_resolution: str | None = "model",
 ) -> AuditResult:
     """Audit one photo: the threat matrix (each condition x each model), the pixel gradient
     under each gradient condition, and the sanity checks.
@@ -75,14 +78,17 @@ def run_audit(
     PGD-L2 with `steps` steps; Square gets `square_queries` queries. `eot` gradients are
     averaged per step for the models whose predictions turn out random (EOT). `conditions` /
     `checks` pick subsets (None: all). `on_progress(done, total, stage)` is called after every
-    model query; raising in it aborts the audit.
+    model query; raising in it aborts the audit. `attack_resolution` 'model' attacks the
+    model-size pixels (the playground's), 'native' the photo's own pixels, resized inside the
+    attacked model; None picks native for a photo smaller than the model's input.
     """
+    resolution = check_attack_resolution(attack_resolution)
     audit = _Audit(
         playground, labels, eps, norm, steps, defenses, defense_settings or {}, seed,
         check_conditions(conditions), pick_names(checks, list(CHECKS), "check"),
         square_queries, eot,
     )  # fmt: skip
-    return audit.run(image, true_label, on_progress)
+    return audit.run(image, true_label, on_progress, resolution)
 
 
 def _check_count(name: str, value: int, high: int) -> int:
@@ -140,7 +146,11 @@ class _Audit:
 
     # ---- the run ---------------------------------------------------------------------------
     def run(
-        self, image: Image.Image, true_label: str | int | None, on_progress: ProgressCallback | None
+        self,
+        image: Image.Image,
+        true_label: str | int | None,
+        on_progress: ProgressCallback | None,
+        resolution: str | None = "model",
     ) -> AuditResult:
         timer = Timer(self.backbone.device)
         if self.backbone.info.random_weights:
@@ -151,9 +161,9 @@ class _Audit:
                 "~9x a float32 gradient, 7-25 s each): this audit takes minutes on CPU; leave "
                 "'release' out of the conditions for a quick look."
             )
-        pixels = self.backbone.prepare(image).unsqueeze(0)
+        pixels = self._pixels(image, resolution)
         with timer("clean"), torch.no_grad():
-            self.embeddings[("clean", UNDEFENDED)] = self.backbone.encode_image(pixels)
+            self.embeddings[("clean", UNDEFENDED)] = self._encode(pixels)
             if true_label is not None and true_label != "":
                 y = _label_index(self.labels, true_label)
             else:
@@ -250,7 +260,7 @@ class _Audit:
         logits and autograd calls are kept for the softmax and optimisation checks."""
         clean = self.embeddings[("clean", UNDEFENDED)]
         with torch.no_grad():
-            again = self.backbone.encode_image(pixels)
+            again = self._encode(pixels)
         differences = {}
         for model in self.models:
             with AutogradCounter() as counter:  # the inference-time-optimisation probe
@@ -267,7 +277,9 @@ class _Audit:
         if key not in self.modules:
             condition, model = key
             threat = CONDITIONS[condition].threat or "transfer"
-            self.modules[key] = attacked_model(self.classifier, self.purifiers.get(model), threat)
+            self.modules[key] = attacked_model(
+                self.classifier, self.purifiers.get(model), threat, resize_input=True
+            )
         return self.modules[key]
 
     def _gradients(self, pixels: torch.Tensor, progress: Progress) -> dict[Key, torch.Tensor]:
@@ -337,7 +349,21 @@ class _Audit:
             )
         self.rounding.append({"attack": key[0], "model": key[1], **lattice.image(0)})
         with progress.stage(stage, 1), torch.no_grad():
-            self.embeddings[key] = self.backbone.encode_image(lattice.adversarial)
+            self.embeddings[key] = self._encode(lattice.adversarial)
+
+    def _pixels(self, image: Image.Image, resolution: str | None) -> torch.Tensor:
+        """(1, 3, H, W): the pixels the attacks perturb (see run_audit's attack_resolution),
+        with the resolution and their size kept for the settings."""
+        if resolution is None:
+            size = normalize_image(image).size  # upright, before any resize
+            resolution = "native" if upsampled(size, self.backbone.image_size) else "model"
+        pixels = attack_pixels(self.backbone, image, resolution).unsqueeze(0)
+        self.resolution, self.size = resolution, (pixels.shape[-1], pixels.shape[-2])
+        return pixels
+
+    def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Embeddings of pixels of any size, resized as the attacked modules resize them."""
+        return self.backbone.encode_image(self.backbone.to_model_size(pixels))
 
     def _config(self, condition: str, model: str) -> AttackConfig:
         if condition == "noise":
@@ -527,6 +553,8 @@ class _Audit:
             "eps": self.eps,
             "steps": self.steps,
             "gradient_attack": self.attack.method,
+            "attack_resolution": self.resolution,
+            "attack_image_size": {"width": self.size[0], "height": self.size[1]},
             "square_queries": self.square_queries if "square" in self.conditions else None,
             "eot": self.eot,
             "eot_models": [m for m, samples in self.model_eot.items() if samples > 1],

@@ -76,6 +76,10 @@ def attack_seed(seed: int, seed_index: int) -> int:
 class BatchEvaluator:
     """Evaluates batches of prepared pixels for every model and condition of a run.
 
+    Pixels may be model-size or any other size (`--attack-resolution native`): attacks then
+    perturb them as given, and every encoding, clean or adversarial, resizes them first
+    exactly as the attacked module does, and perturbation sizes are measured in them.
+
     Batch i is a pure function of (pixels, labels, seed + i): attacks are seeded with it,
     and the purifiers' draws with seeds derived from it, whichever process runs the batch.
     `attacks` gives the attack per eps for conditions without their own; `eot` overrides the
@@ -181,7 +185,9 @@ class BatchEvaluator:
         config = condition.attack or self.attacks[condition.eps]
         if source in self.eot and config.method in EOT_METHODS:
             config = replace(config, eot_samples=self.eot[source])
-        target = attacked_model(self.classifier, self.purifiers.get(source), condition.threat)
+        target = attacked_model(
+            self.classifier, self.purifiers.get(source), condition.threat, resize_input=True
+        )
         seed = attack_seed(seed, condition.seed_index)
         with stages("attack"):
             raw = craft_attack(
@@ -203,8 +209,9 @@ class BatchEvaluator:
         return lattice.adversarial, z, lattice
 
     def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            z = self.classifier.backbone.encode_image(pixels)
+        backbone = self.classifier.backbone
+        with torch.inference_mode():  # the attacked module's resize, then the encoder
+            z = backbone.encode_image(backbone.to_model_size(pixels))
         return z.clone()  # a normal tensor: purifiers may differentiate internally
 
     @torch.no_grad()

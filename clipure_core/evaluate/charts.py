@@ -196,6 +196,7 @@ def _settings_table(results: dict) -> str:
             f"({attack['eps_units']}), {attack['steps']} steps, EOT {attack['eot_samples']}",
         ),
         ("threat models", ", ".join(settings["threats"])),
+        ("attack resolution", _attack_resolution(settings)),
         ("EOT samples per model", _per_model(protocol.get("eot_samples"))),
         ("evaluation draws per model (robust = right in all)", _per_model(protocol.get("draws"))),
         ("attack seeds", protocol.get("attack_seeds", 1)),
@@ -203,6 +204,11 @@ def _settings_table(results: dict) -> str:
         ("versions", ", ".join(f"{k} {v}" for k, v in results["versions"].items())),
     ]
     return "<h2>Settings</h2>" + html_table(("setting", "value"), rows)
+
+
+def _attack_resolution(settings: dict) -> str:
+    size = settings["attack_image_size"]
+    return f"{settings['attack_resolution']}: {size['width']}x{size['height']} pixels perturbed"
 
 
 def _per_model(values: dict | None) -> str:

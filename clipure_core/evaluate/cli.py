@@ -15,6 +15,7 @@ from pathlib import Path
 from ..attacks import METHODS, SQUARE_QUERIES
 from ..errors import InputError, WeightsUnavailableError
 from ..purifiers import add_defense_flags, defense_settings_from_args
+from ..resolution import ATTACK_RESOLUTIONS
 from ..threats import THREATS
 from .compare import compare_main
 from .config import MAX_ATTACK_SEEDS, MAX_EVAL_DRAWS, EvalConfig
@@ -112,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
         "defences)",
     )
     attack.add_argument(
+        "--attack-resolution",
+        default=None,
+        choices=list(ATTACK_RESOLUTIONS),
+        help="native: perturb the images' own pixels, resized inside the model; model: perturb "
+        "the model-size pixels (default: native for images of one size smaller than the "
+        "model's input, as CIFAR; else model)",
+    )
+    attack.add_argument(
         "--threat",
         type=_names,
         default=None,
@@ -180,6 +189,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         eval_draws=args.eval_draws,
         attack_seeds=args.attack_seeds,
         square_queries=args.square_queries,
+        attack_resolution=args.attack_resolution,
     )
 
 

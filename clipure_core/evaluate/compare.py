@@ -20,7 +20,7 @@ from .stats import mcnemar_exact
 from .store import write_text_atomic
 
 # Settings two runs should share for a fair comparison (the protocols differ on purpose).
-SAME_SETTINGS = ("model", "weights_id", "pretrained", "templates", "seed")
+SAME_SETTINGS = ("model", "weights_id", "pretrained", "templates", "seed", "attack_resolution")
 
 
 def load_run(folder: Path) -> tuple[dict, list[dict]]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..attacks import AUTOATTACK_STEPS, SQUARE_QUERIES, AttackConfig
 from ..errors import InputError
+from ..resolution import check_attack_resolution
 from ..threats import check_threat
 from .protocols import (
     ADAPTIVE_DRAWS,
@@ -16,6 +17,7 @@ from .protocols import (
     EOT_METHODS,
     EXTRA_ATTACK_THREAT,
     NOISE_STEPS,
+    release_attack_resolution,
     release_templates,
     resolve,
 )
@@ -52,7 +54,9 @@ class EvalConfig:
     `protocol` ('custom', 'release', 'adaptive'; see protocols.py) fills the settings left
     None and refuses those that contradict it. `eval_draws`: evaluation draws of a stochastic
     model (an image is robust only if every draw is right); `attack_seeds`: every attack is
-    run with this many seeds (robust accuracy per seed, and its spread)."""
+    run with this many seeds (robust accuracy per seed, and its spread). `attack_resolution`
+    ('native', 'model'; None: native for images of one size smaller than the model's input,
+    decided by the runner) is which pixels the attacks perturb (see resolution.py)."""
 
     data: str
     out: Path
@@ -82,6 +86,7 @@ class EvalConfig:
     eval_draws: int | None = None
     attack_seeds: int | None = None
     square_queries: int = SQUARE_QUERIES
+    attack_resolution: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
@@ -117,6 +122,7 @@ class EvalConfig:
             default = ADAPTIVE_DRAWS if self.protocol == "adaptive" else 1
             object.__setattr__(self, "eval_draws", default)
         self._resolve_templates()
+        self._resolve_attack_resolution()
         _integer("batch size", self.batch_size, 1)
         _integer("seed", self.seed, 0)
         _integer("evaluation draws", self.eval_draws, 1, MAX_EVAL_DRAWS)
@@ -145,6 +151,18 @@ class EvalConfig:
                 "drop --templates or use --protocol custom."
             )
         object.__setattr__(self, "templates", wanted)
+
+    def _resolve_attack_resolution(self) -> None:
+        check_attack_resolution(self.attack_resolution)
+        wanted = release_attack_resolution(self.data) if self.protocol == "release" else None
+        if wanted is None:
+            return
+        if self.attack_resolution not in (None, wanted):
+            raise InputError(
+                f"--protocol release perturbs {self.data}'s own pixels as the release did "
+                f"(--attack-resolution {wanted}); drop the flag or use --protocol custom."
+            )
+        object.__setattr__(self, "attack_resolution", wanted)
 
     def conditions(self) -> list[Condition]:
         """Every (eps, threat, attack, attack seed) the run evaluates, in report order."""

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from ..errors import InputError
 from ..loading import hub_reachable
@@ -26,6 +26,7 @@ IMAGENET_VAL = "imagenet-val"
 KEYWORDS = (CIFAR10, IMAGENET_VAL)
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 _WNID = re.compile(r"^n\d{8}$")
+_QUARTER_TURNS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 class DataUnavailableError(RuntimeError):
@@ -74,6 +75,10 @@ class EvalDataset:
         """Item `index` as a PIL image."""
         raise NotImplementedError
 
+    def image_size(self, index: int) -> tuple[int, int]:
+        """(width, height) of item `index` upright, without decoding its pixels."""
+        raise NotImplementedError
+
 
 class FileDataset(EvalDataset):
     """Images stored as files; ids are paths relative to `root`."""
@@ -99,6 +104,16 @@ class FileDataset(EvalDataset):
             raise InputError(f"cannot read image {path}: {error}") from error
         return image
 
+    def image_size(self, index: int) -> tuple[int, int]:
+        path = self.root / self.ids[index]
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+                orientation = image.getexif().get(ExifTags.Base.Orientation)
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
+            raise InputError(f"cannot read image {path}: {error}") from error
+        return (height, width) if orientation in _QUARTER_TURNS else (width, height)
+
 
 class ArrayDataset(EvalDataset):
     """Images held in memory as an (N, H, W, 3) uint8 array (CIFAR-10, synthetic data)."""
@@ -113,6 +128,9 @@ class ArrayDataset(EvalDataset):
 
     def image(self, index: int) -> Image.Image:
         return Image.fromarray(self.images[index], mode="RGB")
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        return self.images.shape[2], self.images.shape[1]
 
 
 def load_dataset(

@@ -37,6 +37,7 @@ NOISE_STEPS = 1  # one draw
 RELEASE_BATCH_SIZE = 2
 RELEASE_THREAT = "release"
 RELEASE_STAGES = ("apgd-ce", "apgd-t")  # the release's AutoAttack, version='custom'
+RELEASE_CIFAR_DATA = ("cifar10", "cifar100")
 
 # The release's prompt templates for CIFAR-10 and CIFAR-100 (the "cifar10"/"cifar100" lists of
 # CLIP_eval/zeroshot-templates.json in the authors' CLIPure repository). Its "imagenet1k" list
@@ -108,7 +109,13 @@ def check_protocol(name: str) -> str:
 
 def release_templates(data: str) -> tuple[str, ...] | str:
     """The release's templates for a dataset: its CIFAR list, else the 80 ImageNet ones."""
-    return RELEASE_CIFAR_TEMPLATES if data.lower() in ("cifar10", "cifar100") else "ensemble"
+    return RELEASE_CIFAR_TEMPLATES if data.lower() in RELEASE_CIFAR_DATA else "ensemble"
+
+
+def release_attack_resolution(data: str) -> str | None:
+    """What the release perturbed: CIFAR's own 32 x 32 pixels, resized inside its model
+    (`native`); elsewhere nothing is fixed (the release resized ImageNet outside)."""
+    return "native" if data.lower() in RELEASE_CIFAR_DATA else None
 
 
 def resolve(protocol: str, given: dict) -> dict:

@@ -59,7 +59,8 @@ def stage_attack(config: EvalConfig, eps: float, stage: str) -> AttackConfig:
 class ReleaseEvaluator:
     """Predictions and attacks of one group of images through the release's model: the
     module `attacked_model(classifier, purifier, threat)` is both what the attack
-    differentiates and what predicts, called on the whole group at once."""
+    differentiates and what predicts, called on the whole group at once (on pixels of any
+    size: CIFAR's are resized inside it, as the release resized them)."""
 
     def __init__(
         self,
@@ -77,7 +78,9 @@ class ReleaseEvaluator:
     def module(self, model: str) -> nn.Module:
         if model not in self._modules:
             purifier = self.purifiers.get(model)
-            self._modules[model] = attacked_model(self.classifier, purifier, self.threat)
+            self._modules[model] = attacked_model(
+                self.classifier, purifier, self.threat, resize_input=True
+            )
         return self._modules[model]
 
     @torch.no_grad()

@@ -126,7 +126,7 @@ def summary_lines(results: dict) -> list[str]:
     protocol = results["settings"]["protocol"]
     lines = [
         f"{results['subset']['n']} images, {attack['method']} ({attack['steps']} steps), "
-        f"protocol {protocol}"
+        f"protocol {protocol}, {_resolution(results['settings'])}"
     ]
     lines += [f"  {a:<{first}}  {b:<{second}}  {text}" for a, b, text in rows]
     for entry in results["paired"]:
@@ -140,6 +140,15 @@ def summary_lines(results: dict) -> list[str]:
     if speed:
         lines.append(f"  {speed:.3g} images/s in this invocation")
     return lines
+
+
+def _resolution(settings: dict) -> str:
+    """Which pixels were attacked, e.g. 'attacked at native resolution (32x32)'."""
+    size = settings["attack_image_size"]
+    return (
+        f"attacked at {settings['attack_resolution']} resolution "
+        f"({size['width']}x{size['height']}; linf/l2 in these pixels)"
+    )
 
 
 def _percent(summary: dict) -> str:

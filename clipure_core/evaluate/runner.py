@@ -22,6 +22,7 @@ from ..classifier import ZeroShotClassifier
 from ..errors import InputError
 from ..loading import load_backbone
 from ..purifiers import Purifier, build_purifier, check_defense
+from ..resolution import Size, attack_pixels, default_attack_resolution, one_size
 from ..text_embeddings import tqdm_progress
 from .batch import BatchEvaluator
 from .config import EvalConfig
@@ -46,6 +47,8 @@ class _Setup:
     purifiers: dict[str, Purifier]
     options: dict[str, dict]  # per defence, as resolved (e.g. the prior CLIPure-Diff found)
     stochastic: dict[str, bool]  # per model: do two forwards with other seeds differ?
+    resolution: str  # the attack resolution: 'native' or 'model'
+    attack_size: Size  # (width, height) of the pixels the attacks perturb
     notices: list[str] = field(default_factory=list)
 
 
@@ -164,11 +167,16 @@ class _Run:
 
         def load(positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
             items = [subset[position] for position in positions]
-            pixels = torch.stack([setup.backbone.prepare(dataset.image(item)) for item in items])
+            pixels = torch.stack([self._pixels(setup, item) for item in items])
             labels = torch.tensor([dataset.targets[item] for item in items], device=self.device)
             return pixels, labels
 
         return load
+
+    @staticmethod
+    def _pixels(setup: _Setup, item: int) -> torch.Tensor:
+        """Item `item` as the pixels the attacks perturb (at the run's attack resolution)."""
+        return attack_pixels(setup.backbone, setup.dataset.image(item), setup.resolution)
 
     def _bar(self, total: int | None, description: str) -> tqdm:
         return tqdm(
@@ -202,7 +210,10 @@ class _Run:
         if n > len(dataset):
             notices.append(f"--n {n}: the dataset has {len(dataset)} images; using all.")
         subset = stratified_subset(dataset.targets, n, config.seed)
+        if config.attack_resolution == "native":  # refused before the model loads
+            one_size(dataset.image_size(item) for item in subset)
         backbone = load_backbone(config.model, config.pretrained, self.device, config.precision)
+        resolution, attack_size = _attack_resolution(config, dataset, subset, backbone.image_size)
         if backbone.info.random_weights:
             notices.append("random weights: the accuracies are meaningless (a speed check).")
         with tqdm_progress(disable=not (config.progress and self.cluster.is_root)):
@@ -225,7 +236,16 @@ class _Run:
         }
         notices += run_notices(config, stochastic, self.device)
         return _Setup(
-            dataset, subset, backbone, classifier, purifiers, options, stochastic, notices
+            dataset,
+            subset,
+            backbone,
+            classifier,
+            purifiers,
+            options,
+            stochastic,
+            resolution,
+            attack_size,
+            notices,
         )
 
     def _settings(self, setup: _Setup) -> dict:
@@ -250,6 +270,8 @@ class _Run:
             "seed": config.seed,
             "batch_size": config.batch_size,
             "attack": config.attack_settings(),
+            "attack_resolution": setup.resolution,
+            "attack_image_size": {"width": setup.attack_size[0], "height": setup.attack_size[1]},
             "threats": list(config.threats),
             "models": list(config.models),
             "protocol": config.protocol,
@@ -298,7 +320,7 @@ class _Run:
 
         def load(index: int) -> torch.Tensor:
             items = [subset[position] for position in batches[index]]
-            return torch.stack([setup.backbone.prepare(dataset.image(item)) for item in items])
+            return torch.stack([self._pixels(setup, item) for item in items])
 
         done: list[int] = []
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipure-load")
@@ -329,6 +351,18 @@ class _Run:
             bar.close()
             pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C: do not wait for a load
         return done
+
+
+def _attack_resolution(
+    config: EvalConfig, dataset: EvalDataset, subset: list[int], model_size: int
+) -> tuple[str, Size]:
+    """The run's attack resolution (the flag's, else chosen from the images' sizes) and the
+    (width, height) of the pixels its attacks perturb."""
+    sizes = (dataset.image_size(item) for item in subset)
+    resolution = config.attack_resolution or default_attack_resolution(sizes, model_size)
+    if resolution == "native":
+        return resolution, dataset.image_size(subset[0])
+    return resolution, (model_size, model_size)
 
 
 def _json_safe(options: dict) -> dict:
