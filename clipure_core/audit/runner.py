@@ -15,7 +15,7 @@ import torchattacks
 from PIL import Image
 from torch import nn
 
-from ..attacks import MAX_EOT_SAMPLES, MAX_EPS, AttackConfig, craft_attack
+from ..attacks import MAX_EOT_SAMPLES, MAX_EPS, AttackConfig, check_classes, craft_attack
 from ..classifier import ZeroShotClassifier
 from ..errors import InputError
 from ..pipeline import Playground
@@ -114,19 +114,22 @@ class _Audit:
             raise InputError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}.")
         self.eot = _check_count("eot", eot, MAX_EOT_SAMPLES)
         self.attack = gradient_attack(norm, eps, steps)  # validates eps and steps
+        gradient_attack(norm, eps, steps, self.eot)  # and EOT (PGD-L2 has no EOT form)
         if "square" in conditions:
             square_attack(norm, eps, square_queries)  # validates the query budget
         self.playground, self.backbone = playground, playground.backbone
         self.eps, self.norm, self.steps, self.seed = eps, norm, steps, seed
         self.conditions, self.checks, self.square_queries = conditions, checks, square_queries
         self.labels, self.notices = parse_labels(labels)
+        check_classes(self.attack, len(self.labels))
         if isinstance(defenses, str):
             defenses = defenses.split(",")
         names = list(dict.fromkeys(name.strip() for name in defenses if name.strip()))
-        self.classifier: ZeroShotClassifier = playground.classifier(self.labels)
+        # the defences' settings are checked before the class texts are encoded
         self.purifiers: dict[str, Purifier] = {
             name: playground.purifier(name, defense_settings.get(name)) for name in names
         }
+        self.classifier: ZeroShotClassifier = playground.classifier(self.labels)
         self.models = {UNDEFENDED: "undefended CLIP"} | {
             name: purifier.title for name, purifier in self.purifiers.items()
         }
@@ -147,12 +150,12 @@ class _Audit:
                 "~9x a float32 gradient, 7-25 s each): this audit takes minutes on CPU; leave "
                 "'release' out of the conditions for a quick look."
             )
+        given = true_label is not None and true_label != ""
+        y = _label_index(self.labels, true_label) if given else None  # refused before encoding
         pixels = self.backbone.prepare(image).unsqueeze(0)
         with timer("clean"), torch.no_grad():
             self.embeddings[("clean", UNDEFENDED)] = self.backbone.encode_image(pixels)
-            if true_label is not None and true_label != "":
-                y = _label_index(self.labels, true_label)
-            else:
+            if y is None:
                 clean_z = self.embeddings[("clean", UNDEFENDED)]
                 y = int(self.classifier.logits_from_embeddings(clean_z).argmax())
         self.y = torch.tensor([y], device=pixels.device)
@@ -161,8 +164,6 @@ class _Audit:
         for model, difference in differences.items():
             if difference > audit_checks.LOGIT_TOLERANCE:
                 self.model_eot[model] = self.eot
-        for model in self.models:  # refused before any long work (PGD-L2 has no EOT form)
-            gradient_attack(self.norm, self.eps, self.steps, self.model_eot[model])
 
         progress = Progress(self._planned_queries(), on_progress)
         progress.done = 1 + len(self.models)  # the clean pass and the randomness draws

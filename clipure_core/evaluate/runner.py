@@ -19,7 +19,6 @@ from tqdm import tqdm
 
 from ..backbone import Backbone
 from ..classifier import ZeroShotClassifier
-from ..errors import InputError
 from ..loading import load_backbone
 from ..purifiers import Purifier, build_purifier, check_defense
 from ..text_embeddings import tqdm_progress
@@ -198,6 +197,7 @@ class _Run:
             dataset = load_dataset(
                 config.data, config.data_root, config.class_names, config.val_labels
             )
+        config.check_classes(len(dataset.classes))  # refused before any model work
         n = config.n or len(dataset)
         if n > len(dataset):
             notices.append(f"--n {n}: the dataset has {len(dataset)} images; using all.")
@@ -205,11 +205,7 @@ class _Run:
         backbone = load_backbone(config.model, config.pretrained, self.device, config.precision)
         if backbone.info.random_weights:
             notices.append("random weights: the accuracies are meaningless (a speed check).")
-        with tqdm_progress(disable=not (config.progress and self.cluster.is_root)):
-            classifier = ZeroShotClassifier(backbone, dataset.classifier_labels, config.templates)
-        if len(classifier.labels) != len(dataset.classes):
-            raise InputError("the class names changed when parsed; make them distinct.")
-        options = {
+        options = {  # the defences' settings are checked before the class texts are encoded
             name: check_defense(name).resolve_settings(
                 backbone, dict(config.defense_settings.get(name, {}))
             )
@@ -219,6 +215,8 @@ class _Run:
             name: build_purifier(name, backbone, config.templates, **options[name])
             for name in config.defenses
         }
+        with tqdm_progress(disable=not (config.progress and self.cluster.is_root)):
+            classifier = ZeroShotClassifier(backbone, dataset.classifier_labels, config.templates)
         stochastic = {name: False for name in config.models} | {
             name: is_stochastic(purifier, classifier.class_embeddings)
             for name, purifier in purifiers.items()
