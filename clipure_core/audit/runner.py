@@ -79,9 +79,9 @@ def run_audit(
     audit = _Audit(
         playground, labels, eps, norm, steps, defenses, defense_settings or {}, seed,
         check_conditions(conditions), pick_names(checks, list(CHECKS), "check"),
-        square_queries, eot,
+        square_queries, eot, true_label,
     )  # fmt: skip
-    return audit.run(image, true_label, on_progress)
+    return audit.run(image, on_progress)
 
 
 def _check_count(name: str, value: int, high: int) -> int:
@@ -107,6 +107,7 @@ class _Audit:
         checks: list[str],
         square_queries: int,
         eot: int,
+        true_label: str | int | None,
     ) -> None:
         if norm not in ("linf", "l2"):
             raise InputError(f"norm must be 'linf' or 'l2', got {norm!r}.")
@@ -114,7 +115,10 @@ class _Audit:
             raise InputError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}.")
         self.eot = _check_count("eot", eot, MAX_EOT_SAMPLES)
         self.attack = gradient_attack(norm, eps, steps)  # validates eps and steps
-        gradient_attack(norm, eps, steps, self.eot)  # and EOT (PGD-L2 has no EOT form)
+        try:  # and EOT: refused here, not once a model turns out random
+            gradient_attack(norm, eps, steps, self.eot)
+        except InputError as error:
+            raise InputError(f"{error} In the audit: eot 1, or norm linf.") from None
         if "square" in conditions:
             square_attack(norm, eps, square_queries)  # validates the query budget
         self.playground, self.backbone = playground, playground.backbone
@@ -122,6 +126,8 @@ class _Audit:
         self.conditions, self.checks, self.square_queries = conditions, checks, square_queries
         self.labels, self.notices = parse_labels(labels)
         check_classes(self.attack, len(self.labels))
+        given = true_label is not None and true_label != ""
+        self.given_y = _label_index(self.labels, true_label) if given else None
         if isinstance(defenses, str):
             defenses = defenses.split(",")
         names = list(dict.fromkeys(name.strip() for name in defenses if name.strip()))
@@ -138,9 +144,7 @@ class _Audit:
         self.model_eot: dict[str, int] = dict.fromkeys(self.models, 1)
 
     # ---- the run ---------------------------------------------------------------------------
-    def run(
-        self, image: Image.Image, true_label: str | int | None, on_progress: ProgressCallback | None
-    ) -> AuditResult:
+    def run(self, image: Image.Image, on_progress: ProgressCallback | None) -> AuditResult:
         timer = Timer(self.backbone.device)
         if self.backbone.info.random_weights:
             self.notices.append("random weights: the predictions are meaningless.")
@@ -150,8 +154,7 @@ class _Audit:
                 "~9x a float32 gradient, 7-25 s each): this audit takes minutes on CPU; leave "
                 "'release' out of the conditions for a quick look."
             )
-        given = true_label is not None and true_label != ""
-        y = _label_index(self.labels, true_label) if given else None  # refused before encoding
+        y = self.given_y
         pixels = self.backbone.prepare(image).unsqueeze(0)
         with timer("clean"), torch.no_grad():
             self.embeddings[("clean", UNDEFENDED)] = self.backbone.encode_image(pixels)

@@ -179,8 +179,8 @@ class EvalConfig:
                 if self.protocol == "custom":
                     raise
                 raise InputError(
-                    f"--protocol {self.protocol} runs {condition.attack.method}: {error} "
-                    "(the protocol fixes its attacks: choose one with --protocol custom --attack)"
+                    f"--protocol {self.protocol}: {error} The protocol fixes its attacks; "
+                    "to choose one, use --protocol custom --attack NAME."
                 ) from None
 
     def extra_attack(self, method: str, eps: float) -> AttackConfig:
