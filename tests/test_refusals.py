@@ -132,14 +132,19 @@ def test_attacks_needing_more_classes_are_refused_before_the_model(
             ["--defense", "none,jpeg"],
             "unknown defence 'jpeg': use one of clipure_cos, clipure_diff.",
         ),
+        (
+            ["--attack", "square", "--eot", "2"],
+            "square does not average gradients over samples (no EOT); "
+            "use autoattack, apgd-ce or pgd with eot_samples.",
+        ),
     ],
-    ids=["template", "defence"],
+    ids=["template", "defence", "eot-square"],
 )
-def test_bad_templates_and_defences_are_refused_before_the_data_and_model(
+def test_bad_flags_are_refused_before_the_data_and_model(
     no_model_work, tmp_path, capsys, extra, message
 ):
     # the data folder does not even exist: the flags are refused first
-    code, err = evaluate(capsys, tmp_path / "nowhere", tmp_path / "out", "--attack", "pgd", *extra)
+    code, err = evaluate(capsys, tmp_path / "nowhere", tmp_path / "out", *extra)
     assert (code, err) == (2, f"error: {message}\n")
 
 
@@ -174,6 +179,10 @@ def predict(capsys, *extra) -> tuple[int, str]:
             "(APGD-T picks its own targets).",
         ),
         (
+            ["--labels", "cat, dog", "--attack", "pgd-l2", "--eot", "2"],
+            "torchattacks has no EOT variant of PGD-L2; use apgd-ce with norm l2.",
+        ),
+        (
             ["--labels", "cat, dog", "--defense", "clipure_cos,jpeg"],
             "unknown defence 'jpeg': use one of clipure_cos, clipure_diff.",
         ),
@@ -193,6 +202,7 @@ def predict(capsys, *extra) -> tuple[int, str]:
         "target",
         "true-label",
         "untargeted",
+        "eot-l2",
         "defence",
         "seed",
         "template",
