@@ -25,10 +25,9 @@ PROTOCOL_WAY_OUT = (
 )
 
 
-@pytest.fixture
-def no_model_work(monkeypatch):
-    """Loading weights, encoding an image or a text, or building a classifier's text
-    embeddings (even from the cache) fails the test."""
+def forbid_model_work(monkeypatch) -> None:
+    """From now on, loading weights, encoding an image or a text, or building a classifier's
+    text embeddings (even from the cache) fails the test."""
 
     def forbidden(what: str):
         def fail(*_args, **_kwargs):
@@ -41,6 +40,11 @@ def no_model_work(monkeypatch):
     for method in ("encode_image", "encode_text", "normalized_text"):
         monkeypatch.setattr(Backbone, method, forbidden(method))
     monkeypatch.setattr(classifier_module, "class_embeddings", forbidden("class embeddings"))
+
+
+@pytest.fixture
+def no_model_work(monkeypatch):
+    forbid_model_work(monkeypatch)
 
 
 def folder_of(root, classes: list[str]):
@@ -118,6 +122,31 @@ def test_attacks_needing_more_classes_are_refused_before_the_model(
 ):
     code, err = evaluate(capsys, folder_of(tmp_path / "data", classes), tmp_path / "out", *extra)
     assert (code, err) == (2, f"error: {message}\n")
+
+
+def test_a_resume_with_other_flags_is_refused_before_the_model(
+    tiny_model_dir, image_folder, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "run"
+    args = [
+        "--data",
+        str(image_folder),
+        "--model",
+        f"local-dir:{tiny_model_dir}",
+        "--out",
+        str(out),
+    ]
+    args += ["--templates", "single", "--attack", "pgd", "--steps", "1", "--defense", "none"]
+    args += ["--threat", "transfer", "--num-images", "4", "--no-progress"]
+    assert evaluate_main(args) == 0
+    forbid_model_work(monkeypatch)
+    assert evaluate_main([*args, "--eps", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: {out} holds a run with other settings (attack.eps: [4.0] -> [8.0]; "
+        "attack.eps_pixels: [0.01568627450980392] -> [0.03137254901960784]). "
+        f"Use another --out, or delete {out / 'partial'} to start this run over.\n"
+    )
 
 
 @pytest.mark.parametrize(

@@ -230,6 +230,21 @@ class EvalConfig:
             self.attack, self.norm, eps * scale, self.resolved_steps, alpha, eot_samples=eot
         )
 
+    def own_settings(self) -> dict:
+        """The run's settings that the flags alone decide (part of results.json's `settings`;
+        a resume is refused on them before any model work)."""
+        return {
+            "model": self.model,
+            "pretrained": self.pretrained,
+            "templates": self.templates,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "attack": self.attack_settings(),
+            "threats": list(self.threats),
+            "models": list(self.models),
+            "protocol": self.protocol,
+        }
+
     def attack_settings(self) -> dict:
         """The attack part of the run's settings (eps as given, and in pixel units)."""
         config = self.attack_config(self.eps[0])

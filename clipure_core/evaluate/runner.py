@@ -83,6 +83,9 @@ class _Run:
 
     def execute(self, started: float, dataset: EvalDataset | None) -> Outcome:
         config, cluster = self.config, self.cluster
+        # a resume with other flags is refused before any model work (the rest of the
+        # settings, e.g. the weights' identity, is compared once the model is loaded)
+        cluster.check_all(PartialStore(config.out, config.own_settings()).check_stored())
         setup = cluster.root_first(lambda: self._setup(dataset))
         settings = self._settings(setup)
         store = PartialStore(config.out, settings)
@@ -232,12 +235,10 @@ class _Run:
         chosen = [(setup.dataset.ids[i], setup.dataset.targets[i]) for i in setup.subset]
         digest = hashlib.sha256(json.dumps(chosen, ensure_ascii=False).encode()).hexdigest()
         return {
-            "model": config.model,
-            "pretrained": config.pretrained,
+            **config.own_settings(),
             "weights_id": info.weights_id,
             "precision": info.precision,
             "device_type": self.device.type,
-            "templates": config.templates,
             "data": {
                 "source": setup.dataset.source,
                 "classes": list(setup.dataset.classes),
@@ -245,12 +246,6 @@ class _Run:
                 "n": len(setup.subset),
                 "subset_sha256": digest,
             },
-            "seed": config.seed,
-            "batch_size": config.batch_size,
-            "attack": config.attack_settings(),
-            "threats": list(config.threats),
-            "models": list(config.models),
-            "protocol": config.protocol,
             "evaluation": {
                 **config.evaluation_settings(),
                 "stochastic": setup.stochastic,

@@ -62,6 +62,22 @@ class PartialStore:
             stored = json.loads(stored_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as error:
             return f"{stored_path} is unreadable ({error}); delete {self.folder} to start over."
+        return self._mismatch(stored)
+
+    def check_stored(self) -> str | None:
+        """Like `check_settings`, for the settings given only (a part of the run's), without
+        recording them: None when nothing is stored yet or they match."""
+        stored_path = self.folder / SETTINGS_FILE
+        if not stored_path.is_file():
+            return None
+        try:
+            stored = json.loads(stored_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            return f"{stored_path} is unreadable ({error}); delete {self.folder} to start over."
+        part = {key: stored.get(key, "(absent)") for key in self.settings}
+        return self._mismatch(part)
+
+    def _mismatch(self, stored: dict) -> str | None:
         if settings_hash(stored) == self.hash:
             return None
         changes = _differences(stored, self.settings)
