@@ -58,15 +58,14 @@ class PartialStore:
         if not stored_path.is_file():
             write_json_atomic(stored_path, self.settings, indent=2)
             return None
-        try:
-            stored = json.loads(stored_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
-            return f"{stored_path} is unreadable ({error}); delete {self.folder} to start over."
-        return self._mismatch(stored)
+        return self._compare(part=False)
 
     def check_stored(self) -> str | None:
-        """Like `check_settings`, for the settings given only (a part of the run's), without
-        recording them: None when nothing is stored yet or they match."""
+        """`check_settings` for a part of a run's settings (this store's keys only), without
+        recording anything: None when nothing is stored yet or that part matches."""
+        return self._compare(part=True)
+
+    def _compare(self, part: bool) -> str | None:
         stored_path = self.folder / SETTINGS_FILE
         if not stored_path.is_file():
             return None
@@ -74,10 +73,8 @@ class PartialStore:
             stored = json.loads(stored_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as error:
             return f"{stored_path} is unreadable ({error}); delete {self.folder} to start over."
-        part = {key: stored.get(key, "(absent)") for key in self.settings}
-        return self._mismatch(part)
-
-    def _mismatch(self, stored: dict) -> str | None:
+        if part:
+            stored = {key: stored.get(key, "(absent)") for key in self.settings}
         if settings_hash(stored) == self.hash:
             return None
         changes = _differences(stored, self.settings)
