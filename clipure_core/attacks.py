@@ -167,6 +167,25 @@ def _check_count(name: str, value: int, high: int) -> None:
         raise InputError(f"{name} must be an integer from 1 to {high}, got {value!r}.")
 
 
+def check_classes(config: AttackConfig, num_classes: int) -> None:
+    """Refuse `config` against a classifier of `num_classes` classes (InputError, with the way
+    out): too few classes for its loss, or a target class that is not one of them. Callers
+    run it before any model work; `build_attack` runs it too."""
+    needed = MIN_CLASSES.get(config.method, 2)
+    if num_classes < needed:
+        fewer = [m for m in METHODS if MIN_CLASSES.get(m, 2) <= num_classes]
+        way_out = f"; or use an attack that needs fewer ({', '.join(fewer)})" if fewer else ""
+        raise InputError(
+            f"{config.method} needs at least {needed} class labels; {num_classes} given. "
+            f"Give {needed} or more labels{way_out}."
+        )
+    target = config.targeted_label
+    if target is not None and not 0 <= target < num_classes:
+        raise InputError(
+            f"target class index {target} is not a label index (0 to {num_classes - 1})."
+        )
+
+
 def build_attack(
     model: nn.Module, config: AttackConfig, num_classes: int, seed: int
 ) -> torchattacks.attack.Attack:
@@ -176,11 +195,7 @@ def build_attack(
     so a stochastic defence cannot dodge them by one lucky forward. FAB (only in
     autoattack-standard, an attack for deterministic models) keeps its own clean check.
     """
-    if num_classes < MIN_CLASSES.get(config.method, 2):
-        raise InputError(
-            f"{config.method} needs at least {MIN_CLASSES.get(config.method, 2)} class labels; "
-            f"{num_classes} given."
-        )
+    check_classes(config, num_classes)
     norm = _TORCHATTACKS_NORM[config.norm]
     eot, method, eps, steps = config.eot_samples, config.method, config.eps, config.steps
     targets = min(num_classes - 1, AUTOATTACK_TARGETS)
@@ -288,10 +303,6 @@ def craft_attack(
         attack.set_device(pixels.device)
         targets = labels
         if config.targeted_label is not None:
-            if not 0 <= config.targeted_label < num_classes:
-                raise InputError(
-                    f"target class index {config.targeted_label} is not a label index."
-                )
             targets = torch.full_like(labels, config.targeted_label)
         adversarial = attack(pixels, targets)
     return adversarial.detach()

@@ -14,7 +14,7 @@ from .attacks import METHODS, AttackConfig
 from .errors import InputError, WeightsUnavailableError
 from .images import open_image
 from .loading import load_backbone
-from .pipeline import Playground
+from .pipeline import Playground, check_request
 from .prompts import null_prompts, parse_labels, resolve_templates
 from .purifiers import add_defense_flags, defense_settings_from_args
 from .text_embeddings import (
@@ -114,20 +114,21 @@ def defense_settings(args: argparse.Namespace) -> dict[str, dict]:
 
 def predict(args: argparse.Namespace) -> int:
     image = open_image(args.image)
+    request = {
+        "attack": attack_config(args),
+        "threat": args.threat,
+        "defenses": [name.strip() for name in args.defense.split(",") if name.strip()],
+        "seed": args.seed,
+        "true_label": args.true_label,
+        "target_label": args.target,
+    }
+    check_request(args.labels, **request)  # refused before the weights are loaded
+    resolve_templates(args.templates)
     backbone = load_backbone(args.model, args.pretrained, args.device, args.precision)
     playground = Playground(backbone, args.templates)
-    defenses = [name.strip() for name in args.defense.split(",") if name.strip()]
     with tqdm_progress():  # text embeddings not cached yet: prompts done / total on stderr
         result = playground.run(
-            image,
-            args.labels,
-            attack_config(args),
-            threat=args.threat,
-            defenses=defenses,
-            seed=args.seed,
-            true_label=args.true_label,
-            target_label=args.target,
-            defense_settings=defense_settings(args),
+            image, args.labels, **request, defense_settings=defense_settings(args)
         )
     if args.save_adversarial:
         try:

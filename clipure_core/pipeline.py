@@ -14,7 +14,7 @@ import torch
 import torchattacks
 from PIL import Image
 
-from .attacks import GRADIENT_FREE_METHODS, AttackConfig, craft_attack
+from .attacks import GRADIENT_FREE_METHODS, AttackConfig, check_classes, craft_attack
 from .backbone import Backbone
 from .classifier import ZeroShotClassifier
 from .errors import InputError
@@ -117,6 +117,45 @@ class PlaygroundResult:
         }
 
 
+@dataclass(frozen=True)
+class CheckedRequest:
+    """A request's settings as `check_request` accepted them."""
+
+    labels: list[str]
+    notices: list[str]
+    attack: AttackConfig  # with the target's index when a target label was given
+    defenses: list[str]
+    true_index: int | None  # None: the undefended model's clean prediction
+
+
+def check_request(
+    labels: str | Sequence[str],
+    attack: AttackConfig | None = None,
+    threat: str = "transfer",
+    defenses: Iterable[str] | str = ("clipure_cos",),
+    seed: int = 0,
+    true_label: str | None = None,
+    target_label: str | None = None,
+) -> CheckedRequest:
+    """Everything a request can be refused for without the model (InputError, with the way
+    out). `Playground.run` calls it first; the command line calls it before loading weights."""
+    check_threat(threat)
+    labels, notices = parse_labels(labels)
+    if isinstance(defenses, str):
+        defenses = defenses.split(",")
+    defenses = list(dict.fromkeys(name.strip() for name in defenses if name.strip()))
+    for name in defenses:
+        check_defense(name)
+    attack = attack or AttackConfig()
+    if target_label is not None:
+        attack = dataclasses.replace(attack, targeted_label=_index(labels, target_label))
+    check_classes(attack, len(labels))
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise InputError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}.")
+    true_index = _index(labels, true_label) if true_label else None
+    return CheckedRequest(labels, notices, attack, defenses, true_index)
+
+
 class Playground:
     """Runs requests against one backbone; classifiers and purifiers are memoised."""
 
@@ -175,35 +214,29 @@ class Playground:
         undid is re-attacked on the 8-bit lattice (`round_onto_lattice`, `result.rounding`).
         """
         total = _Stopwatch(self.backbone.device)
-        attack = attack or AttackConfig()
-        check_threat(threat)
-        labels, notices = parse_labels(labels)
+        request = check_request(labels, attack, threat, defenses, seed, true_label, target_label)
+        labels, attack, defenses = request.labels, request.attack, request.defenses
+        notices = list(request.notices)
         info = self.backbone.info
         notices += [notice] if (notice := precision_notice(info.precision, info.device)) else []
-        if isinstance(defenses, str):
-            defenses = defenses.split(",")
-        defenses = list(dict.fromkeys(name.strip() for name in defenses if name.strip()))
         models = [UNDEFENDED, *defenses]
         defense_settings = defense_settings or {}
-        classifier = self.classifier(labels)
+        # the defences' settings are checked before the class texts are encoded
         purifiers = {name: self.purifier(name, defense_settings.get(name)) for name in defenses}
-        if target_label is not None:
-            attack = dataclasses.replace(attack, targeted_label=_index(labels, target_label))
+        classifier = self.classifier(labels)
         levels = attack.eps * 255
         if attack.norm == "linf" and abs(levels - round(levels)) > 1e-4:
             notices.append(
                 f"eps {levels:.2f}/255 acts as {int(levels + 1e-4)}/255: the evaluated image "
                 "has 8-bit pixels."
             )
-        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
-            raise InputError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}.")
         timings = {"attack": 0.0, "purify": 0.0, "encode": 0.0}
 
         pixels = self.backbone.prepare(image).unsqueeze(0)
         with _Stopwatch(self.backbone.device, timings, "encode"), torch.no_grad():
             clean_z = self.backbone.encode_image(pixels)
-        if true_label:
-            y = _index(labels, true_label)
+        if request.true_index is not None:
+            y = request.true_index
         else:
             y = int(classifier.logits_from_embeddings(clean_z).argmax())
         y_tensor = torch.tensor([y], device=pixels.device)

@@ -10,6 +10,7 @@ from clipure_core import CosPurifier, InputError, ZeroShotClassifier, parse_labe
 from clipure_core.prompts import TEMPLATE_PRESETS, resolve_templates
 
 from .conftest import LABELS
+from .tolerance import RTOL, relative_error
 
 
 def test_class_embeddings_are_the_normalised_template_ensemble(backbone):
@@ -18,7 +19,8 @@ def test_class_embeddings_are_the_normalised_template_ensemble(backbone):
     for index, label in enumerate(LABELS[:2]):
         texts = F.normalize(backbone.encode_text([t.format(label) for t in templates]), dim=-1)
         expected = F.normalize(texts.mean(dim=0), dim=0)
-        assert torch.allclose(classifier.class_embeddings[index], expected, atol=1e-6)
+        # 6 prompts encoded together against 3: other batches, the float32 rule
+        assert relative_error(classifier.class_embeddings[index], expected) < RTOL
 
 
 def test_logits_apply_the_logit_scale_to_cosines(backbone):

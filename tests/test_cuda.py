@@ -14,7 +14,8 @@ from clipure_core import AttackConfig, Playground, load_backbone
 from clipure_core import text_embeddings as cache
 
 from .conftest import LABELS, TINY_MODEL
-from .test_text_embeddings import PROMPTS, reference, relative_error
+from .test_text_embeddings import PROMPTS, reference
+from .tolerance import relative_error
 
 pytestmark = pytest.mark.cuda
 # Deterministic cuBLAS needs this before CUDA starts (this module is imported at collection).

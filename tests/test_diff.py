@@ -16,6 +16,7 @@ from clipure_core.purifiers import DiffPurifier
 from clipure_core.train_prior import main as train_prior_main
 
 from .conftest import LABELS
+from .tolerance import RTOL, relative_error
 
 
 @pytest.fixture(scope="module")
@@ -155,9 +156,10 @@ def test_null_condition_token_encodings_stop_at_the_end_token(backbone):
     assert tokens_mode.text_encodings.shape == (77, 64)  # the text tower's width
     assert (tokens_mode.text_encodings[:length] != 0).any(dim=-1).all()
     assert (tokens_mode.text_encodings[length:] == 0).all()
+    # open_clip's encode_text at 77 tokens against ours at the prompt's length: other kernels
     pooled = backbone.encode_text(["a photo of a ."])[0]
-    assert torch.allclose(pooled_mode.text_encodings[0], pooled, atol=1e-5)
-    assert torch.allclose(tokens_mode.text_embed, F.normalize(pooled, dim=0), atol=1e-5)
+    assert relative_error(pooled_mode.text_encodings[0], pooled) < RTOL
+    assert relative_error(tokens_mode.text_embed, F.normalize(pooled, dim=0)) < RTOL
     with pytest.raises(InputError, match="text encodings"):
         null_condition(backbone, "single", "words")
 

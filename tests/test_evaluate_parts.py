@@ -14,6 +14,7 @@ from PIL import Image
 
 from clipure_core import InputError
 from clipure_core.evaluate import data as data_module
+from clipure_core.evaluate.aggregate import paired_comparison
 from clipure_core.evaluate.config import EvalConfig
 from clipure_core.evaluate.data import DataUnavailableError, load_dataset
 from clipure_core.evaluate.protocols import RELEASE_CIFAR_TEMPLATES
@@ -211,15 +212,38 @@ def test_store_refuses_other_settings_and_ignores_broken_batches(tmp_path):
 
 def test_mcnemar_exact_known_values():
     # two-sided exact binomial test of the discordant pairs with p = 1/2, by hand:
-    assert mcnemar_exact(0, 5) == pytest.approx(2 / 32)  # 2 * C(5, 0) / 2^5
-    assert mcnemar_exact(9, 1) == pytest.approx(2 * (1 + 10) / 1024)  # symmetric in its inputs
-    assert mcnemar_exact(1, 9) == mcnemar_exact(9, 1)
-    assert mcnemar_exact(2, 8) == pytest.approx(2 * (1 + 10 + 45) / 1024)
+    assert mcnemar_exact(0, 5) == pytest.approx(0.0625)  # 2 * C(5, 0) / 2^5
+    assert mcnemar_exact(9, 1) == pytest.approx(0.021484375)  # 2 * (1 + 10) / 2^10
+    assert mcnemar_exact(1, 9) == pytest.approx(0.021484375)  # symmetric in its inputs
+    assert mcnemar_exact(2, 8) == pytest.approx(0.109375)  # 2 * (1 + 10 + 45) / 2^10
+    assert mcnemar_exact(1, 3) == pytest.approx(0.625)  # 2 * (1 + 4) / 2^4
     assert mcnemar_exact(3, 3) == 1.0  # the doubled tail passes 1
     assert mcnemar_exact(0, 0) == 1.0  # no discordant pair: no evidence
     assert mcnemar_exact(0, 2000) < 1e-300  # large counts in exact integer arithmetic
     with pytest.raises(ValueError):
         mcnemar_exact(-1, 3)
+
+
+def test_paired_comparison_counts_and_tests_constructed_outcomes():
+    """5 images: undefended CLIP right on 4 clean and robust on none; the defence right on all
+    5 and robust on all 5. Counts and exact p-values written out by hand."""
+    positions = list(range(5))
+    clean = {"undefended": [0, 0, 0, 0, 1], "clipure_cos": [0, 0, 0, 0, 0]}
+    records = [{"positions": positions, "targets": [0] * 5, "clean": clean}]
+    rows = [
+        {"eps": 4.0, "threat": "bpda", "attack": "pgd", "attack_seed": 0, "model": model}
+        | {"position": position, "robust": model == "clipure_cos"}
+        for model in ("undefended", "clipure_cos")
+        for position in positions
+    ]
+    entries = {entry["threat"]: entry for entry in paired_comparison(records, rows)}
+    assert set(entries) == {"clean", "bpda", "worst case"}
+    counts = ("n", "both", "defense_only", "undefended_only", "neither")
+    assert [entries["clean"][k] for k in counts] == [5, 4, 1, 0, 0]
+    assert entries["clean"]["p_value"] == pytest.approx(1.0)  # b=1, c=0: 2 * 1/2
+    for threat in ("bpda", "worst case"):
+        assert [entries[threat][k] for k in counts] == [5, 0, 5, 0, 0]
+        assert entries[threat]["p_value"] == pytest.approx(0.0625)  # b=5, c=0: 2 / 2^5
 
 
 # --- protocols --------------------------------------------------------------------------------
@@ -245,7 +269,9 @@ def test_protocols_fix_their_settings_and_refuse_contradictions(tmp_path):
     )
     assert [stage_attack(release, 4, stage).restarts for stage in ("apgd-ce", "apgd-t")] == [5, 1]
 
-    adaptive = EvalConfig(data="x", out=tmp_path, protocol="adaptive", models=("none", "coin"))
+    adaptive = EvalConfig(
+        data="x", out=tmp_path, protocol="adaptive", models=("none", "clipure_diff")
+    )
     assert adaptive.precision == "fp32" and adaptive.threats == ("transfer", "bpda", "full")
     conditions = [(c.threat, c.attack_name) for c in adaptive.conditions()]
     assert conditions == [

@@ -19,7 +19,6 @@ from clipure_core.evaluate.cli import main
 from clipure_core.evaluate.config import EvalConfig
 from clipure_core.evaluate.distributed import Cluster
 from clipure_core.evaluate.release import ReleaseRun, batch_records
-from clipure_core.evaluate.stats import mcnemar_exact
 from clipure_core.evaluate.store import PartialStore
 from clipure_core.purifiers import PURIFIERS, Purifier, build_purifier
 from clipure_core.threats import attacked_model
@@ -27,6 +26,23 @@ from clipure_core.threats import attacked_model
 from .test_evaluate_run import read_csv
 
 N_PROTOCOL_IMAGES = 4
+# The exact two-sided McNemar p-value for every split (b, c) of up to 4 discordant images,
+# by hand: min(1, 2 * sum_{k <= min(b, c)} C(b + c, k) / 2^(b + c)).
+MCNEMAR_P = {
+    (0, 0): 1.0,
+    (0, 1): 1.0,  # 2 * 1/2
+    (0, 2): 0.5,  # 2 * 1/4
+    (1, 1): 1.0,  # 2 * 3/4, capped
+    (0, 3): 0.25,  # 2 * 1/8
+    (1, 2): 1.0,  # 2 * 4/8
+    (0, 4): 0.125,  # 2 * 1/16
+    (1, 3): 0.625,  # 2 * 5/16
+    (2, 2): 1.0,  # 2 * 11/16, capped
+}
+
+
+def mcnemar_p(only_first: int, only_second: int) -> float:
+    return MCNEMAR_P[tuple(sorted((only_first, only_second)))]
 
 
 class CoinFlip(Purifier):
@@ -320,7 +336,8 @@ def test_adaptive_protocol_counts_an_image_robust_only_if_it_survives_every_atta
         assert entry["defense_only"] == sum(mine[p] and not reference[p] for p in mine)
         assert entry["undefended_only"] == sum(reference[p] and not mine[p] for p in mine)
         assert entry["n"] == N_PROTOCOL_IMAGES
-        assert entry["p_value"] == mcnemar_exact(entry["defense_only"], entry["undefended_only"])
+        expected = mcnemar_p(entry["defense_only"], entry["undefended_only"])
+        assert entry["p_value"] == pytest.approx(expected)
     assert any(e["threat"] == "clean" for e in results["paired"])
     page = (adaptive_run / "report.html").read_text()
     assert "Worst case per image" in page and "exact McNemar" in page
@@ -368,8 +385,7 @@ def test_compare_shows_release_and_adaptive_side_by_side(
     for line in comparison["worst_case"]:
         assert line["a"] in release["worst_case"] and line["b"] in adaptive["worst_case"]
     for entry in comparison["paired"]:
-        assert entry["p_value"] == mcnemar_exact(
-            entry["robust_in_a_only"], entry["robust_in_b_only"]
-        )
+        expected = mcnemar_p(entry["robust_in_a_only"], entry["robust_in_b_only"])
+        assert entry["p_value"] == pytest.approx(expected)
     assert main(["compare", str(release_run), str(tmp_path / "nowhere")]) == 2
     assert "results.json not found" in capsys.readouterr().err

@@ -279,7 +279,7 @@ UNICODE_LABELS = ["猫", "собака", "🚗 voiture", "قطة", "飛行機 �
             r"^labels: 1001 given, at most 1000 are allowed\.$",
         ),
         ("cat, " + "x" * 201, r"^labels: each label may have at most 200 characters; 'xxx"),
-        ("cat", r"^pgd needs at least 2 class labels; 1 given\.$"),
+        ("cat", r"^pgd needs at least 2 class labels; 1 given\. Give 2 or more labels\.$"),
     ],
 )
 def test_bad_labels_get_a_specific_message(playground, cat_photo, labels, message):

@@ -13,6 +13,7 @@ from clipure_core import InputError, WeightsUnavailableError
 from clipure_core.prior import LatentPrior, PriorConfig, load_prior
 
 from .conftest import fill_hf_cache
+from .tolerance import RTOL, relative_error
 
 GOLDEN = __import__("pathlib").Path(__file__).parent / "fixtures" / "prior_golden.safetensors"
 
@@ -36,9 +37,10 @@ def assert_matches_reference(prior: LatentPrior, data: dict) -> None:
         forward = prior.net(*inputs, *text)
         null_conditions = prior.net(*inputs, *text, 1.0, 1.0)
         loss = prior.denoise_loss(inputs[0], inputs[1], data["input.noise"], *text)
-    assert torch.allclose(forward, data["output.net_forward"], atol=1e-5)
-    assert torch.allclose(null_conditions, data["output.net_forward_null_conditions"], atol=1e-5)
-    assert loss.item() == pytest.approx(data["output.p_losses"].item(), abs=1e-5)
+    # the reference ran on another machine: equal to the float32 rule, not bit for bit
+    assert relative_error(forward, data["output.net_forward"]) < RTOL
+    assert relative_error(null_conditions, data["output.net_forward_null_conditions"]) < RTOL
+    assert loss.item() == pytest.approx(data["output.p_losses"].item(), rel=RTOL)
 
 
 def test_golden_plain_state_dict(golden, tmp_path):

@@ -202,7 +202,7 @@ def test_evaluate_records_undone_and_repaired(tiny_model_dir, image_folder, tmp_
     undone and repaired (3 of 12); cats (1) were never fooled; dogs and cars (2, 3) stay fooled."""
     clean: dict = {}
     monkeypatch.setattr(batch_module, "craft_attack", fake_attack(clean))
-    monkeypatch.setattr(batch_module, "attacked_model", lambda *args: MeanShift(clean))
+    monkeypatch.setattr(batch_module, "attacked_model", lambda *args, **kwargs: MeanShift(clean))
     out = tmp_path / "run"
     args = [
         "--data", str(image_folder), "--model", f"local-dir:{tiny_model_dir}",
@@ -259,7 +259,7 @@ def mid_grey_photo():
 def test_playground_reports_rounding_per_attacked_model(backbone, mid_grey_photo, monkeypatch):
     clean = {}
     monkeypatch.setattr(pipeline, "craft_attack", fake_attack(clean))
-    monkeypatch.setattr(pipeline, "attacked_model", lambda *args: MeanShift(clean))
+    monkeypatch.setattr(pipeline, "attacked_model", lambda *args, **kwargs: MeanShift(clean))
     playground = Playground(backbone, templates="single")
     result = playground.run(
         mid_grey_photo, LABELS4, threat="bpda", defenses=["clipure_cos"], true_label="cat"
@@ -276,7 +276,7 @@ def test_playground_reports_rounding_per_attacked_model(backbone, mid_grey_photo
 def test_audit_records_rounding_per_crafted_image(backbone, mid_grey_photo, monkeypatch):
     clean = {}
     monkeypatch.setattr(audit_runner, "craft_attack", fake_attack(clean))
-    monkeypatch.setattr(audit_runner, "attacked_model", lambda *args: MeanShift(clean))
+    monkeypatch.setattr(audit_runner, "attacked_model", lambda *args, **kwargs: MeanShift(clean))
     playground = Playground(backbone, templates="single")
     result = run_audit(
         playground, mid_grey_photo, LABELS4, true_label="cat", steps=1,
@@ -296,7 +296,7 @@ def test_dataset_audit_counts_rounding_per_attack(backbone, image_folder, monkey
     attack's are repaired, noise's are not re-attacked."""
     clean = {}
     monkeypatch.setattr(audit_runner, "craft_attack", fake_attack(clean))
-    monkeypatch.setattr(audit_runner, "attacked_model", lambda *args: MeanShift(clean))
+    monkeypatch.setattr(audit_runner, "attacked_model", lambda *args, **kwargs: MeanShift(clean))
     report = audit_dataset(
         Playground(backbone, templates="single"), load_dataset(str(image_folder)),
         defenses=(), steps=1, conditions="noise,full", checks="noise_control",
@@ -317,7 +317,7 @@ def test_release_protocol_records_rounding_without_applying_it(
     re-attacked."""
     clean = {}
     monkeypatch.setattr(release, "craft_attack", fake_attack(clean))
-    monkeypatch.setattr(release, "attacked_model", lambda *args: MeanShift(clean))
+    monkeypatch.setattr(release, "attacked_model", lambda *args, **kwargs: MeanShift(clean))
     evaluator = release.ReleaseEvaluator(
         ZeroShotClassifier(backbone, LABELS4, "single"), {}, "release", seed=0
     )

@@ -21,6 +21,7 @@ from clipure_core.prompts import TEMPLATE_PRESETS
 from clipure_core.text_encoder import encode_tokens, fallback_reason
 
 from .conftest import TINY_CONFIG
+from .tolerance import RTOL, relative_error
 
 TEMPLATES = TEMPLATE_PRESETS["ensemble"]
 # Short and long prompts, in no particular order; the last one is truncated at 77 tokens.
@@ -35,10 +36,6 @@ PROMPTS = [
     "a photo of a " + "very " * 90 + "long label.",
     "art of the tiger.",
 ]
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return float(((actual - expected).norm(dim=-1) / expected.norm(dim=-1)).max())
 
 
 def reference(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -67,7 +64,7 @@ def test_tiny_model_runs_at_the_prompts_length_and_equals_encode_text(backbone):
         actual = backbone.encode_text(PROMPTS, batch_size=4)
     finally:
         recorder.handle.remove()
-    assert relative_error(actual, expected) < 1e-5
+    assert relative_error(actual, expected) < RTOL
     # sorted by length: the short prompts run short, only the truncated one needs all 77
     assert sorted(recorder.lengths) == recorder.lengths and recorder.lengths[-1] == 77
     assert recorder.lengths[0] < 10
@@ -79,7 +76,7 @@ def test_random_vit_b_32_equals_encode_text():
     prompts = PROMPTS + [template.format("coffee mug") for template in TEMPLATES[:15]]
     expected = reference(backbone.model, backbone.tokenize(prompts))
     actual = backbone.encode_text(prompts, batch_size=8)
-    assert relative_error(actual, expected) < 1e-5
+    assert relative_error(actual, expected) < RTOL
 
 
 def tiny_variant(model_class=CLIP, **text_cfg) -> torch.nn.Module:
@@ -108,7 +105,8 @@ def test_other_text_towers_fall_back_to_encode_text(model_class, text_cfg, reaso
     model.encode_text = lambda text: calls.append(text.shape) or original(text)
     actual = encode_tokens(model, tokens, batch_size=4)
     assert calls == [(4, 77), (4, 77), (1, 77)]  # the model's own, padded, in input order
-    assert torch.allclose(actual, expected, rtol=1e-6, atol=1e-7)
+    # batches of 4 against one batch of 9: other kernels, so equal only to the float32 rule
+    assert relative_error(actual, expected) < RTOL
 
 
 def test_a_subclass_with_its_own_encode_text_falls_back():
@@ -119,6 +117,7 @@ def test_a_subclass_with_its_own_encode_text_falls_back():
     model = tiny_variant(Mine)
     assert "overrides encode_text" in fallback_reason(model)
     tokens = open_clip.get_tokenizer("ViT-B-32")(PROMPTS[:3])
+    # one batch of 3 both ways: the same computation
     assert torch.allclose(encode_tokens(model, tokens), reference(model, tokens))
 
 
@@ -126,7 +125,7 @@ def test_eos_pooling_runs_at_the_prompts_length_too():
     model = tiny_variant(pool_type="eos", eos_id=49407)
     assert fallback_reason(model) is None
     tokens = open_clip.get_tokenizer("ViT-B-32")(PROMPTS)
-    assert relative_error(encode_tokens(model, tokens, 3), reference(model, tokens)) < 1e-5
+    assert relative_error(encode_tokens(model, tokens, 3), reference(model, tokens)) < RTOL
 
 
 def test_progress_after_every_batch_and_stop_at_the_next(backbone):
@@ -184,7 +183,7 @@ def test_each_label_is_cached_on_its_own(backbone, monkeypatch):
     # the same as encoding each label's templates alone (sorting and batching aside)
     alone = backbone.normalized_text([t.format("gnu") for t in templates]).mean(dim=0)
     alone = F.normalize(alone, dim=0)
-    assert torch.allclose(five[1], alone, atol=1e-6)
+    assert relative_error(five[1], alone) < RTOL  # 10 prompts against 50: other batches
 
 
 def test_text_embeddings_are_cached_in_memory_and_on_disk(backbone, monkeypatch):

@@ -87,6 +87,12 @@ def audit_command(args: argparse.Namespace) -> int:
     if args.data is not None and (args.labels or args.true_label):
         raise InputError("with --data the labels are the data set's classes; drop --labels.")
     image = open_image(args.image) if args.image is not None else None
+    dataset = None
+    if image is None:  # read before the weights are loaded
+        try:
+            dataset = load_dataset(args.data, args.data_root, args.class_names)
+        except DataUnavailableError as error:
+            raise InputError(str(error)) from error
     backbone = load_backbone(args.model, args.pretrained, args.device, args.precision)
     playground = Playground(backbone, args.templates)
     options = {
@@ -101,11 +107,7 @@ def audit_command(args: argparse.Namespace) -> int:
         "eot": args.eot,
         "attack_resolution": args.attack_resolution,
     }
-    if image is None:
-        try:
-            dataset = load_dataset(args.data, args.data_root, args.class_names)
-        except DataUnavailableError as error:
-            raise InputError(str(error)) from error
+    if dataset is not None:
         report = _audit_set(playground, dataset, args, options)
         print(json.dumps(report.to_dict(), indent=2) if args.json else _set_text(report))
         return 0

@@ -15,7 +15,14 @@ import torchattacks
 from PIL import Image
 from torch import nn
 
-from ..attacks import GRADIENT_FREE_METHODS, MAX_EOT_SAMPLES, MAX_EPS, AttackConfig, craft_attack
+from ..attacks import (
+    GRADIENT_FREE_METHODS,
+    MAX_EOT_SAMPLES,
+    MAX_EPS,
+    AttackConfig,
+    check_classes,
+    craft_attack,
+)
 from ..classifier import ZeroShotClassifier
 from ..errors import InputError
 from ..images import normalize_image
@@ -86,9 +93,9 @@ def run_audit(
     audit = _Audit(
         playground, labels, eps, norm, steps, defenses, defense_settings or {}, seed,
         check_conditions(conditions), pick_names(checks, list(CHECKS), "check"),
-        square_queries, eot,
+        square_queries, eot, true_label,
     )  # fmt: skip
-    return audit.run(image, true_label, on_progress, resolution)
+    return audit.run(image, on_progress, resolution)
 
 
 def _check_count(name: str, value: int, high: int) -> int:
@@ -114,6 +121,7 @@ class _Audit:
         checks: list[str],
         square_queries: int,
         eot: int,
+        true_label: str | int | None,
     ) -> None:
         if norm not in ("linf", "l2"):
             raise InputError(f"norm must be 'linf' or 'l2', got {norm!r}.")
@@ -121,19 +129,27 @@ class _Audit:
             raise InputError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}.")
         self.eot = _check_count("eot", eot, MAX_EOT_SAMPLES)
         self.attack = gradient_attack(norm, eps, steps)  # validates eps and steps
+        try:  # and EOT: refused here, not once a model turns out random
+            gradient_attack(norm, eps, steps, self.eot)
+        except InputError as error:
+            raise InputError(f"{error} In the audit: eot 1, or norm linf.") from None
         if "square" in conditions:
             square_attack(norm, eps, square_queries)  # validates the query budget
         self.playground, self.backbone = playground, playground.backbone
         self.eps, self.norm, self.steps, self.seed = eps, norm, steps, seed
         self.conditions, self.checks, self.square_queries = conditions, checks, square_queries
         self.labels, self.notices = parse_labels(labels)
+        check_classes(self.attack, len(self.labels))
+        given = true_label is not None and true_label != ""
+        self.given_y = _label_index(self.labels, true_label) if given else None
         if isinstance(defenses, str):
             defenses = defenses.split(",")
         names = list(dict.fromkeys(name.strip() for name in defenses if name.strip()))
-        self.classifier: ZeroShotClassifier = playground.classifier(self.labels)
+        # the defences' settings are checked before the class texts are encoded
         self.purifiers: dict[str, Purifier] = {
             name: playground.purifier(name, defense_settings.get(name)) for name in names
         }
+        self.classifier: ZeroShotClassifier = playground.classifier(self.labels)
         self.models = {UNDEFENDED: "undefended CLIP"} | {
             name: purifier.title for name, purifier in self.purifiers.items()
         }
@@ -148,7 +164,6 @@ class _Audit:
     def run(
         self,
         image: Image.Image,
-        true_label: str | int | None,
         on_progress: ProgressCallback | None,
         resolution: str | None = "model",
     ) -> AuditResult:
@@ -161,12 +176,11 @@ class _Audit:
                 "~9x a float32 gradient, 7-25 s each): this audit takes minutes on CPU; leave "
                 "'release' out of the conditions for a quick look."
             )
+        y = self.given_y
         pixels = self._pixels(image, resolution)
         with timer("clean"), torch.no_grad():
             self.embeddings[("clean", UNDEFENDED)] = self._encode(pixels)
-            if true_label is not None and true_label != "":
-                y = _label_index(self.labels, true_label)
-            else:
+            if y is None:
                 clean_z = self.embeddings[("clean", UNDEFENDED)]
                 y = int(self.classifier.logits_from_embeddings(clean_z).argmax())
         self.y = torch.tensor([y], device=pixels.device)
@@ -175,8 +189,6 @@ class _Audit:
         for model, difference in differences.items():
             if difference > audit_checks.LOGIT_TOLERANCE:
                 self.model_eot[model] = self.eot
-        for model in self.models:  # refused before any long work (PGD-L2 has no EOT form)
-            gradient_attack(self.norm, self.eps, self.steps, self.model_eot[model])
 
         progress = Progress(self._planned_queries(), on_progress)
         progress.done = 1 + len(self.models)  # the clean pass and the randomness draws

@@ -6,8 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..attacks import AUTOATTACK_STEPS, SQUARE_QUERIES, AttackConfig
+from ..attacks import AUTOATTACK_STEPS, SQUARE_QUERIES, AttackConfig, check_classes
 from ..errors import InputError
+from ..prompts import resolve_templates
+from ..purifiers import check_defense
 from ..resolution import check_attack_resolution
 from ..threats import check_threat
 from .protocols import (
@@ -132,6 +134,8 @@ class EvalConfig:
         if self.max_batches is not None:
             _integer("max batches", self.max_batches, 1)
         _unique_non_empty("models (--defense)", models)
+        for name in self.defenses:
+            check_defense(name)
         _unique_non_empty("threat models", self.threats)
         _unique_non_empty("eps values", self.eps)
         for threat in self.threats:
@@ -143,6 +147,7 @@ class EvalConfig:
     def _resolve_templates(self) -> None:
         if self.protocol != "release":
             object.__setattr__(self, "templates", self.templates or "ensemble")
+            resolve_templates(self.templates)  # refused here, not after the model is loaded
             return
         wanted = release_templates(self.data)
         if self.templates is not None and self.templates != wanted:
@@ -181,6 +186,20 @@ class EvalConfig:
                         for name in ADAPTIVE_EXTRA_ATTACKS
                     ]
         return conditions
+
+    def check_classes(self, num_classes: int) -> None:
+        """Refuse a run whose attacks cannot run on `num_classes` classes (before any model
+        work: the data set's class count is known before the model is loaded)."""
+        for condition in self.conditions():
+            try:
+                check_classes(condition.attack, num_classes)
+            except InputError as error:
+                if self.protocol == "custom":
+                    raise
+                raise InputError(
+                    f"--protocol {self.protocol}: {error} The protocol fixes its attacks; "
+                    "to choose one, use --protocol custom --attack NAME."
+                ) from None
 
     def extra_attack(self, method: str, eps: float) -> AttackConfig:
         """One of the adaptive protocol's gradient-free attacks (Square, noise) at `eps`."""
@@ -228,6 +247,21 @@ class EvalConfig:
         return AttackConfig(
             self.attack, self.norm, eps * scale, self.resolved_steps, alpha, eot_samples=eot
         )
+
+    def own_settings(self) -> dict:
+        """The run's settings that the flags alone decide (part of results.json's `settings`;
+        a resume is refused on them before any model work)."""
+        return {
+            "model": self.model,
+            "pretrained": self.pretrained,
+            "templates": self.templates,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "attack": self.attack_settings(),
+            "threats": list(self.threats),
+            "models": list(self.models),
+            "protocol": self.protocol,
+        }
 
     def attack_settings(self) -> dict:
         """The attack part of the run's settings (eps as given, and in pixel units)."""

@@ -19,7 +19,6 @@ from tqdm import tqdm
 
 from ..backbone import Backbone
 from ..classifier import ZeroShotClassifier
-from ..errors import InputError
 from ..loading import load_backbone
 from ..purifiers import Purifier, build_purifier, check_defense
 from ..resolution import Size, attack_pixels, default_attack_resolution, one_size
@@ -87,6 +86,9 @@ class _Run:
 
     def execute(self, started: float, dataset: EvalDataset | None) -> Outcome:
         config, cluster = self.config, self.cluster
+        # a resume with other flags is refused before any model work (the rest of the
+        # settings, e.g. the weights' identity, is compared once the model is loaded)
+        cluster.check_all(PartialStore(config.out, config.own_settings()).check_stored())
         setup = cluster.root_first(lambda: self._setup(dataset))
         settings = self._settings(setup)
         store = PartialStore(config.out, settings)
@@ -206,6 +208,7 @@ class _Run:
             dataset = load_dataset(
                 config.data, config.data_root, config.class_names, config.val_labels
             )
+        config.check_classes(len(dataset.classes))  # refused before any model work
         n = config.n or len(dataset)
         if n > len(dataset):
             notices.append(f"--n {n}: the dataset has {len(dataset)} images; using all.")
@@ -216,11 +219,7 @@ class _Run:
         resolution, attack_size = _attack_resolution(config, dataset, subset, backbone.image_size)
         if backbone.info.random_weights:
             notices.append("random weights: the accuracies are meaningless (a speed check).")
-        with tqdm_progress(disable=not (config.progress and self.cluster.is_root)):
-            classifier = ZeroShotClassifier(backbone, dataset.classifier_labels, config.templates)
-        if len(classifier.labels) != len(dataset.classes):
-            raise InputError("the class names changed when parsed; make them distinct.")
-        options = {
+        options = {  # the defences' settings are checked before the class texts are encoded
             name: check_defense(name).resolve_settings(
                 backbone, dict(config.defense_settings.get(name, {}))
             )
@@ -230,6 +229,8 @@ class _Run:
             name: build_purifier(name, backbone, config.templates, **options[name])
             for name in config.defenses
         }
+        with tqdm_progress(disable=not (config.progress and self.cluster.is_root)):
+            classifier = ZeroShotClassifier(backbone, dataset.classifier_labels, config.templates)
         stochastic = {name: False for name in config.models} | {
             name: is_stochastic(purifier, classifier.class_embeddings)
             for name, purifier in purifiers.items()
@@ -254,12 +255,10 @@ class _Run:
         chosen = [(setup.dataset.ids[i], setup.dataset.targets[i]) for i in setup.subset]
         digest = hashlib.sha256(json.dumps(chosen, ensure_ascii=False).encode()).hexdigest()
         return {
-            "model": config.model,
-            "pretrained": config.pretrained,
+            **config.own_settings(),
             "weights_id": info.weights_id,
             "precision": info.precision,
             "device_type": self.device.type,
-            "templates": config.templates,
             "data": {
                 "source": setup.dataset.source,
                 "classes": list(setup.dataset.classes),
@@ -267,14 +266,8 @@ class _Run:
                 "n": len(setup.subset),
                 "subset_sha256": digest,
             },
-            "seed": config.seed,
-            "batch_size": config.batch_size,
-            "attack": config.attack_settings(),
             "attack_resolution": setup.resolution,
             "attack_image_size": {"width": setup.attack_size[0], "height": setup.attack_size[1]},
-            "threats": list(config.threats),
-            "models": list(config.models),
-            "protocol": config.protocol,
             "evaluation": {
                 **config.evaluation_settings(),
                 "stochastic": setup.stochastic,

@@ -58,10 +58,23 @@ class PartialStore:
         if not stored_path.is_file():
             write_json_atomic(stored_path, self.settings, indent=2)
             return None
+        return self._compare(part=False)
+
+    def check_stored(self) -> str | None:
+        """`check_settings` for a part of a run's settings (this store's keys only), without
+        recording anything: None when nothing is stored yet or that part matches."""
+        return self._compare(part=True)
+
+    def _compare(self, part: bool) -> str | None:
+        stored_path = self.folder / SETTINGS_FILE
+        if not stored_path.is_file():
+            return None
         try:
             stored = json.loads(stored_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as error:
             return f"{stored_path} is unreadable ({error}); delete {self.folder} to start over."
+        if part:
+            stored = {key: stored.get(key, "(absent)") for key in self.settings}
         if settings_hash(stored) == self.hash:
             return None
         changes = _differences(stored, self.settings)
