@@ -15,7 +15,7 @@ import torchattacks
 from PIL import Image
 from torch import nn
 
-from ..attacks import MAX_EOT_SAMPLES, MAX_EPS, AttackConfig, craft_attack
+from ..attacks import MAX_EOT_SAMPLES, AttackConfig, craft_attack
 from ..classifier import ZeroShotClassifier
 from ..errors import InputError
 from ..pipeline import Playground
@@ -25,6 +25,7 @@ from ..purifiers import CosPurifier, Purifier
 from ..seeding import derive_seed, seeded
 from ..threats import attacked_model
 from . import checks as audit_checks
+from .checklist_runs import ChecklistRuns
 from .checks import CHECKS, Check
 from .conditions import (
     CONDITIONS,
@@ -44,7 +45,6 @@ from .progress import Progress, ProgressCallback, Timer
 from .result import AuditResult, Cell
 
 SQUARE_QUERIES = 100
-SWEEP_FACTOR = 4  # each rung of the eps sweep allows 4x the previous perturbation
 Key = tuple[str, str]
 
 
@@ -65,6 +65,7 @@ def run_audit(
     square_queries: int = SQUARE_QUERIES,
     eot: int = 1,
     on_progress: ProgressCallback | None = None,
+    thorough: bool = False,
 ) -> AuditResult:
     """Audit one photo: the threat matrix (each condition x each model), the pixel gradient
     under each gradient condition, and the sanity checks.
@@ -74,12 +75,13 @@ def run_audit(
     PGD-L2 with `steps` steps; Square gets `square_queries` queries. `eot` gradients are
     averaged per step for the models whose predictions turn out random (EOT). `conditions` /
     `checks` pick subsets (None: all). `on_progress(done, total, stage)` is called after every
-    model query; raising in it aborts the audit.
+    model query; raising in it aborts the audit. `thorough` runs the checklist checks'
+    expensive settings in full (every rung of the eps ladder, restarts; see checklist_runs).
     """
     audit = _Audit(
         playground, labels, eps, norm, steps, defenses, defense_settings or {}, seed,
         check_conditions(conditions), pick_names(checks, list(CHECKS), "check"),
-        square_queries, eot,
+        square_queries, eot, thorough,
     )  # fmt: skip
     return audit.run(image, true_label, on_progress)
 
@@ -90,7 +92,7 @@ def _check_count(name: str, value: int, high: int) -> int:
     return value
 
 
-class _Audit:
+class _Audit(ChecklistRuns):
     """One audit's settings and the state shared between its stages."""
 
     def __init__(
@@ -107,12 +109,14 @@ class _Audit:
         checks: list[str],
         square_queries: int,
         eot: int,
+        thorough: bool = False,
     ) -> None:
         if norm not in ("linf", "l2"):
             raise InputError(f"norm must be 'linf' or 'l2', got {norm!r}.")
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
             raise InputError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}.")
         self.eot = _check_count("eot", eot, MAX_EOT_SAMPLES)
+        self._init_checklist(thorough)
         self.attack = gradient_attack(norm, eps, steps)  # validates eps and steps
         if "square" in conditions:
             square_attack(norm, eps, square_queries)  # validates the query budget
@@ -175,17 +179,14 @@ class _Audit:
         for condition in self.conditions:
             with timer(condition):
                 matrix += self._condition(condition, pixels, progress)
-        single, sweeps = {}, {}
+        single = {}
         if "full" in self.conditions and "single_step_vs_iterative" in self.checks:
             with timer("single_step"):
                 single = self._single_step(pixels, progress)
-        if "full" in self.conditions and "eps_sweep" in self.checks:
-            fooled = {cell.model: not cell.correct for cell in matrix if cell.condition == "full"}
-            with timer("eps_sweep"):
-                sweeps = self._eps_sweeps(pixels, fooled, progress)
+        self._checklist_stages(pixels, progress, timer)
         with timer("checks"):
             stats = self._gradient_stats(gradients)
-            found = self._checks(matrix, stats, differences, single, sweeps)
+            found = self._checks(matrix, stats, differences, single, self._sweeps(matrix))
         return AuditResult(
             labels=self.labels,
             true_label=self.labels[y],
@@ -205,19 +206,15 @@ class _Audit:
         total += sum(self.model_eot[model] for _, model in gradient_keys)
         for key in self._attack_keys():
             total += self._attack_budget(key) + 1  # + its evaluation
-        if "full" in self.conditions:
-            if "single_step_vs_iterative" in self.checks:
-                total += sum(
-                    single_step_attack(self.norm, self.eps, self.model_eot[m]).estimated_queries(
-                        len(self.labels)
-                    )
-                    + 1
-                    for m in self.models
+        if "full" in self.conditions and "single_step_vs_iterative" in self.checks:
+            total += sum(
+                single_step_attack(self.norm, self.eps, self.model_eot[m]).estimated_queries(
+                    len(self.labels)
                 )
-            if "eps_sweep" in self.checks:
-                rungs = len(self._sweep_ladder())
-                total += rungs * sum(self._attack_budget(("full", m)) + 1 for m in self.models)
-        return total
+                + 1
+                for m in self.models
+            )
+        return total + self._checklist_budget()
 
     def _attack_keys(self) -> list[Key]:
         return list(
@@ -282,7 +279,8 @@ class _Audit:
         for model in self.models:
             key = ("clean", UNDEFENDED) if condition == "clean" else attack_key(condition, model)
             if key not in self.embeddings:
-                self._craft(key, pixels, progress, condition, self._config(*key))
+                config = self._config(*key)
+                self._craft(key, pixels, progress, condition, config, self._traced(key[0]))
             z = self.embeddings[key]
             probs = self._logits(
                 model, z, derive_seed(self.seed, "evaluate", condition, model)
@@ -300,13 +298,16 @@ class _Audit:
         progress: Progress,
         stage: str,
         config: AttackConfig,
+        trace: bool = False,
     ) -> None:
         """Run `config` against the module of `key`, round to 8 bits inside the ball, and
-        encode the image once (every model evaluated on it reuses the embedding)."""
+        encode the image once (every model evaluated on it reuses the embedding). `trace`
+        records the attack's loss at every query and at its end (loss_progress)."""
         budget = config.estimated_queries(len(self.labels))
+        module = self._recorder(key) if trace else self._module(key)
         with progress.stage(stage, budget) as on_query:
             raw = craft_attack(
-                self._module(key),
+                module,
                 pixels,
                 self.y,
                 config,
@@ -314,6 +315,8 @@ class _Audit:
                 len(self.labels),
                 on_query=on_query,
             )
+        if trace:
+            self._finish_trace(key, module, raw, progress, stage)
         adversarial = quantize_in_ball(pixels, raw, config.norm, config.eps)
         with progress.stage(stage, 1), torch.no_grad():
             self.embeddings[key] = self.backbone.encode_image(adversarial)
@@ -335,37 +338,6 @@ class _Audit:
             self._craft(key, pixels, progress, "single_step", config)
             fooled[model] = not self._correct(model, key)
         return fooled
-
-    def _sweep_ladder(self) -> list[float]:
-        cap = MAX_EPS[self.norm]
-        ladder, eps = [], self.eps
-        while eps < cap:
-            eps = min(eps * SWEEP_FACTOR, cap)
-            ladder.append(eps)
-        return ladder
-
-    def _eps_sweeps(
-        self, pixels: torch.Tensor, fooled_at_eps: dict[str, bool], progress: Progress
-    ) -> dict[str, list[tuple[float, bool]]]:
-        """(eps, fooled) per model: the audit's eps, then growing ones until one fools it
-        (not run for a model the full-gradient attack already fooled)."""
-        sweeps = {}
-        ladder = self._sweep_ladder()
-        for model in self.models:
-            results = [(self.eps, fooled_at_eps[model])]
-            budget = self._attack_budget(("full", model)) + 1
-            for eps in ladder:
-                if results[-1][1]:
-                    progress.done += budget
-                    progress.report(progress.done, "eps_sweep")
-                    continue
-                key = (f"sweep_{eps:.6g}", model)
-                self.modules[key] = self._module(attack_key("full", model))
-                config = gradient_attack(self.norm, eps, self.steps, self.model_eot[model])
-                self._craft(key, pixels, progress, "eps_sweep", config)
-                results.append((eps, not self._correct(model, key)))
-            sweeps[model] = results
-        return sweeps
 
     # ---- measurements -> checks ------------------------------------------------------------
     def _logits(self, model: str, z: torch.Tensor, seed: int) -> torch.Tensor:
@@ -464,7 +436,7 @@ class _Audit:
                 )
             if "randomness" in self.checks:
                 found.append(audit_checks.randomness(model, title, differences[model], self.eot))
-        return found
+        return found + self._checklist_checks(matrix, differences)
 
     def _subject(self, condition: str, model: str) -> str:
         """How a check names (condition, model): 'as released' for the first defence,
@@ -496,7 +468,8 @@ class _Audit:
             "square_queries": self.square_queries if "square" in self.conditions else None,
             "eot": self.eot,
             "eot_models": [m for m, samples in self.model_eot.items() if samples > 1],
-            "eps_sweep": self._sweep_ladder() if "eps_sweep" in self.checks else [],
+            "eps_sweep": self._ladder() if "eps_sweep" in self.checks else [],
+            "checklist": self._checklist_settings(),
             "defenses": {name: p.settings() for name, p in self.purifiers.items()},
             "conditions": self.conditions,
             "checks": self.checks,
