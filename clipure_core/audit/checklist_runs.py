@@ -2,9 +2,9 @@
 
 Coarse by default, so the app's audit stays quick; `thorough=True` runs every setting.
 - loss_progress: the matrix's own attacks, plus one forward at each attack's end point.
-- unbounded, eps_monotone: eps x 4, x 16, ... up to the cap with 3 steps, stopping at the
-  first rung that fools (a model fooled at eps: none); thorough: eps x 2, x 4, ..., every
-  rung, the audit's steps.
+- unbounded, eps_monotone: eps x 4 and the cap (L-inf 255/255, L2 64) with 2 steps, stopping
+  at the first rung that fools (a model fooled at eps: none); thorough: eps x 2, x 4, ... up
+  to the cap, every rung, the audit's steps.
 - convergence: per defence, the cheapest white-box condition its attack did not fool, rerun
   with twice the steps; thorough: every white-box condition, twice the steps, and twice the
   steps from another random start.
@@ -30,7 +30,8 @@ from .progress import Progress, Timer
 from .result import Cell
 
 Key = tuple[str, str]
-LADDER_STEPS = 3  # default: steps of each rung of the eps ladder (and of binarization)
+LADDER_STEPS = 2  # default: steps of each rung of the eps ladder
+BINARIZATION_STEPS = 3  # default: steps of the binarization test's attack
 INNER_POINTS = 4  # binarization: random points of the ball kept on the clean side
 CHEAPEST_FIRST = ("bpda", "paper", "full", "release")  # one gradient's cost, smallest first
 LADDER_CHECKS = ("unbounded", "eps_monotone", "eps_sweep")
@@ -67,16 +68,22 @@ class ChecklistRuns:
         return list(dict.fromkeys(attack_key(c, m) for c in conditions for m in self.models))
 
     def _ladder(self) -> list[float]:
-        """The growing eps of the ladder (after the audit's own eps), up to the cap."""
-        factor, cap = (2 if self.thorough else 4), MAX_EPS[self.norm]
+        """The growing eps after the audit's own: x 2, x 4, ... up to the cap (thorough), or
+        only x 4 and the cap."""
+        cap = MAX_EPS[self.norm]
+        if not self.thorough:
+            return list(dict.fromkeys([min(self.eps * 4, cap), cap]))
         ladder, eps = [], self.eps
         while eps < cap:
-            eps = min(eps * factor, cap)
+            eps = min(eps * 2, cap)
             ladder.append(eps)
         return ladder
 
-    def _short_steps(self) -> int:
+    def _ladder_steps(self) -> int:
         return self.steps if self.thorough else min(self.steps, LADDER_STEPS)
+
+    def _binarization_steps(self) -> int:
+        return self.steps if self.thorough else min(self.steps, BINARIZATION_STEPS)
 
     def _longer_runs(self) -> list[str]:
         return ["twice the steps"] + (["twice the steps from another start"] * self.thorough)
@@ -86,7 +93,7 @@ class ChecklistRuns:
         total = sum(self.model_eot[key[1]] for key in self._attack_keys() if self._traced(key[0]))
         rungs = len(self._ladder())
         for _, model in self._ladder_keys():
-            total += rungs * (self._config_steps(model, self._short_steps()) + 1)
+            total += rungs * (self._config_steps(model, self._ladder_steps()) + 1)
         defended = [m for m in self.models if m != UNDEFENDED]
         white_box = self._white_box()
         if "convergence" in self.checks and white_box:
@@ -95,7 +102,8 @@ class ChecklistRuns:
         if "binarization" in self.checks and white_box and defended:
             total += len(defended) * (INNER_POINTS + 2)
             total += sum(
-                len(white_box) * (self._config_steps(m, self._short_steps()) + 1) for m in defended
+                len(white_box) * (self._config_steps(m, self._binarization_steps()) + 1)
+                for m in defended
             )
         if "batch_coupling" in self.checks and defended:
             total += PARTNERS
@@ -129,7 +137,7 @@ class ChecklistRuns:
     def _ladders(self, pixels: torch.Tensor, progress: Progress) -> None:
         """(eps, correct, true-class probability) per rung for every ladder key; by default
         stops at the first rung that fools the model (and skips a model fooled at eps)."""
-        ladder, steps = self._ladder(), self._short_steps()
+        ladder, steps = self._ladder(), self._ladder_steps()
         for key in self._ladder_keys():
             condition, model = key
             budget = self._config_steps(model, steps) + 1
@@ -180,7 +188,7 @@ class ChecklistRuns:
     def _binarization(self, pixels: torch.Tensor, progress: Progress) -> None:
         """The binarization test per defence and white-box condition (default: only where
         the audit's attack did not fool the model)."""
-        steps, white_box = self._short_steps(), self._white_box()
+        steps, white_box = self._binarization_steps(), self._white_box()
         for model, purifier in self.purifiers.items():
             if not white_box:
                 continue
@@ -369,10 +377,10 @@ class ChecklistRuns:
         return {
             "thorough": self.thorough,
             "ladder": self._ladder() if self._ladder_keys() else [],
-            "ladder_steps": self._short_steps(),
+            "ladder_steps": self._ladder_steps(),
             "ladder_stops_when_fooled": not self.thorough,
             "convergence_steps": 2 * self.steps,
             "convergence_runs": self._longer_runs(),
-            "binarization_steps": self._short_steps(),
+            "binarization_steps": self._binarization_steps(),
             "binarization_inner_points": INNER_POINTS,
         }
