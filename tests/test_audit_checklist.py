@@ -17,6 +17,7 @@ from PIL import Image
 
 from clipure_core import InputError, Playground, Purifier
 from clipure_core.audit import CHECKS, UNDEFENDED, run_audit
+from clipure_core.audit.probes import BinaryHead
 from clipure_core.cli import main
 from clipure_core.purifiers import PURIFIERS
 
@@ -175,6 +176,7 @@ def test_loss_progress(masked, toys, backbone, cat_photo):
         ("paper", "shrink"): "warn",  # not fooled, still gaining at its last step
         ("full", "shrink"): "warn",
     }
+    assert not masked.cell("full", "identity").correct and masked.cell("full", "shrink").correct
     stuck = check(masked, "loss_progress", "full", "zero_grad")
     assert "did nothing" in stuck.explanation
     assert stuck.value["best"] - stuck.value["start"] < 1e-3
@@ -333,3 +335,44 @@ def test_cli_json_lists_the_new_checks(capsys, tiny_checkpoint):
     code = main(["audit", *args, *thorough, "--json", "--quiet"])
     data = json.loads(capsys.readouterr().out)
     assert code == 0 and data["settings"]["checklist"]["thorough"] is True
+
+
+@pytest.mark.parametrize(
+    ("checks", "thorough", "planned"),
+    [
+        ([c for c in CHECKS if c not in NEW_CHECKS], False, 311),
+        (None, False, 399),
+        (None, True, 965),
+        (["unbounded"], False, 337),
+        (["unbounded", "eps_sweep"], False, 337),  # eps_sweep reads unbounded's full rows
+    ],
+)
+def test_planned_queries_of_the_default_audit(backbone, cat_photo, checks, thorough, planned):
+    """The progress total (model queries, each run at its longest) of the app's default
+    audit: all conditions, 10 steps, CLIPure-Cos; read at the first report, then aborted."""
+
+    class Planned(Exception):
+        pass
+
+    def stop(done, total, stage):
+        raise Planned(total)
+
+    with pytest.raises(Planned) as stopped:
+        run_audit(
+            Playground(backbone, "single"),
+            cat_photo,
+            LABELS,
+            checks=checks,
+            thorough=thorough,
+            on_progress=stop,
+        )
+    assert stopped.value.args[0] == planned
+
+
+def test_binarization_head_puts_the_known_point_past_its_boundary(backbone):
+    clean, known, inner = torch.randn(32), torch.randn(32), torch.randn(4, 32)
+    head = BinaryHead(backbone, clean, known, inner)
+    margins = head.margin(torch.stack([clean, known, *inner]) * 3.0)  # any norm
+    assert margins.tolist() == pytest.approx([-0.5, 0.5, -0.5, -0.5, -0.5, -0.5], abs=1e-5)
+    logits = head.logits_from_embeddings(torch.stack([clean, known]))
+    assert logits.argmax(dim=-1).tolist() == [0, 1]
