@@ -72,7 +72,7 @@ class ChecklistRuns:
         only x 4 and the cap."""
         cap = MAX_EPS[self.norm]
         if not self.thorough:
-            return list(dict.fromkeys([min(self.eps * 4, cap), cap]))
+            return [e for e in dict.fromkeys([min(self.eps * 4, cap), cap]) if e > self.eps]
         ladder, eps = [], self.eps
         while eps < cap:
             eps = min(eps * 2, cap)
