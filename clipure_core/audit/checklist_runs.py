@@ -93,23 +93,23 @@ class ChecklistRuns:
         total = sum(self.model_eot[key[1]] for key in self._attack_keys() if self._traced(key[0]))
         rungs = len(self._ladder())
         for _, model in self._ladder_keys():
-            total += rungs * (self._config_steps(model, self._ladder_steps()) + 1)
+            total += rungs * (self._queries(model, self._ladder_steps()) + 1)
         defended = [m for m in self.models if m != UNDEFENDED]
         white_box = self._white_box()
         if "convergence" in self.checks and white_box:
             runs = len(white_box) * len(self._longer_runs()) if self.thorough else 1
-            total += sum(runs * (self._config_steps(m, 2 * self.steps) + 1) for m in defended)
+            total += sum(runs * (self._queries(m, 2 * self.steps) + 1) for m in defended)
         if "binarization" in self.checks and white_box and defended:
             total += len(defended) * (INNER_POINTS + 2)
             total += sum(
-                len(white_box) * (self._config_steps(m, self._binarization_steps()) + 1)
+                len(white_box) * (self._queries(m, self._binarization_steps()) + 1)
                 for m in defended
             )
         if "batch_coupling" in self.checks and defended:
             total += PARTNERS
         return total
 
-    def _config_steps(self, model: str, steps: int) -> int:
+    def _queries(self, model: str, steps: int) -> int:
         config = gradient_attack(self.norm, self.eps, steps, self.model_eot[model])
         return config.estimated_queries(len(self.labels))
 
@@ -140,7 +140,7 @@ class ChecklistRuns:
         ladder, steps = self._ladder(), self._ladder_steps()
         for key in self._ladder_keys():
             condition, model = key
-            budget = self._config_steps(model, steps) + 1
+            budget = self._queries(model, steps) + 1
             fooled = not self._correct(model, key)
             rows = []
             for eps in ladder:
@@ -163,7 +163,7 @@ class ChecklistRuns:
             if model == UNDEFENDED or not white_box:
                 continue
             runs = self._longer_runs()
-            budget = self._config_steps(model, 2 * self.steps) + 1
+            budget = self._queries(model, 2 * self.steps) + 1
             if self.thorough:
                 chosen = white_box
             else:
@@ -193,7 +193,7 @@ class ChecklistRuns:
             if not white_box:
                 continue
             head, control = self._binary_head(model, pixels, progress)
-            budget = self._config_steps(model, steps) + 1
+            budget = self._queries(model, steps) + 1
             for condition in white_box:
                 key = attack_key(condition, model)
                 if not self.thorough and not self._correct(model, key):
@@ -201,7 +201,7 @@ class ChecklistRuns:
                     progress.report(progress.done, "binarization")
                     continue
                 threat = CONDITIONS[condition].threat
-                module = attacked_model(head, purifier, threat)  # type: ignore[arg-type]
+                module = attacked_model(head, purifier, threat)  # the two-class head in place
                 config = gradient_attack(self.norm, self.eps, steps, self.model_eot[model])
                 with progress.stage("binarization", budget - 1) as on_query:
                     raw = craft_attack(
