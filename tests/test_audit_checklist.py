@@ -103,7 +103,16 @@ class SnapBack(Toy):
         return torch.where(far, self.anchor.expand_as(f), f)
 
 
-TOYS = (Identity, ZeroGradient, Shrink, Saturate, SnapBack)
+class Noisy(Toy):
+    """A random defence: fresh noise on the embedding at every forward."""
+
+    name, title = "noisy", "Noisy"
+
+    def purify(self, z, gradient, on_step=None):
+        return F.normalize(z, dim=-1) + 0.5 * torch.randn_like(z)
+
+
+TOYS = (Identity, ZeroGradient, Shrink, Saturate, SnapBack, Noisy)
 
 
 @pytest.fixture(scope="module")
@@ -284,7 +293,7 @@ def test_eps_monotone(ladders):
     assert [correct for _, correct, _ in working] == [True] + [False] * 7
 
 
-def test_batch_coupling(backbone, cat_photo, monkeypatch, ladders):
+def test_batch_coupling(toys, backbone, cat_photo, ladders):
     def coupling(settings):
         return run_audit(
             Playground(backbone, "single"),
@@ -299,6 +308,8 @@ def test_batch_coupling(backbone, cat_photo, monkeypatch, ladders):
     assert coupled.status == "fail" and coupled.value["relative_change"] > 1e-3
     (per_sample,) = coupling({})
     assert per_sample.status == "pass" and per_sample.value["relative_change"] < 1e-5
+    random = audit(backbone, cat_photo, ["noisy"], ["clean"], ["batch_coupling"])
+    assert statuses(random, "batch_coupling") == {(None, "noisy"): "warn"}  # draws differ
     result, _ = ladders
     assert statuses(result, "batch_coupling") == {
         (None, "snap_back"): "pass",
