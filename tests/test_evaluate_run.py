@@ -20,6 +20,7 @@ from clipure_core.evaluate.cli import EXIT_INTERRUPTED, main
 from clipure_core.evaluate.report import SCHEMA
 from clipure_core.evaluate.store import PARTIAL_DIR
 from clipure_core.purifiers import build_purifier
+from clipure_core.resolution import ResizedInput
 
 from .conftest import ASSETS, CLASSES, IMAGES_PER_CLASS
 
@@ -268,6 +269,7 @@ def test_batch_evaluator_crafts_each_image_once(backbone, monkeypatch):
     crafted = []
 
     def fake_attack(model, pixels, labels, config, seed, num_classes=None):
+        model = model.module if isinstance(model, ResizedInput) else model  # any-size input
         crafted.append((type(model).__name__, getattr(model, "gradient", None), config.eps))
         return (pixels + config.eps).clamp(0, 1)
 

@@ -33,6 +33,20 @@ CHECKS: dict[str, str] = {
     "(PGD) fail.",
     "eps_sweep": "A large enough perturbation must fool every model (~100 % success); if none "
     "does, the attack is broken, not the model robust.",
+    "loss_progress": "The attack must raise its loss from step 0 (else it did nothing), and "
+    "a model it did not fool must not still be losing ground at its last steps.",
+    "convergence": "Twice the steps (and, thorough, another random start) must not fool a "
+    "model the audit's attack did not.",
+    "unbounded": "Raising eps until the attack wins, for every white-box condition: if none "
+    "wins, the attack is broken, not the model robust ('eps_sweep' is its full-gradient row).",
+    "eps_monotone": "Along the same growing eps, accuracy and the true class's probability "
+    "must never go back up.",
+    "transfer_vs_white_box": "An image made on undefended CLIP must not fool a defence that "
+    "white-box attacks on the defence itself could not fool.",
+    "binarization": "With a known adversarial example placed inside the ball, the attack must "
+    "find it (Zimmermann et al. 2022); missing it means the attack is too weak.",
+    "batch_coupling": "The defence's output for the photo must not depend on the other image "
+    "in a batch of two (the release's steps did).",
     "randomness": "Do the logits change between two runs on the same input? Then attacks "
     "must average gradients over draws (EOT) and robustness needs several draws.",
     "softmax_output": "Does the model hand the attacks probabilities instead of logits? "

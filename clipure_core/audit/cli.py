@@ -73,6 +73,11 @@ def add_audit_parser(commands: argparse._SubParsersAction) -> None:
     audit.add_argument(
         "--checks", default=None, help=f"comma-separated subset of {', '.join(CHECKS)}"
     )
+    audit.add_argument(
+        "--thorough",
+        action="store_true",
+        help="run the checklist checks' expensive settings in full (every eps rung, restarts)",
+    )
     audit.add_argument("--seed", type=int, default=0)
     audit.add_argument("--json", action="store_true", help="print the result as JSON")
     audit.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -106,6 +111,7 @@ def audit_command(args: argparse.Namespace) -> int:
         "square_queries": args.square_queries,
         "eot": args.eot,
         "attack_resolution": args.attack_resolution,
+        "thorough": args.thorough,
     }
     if dataset is not None:
         report = _audit_set(playground, dataset, args, options)

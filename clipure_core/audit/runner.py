@@ -18,7 +18,6 @@ from torch import nn
 from ..attacks import (
     GRADIENT_FREE_METHODS,
     MAX_EOT_SAMPLES,
-    MAX_EPS,
     AttackConfig,
     check_classes,
     craft_attack,
@@ -35,6 +34,7 @@ from ..seeding import derive_seed, seeded
 from ..threats import attacked_model
 from . import checks as audit_checks
 from .autograd_probe import AutogradCounter
+from .checklist_runs import ChecklistRuns
 from .checks import CHECKS, Check
 from .conditions import (
     CONDITIONS,
@@ -54,7 +54,6 @@ from .progress import Progress, ProgressCallback, Timer
 from .result import AuditResult, Cell
 
 SQUARE_QUERIES = 100
-SWEEP_FACTOR = 4  # each rung of the eps sweep allows 4x the previous perturbation
 Key = tuple[str, str]
 
 
@@ -76,6 +75,7 @@ def run_audit(
     eot: int = 1,
     on_progress: ProgressCallback | None = None,
     attack_resolution: str | None = "model",
+    thorough: bool = False,
 ) -> AuditResult:
     """Audit one photo: the threat matrix (each condition x each model), the pixel gradient
     under each gradient condition, and the sanity checks.
@@ -87,13 +87,15 @@ def run_audit(
     `checks` pick subsets (None: all). `on_progress(done, total, stage)` is called after every
     model query; raising in it aborts the audit. `attack_resolution` 'model' attacks the
     model-size pixels (the playground's), 'native' the photo's own pixels, resized inside the
-    attacked model; None picks native for a photo smaller than the model's input.
+    attacked model; None picks native for a photo smaller than the model's input. `thorough`
+    runs the checklist checks' expensive settings in full (every rung of the eps ladder,
+    restarts; see checklist_runs).
     """
     resolution = check_attack_resolution(attack_resolution)
     audit = _Audit(
         playground, labels, eps, norm, steps, defenses, defense_settings or {}, seed,
         check_conditions(conditions), pick_names(checks, list(CHECKS), "check"),
-        square_queries, eot, true_label,
+        square_queries, eot, true_label, thorough,
     )  # fmt: skip
     return audit.run(image, on_progress, resolution)
 
@@ -104,7 +106,7 @@ def _check_count(name: str, value: int, high: int) -> int:
     return value
 
 
-class _Audit:
+class _Audit(ChecklistRuns):
     """One audit's settings and the state shared between its stages."""
 
     def __init__(
@@ -122,12 +124,14 @@ class _Audit:
         square_queries: int,
         eot: int,
         true_label: str | int | None,
+        thorough: bool = False,
     ) -> None:
         if norm not in ("linf", "l2"):
             raise InputError(f"norm must be 'linf' or 'l2', got {norm!r}.")
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
             raise InputError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}.")
         self.eot = _check_count("eot", eot, MAX_EOT_SAMPLES)
+        self._init_checklist(thorough)
         self.attack = gradient_attack(norm, eps, steps)  # validates eps and steps
         try:  # and EOT: refused here, not once a model turns out random
             gradient_attack(norm, eps, steps, self.eot)
@@ -201,17 +205,14 @@ class _Audit:
         for condition in self.conditions:
             with timer(condition):
                 matrix += self._condition(condition, pixels, progress)
-        single, sweeps = {}, {}
+        single = {}
         if "full" in self.conditions and "single_step_vs_iterative" in self.checks:
             with timer("single_step"):
                 single = self._single_step(pixels, progress)
-        if "full" in self.conditions and "eps_sweep" in self.checks:
-            fooled = {cell.model: not cell.correct for cell in matrix if cell.condition == "full"}
-            with timer("eps_sweep"):
-                sweeps = self._eps_sweeps(pixels, fooled, progress)
+        self._checklist_stages(pixels, progress, timer)
         with timer("checks"):
             stats = self._gradient_stats(gradients)
-            found = self._checks(matrix, stats, differences, single, sweeps)
+            found = self._checks(matrix, stats, differences, single, self._sweeps(matrix))
         return AuditResult(
             labels=self.labels,
             true_label=self.labels[y],
@@ -232,19 +233,15 @@ class _Audit:
         total += sum(self.model_eot[model] for _, model in gradient_keys)
         for key in self._attack_keys():
             total += self._attack_budget(key) + 1  # + its evaluation
-        if "full" in self.conditions:
-            if "single_step_vs_iterative" in self.checks:
-                total += sum(
-                    single_step_attack(self.norm, self.eps, self.model_eot[m]).estimated_queries(
-                        len(self.labels)
-                    )
-                    + 1
-                    for m in self.models
+        if "full" in self.conditions and "single_step_vs_iterative" in self.checks:
+            total += sum(
+                single_step_attack(self.norm, self.eps, self.model_eot[m]).estimated_queries(
+                    len(self.labels)
                 )
-            if "eps_sweep" in self.checks:
-                rungs = len(self._sweep_ladder())
-                total += rungs * sum(self._attack_budget(("full", m)) + 1 for m in self.models)
-        return total
+                + 1
+                for m in self.models
+            )
+        return total + self._checklist_budget()
 
     def _attack_keys(self) -> list[Key]:
         return list(
@@ -316,7 +313,8 @@ class _Audit:
         for model in self.models:
             key = ("clean", UNDEFENDED) if condition == "clean" else attack_key(condition, model)
             if key not in self.embeddings:
-                self._craft(key, pixels, progress, condition, self._config(*key))
+                config = self._config(*key)
+                self._craft(key, pixels, progress, condition, config, self._traced(key[0]))
             z = self.embeddings[key]
             probs = self._logits(
                 model, z, derive_seed(self.seed, "evaluate", condition, model)
@@ -334,14 +332,17 @@ class _Audit:
         progress: Progress,
         stage: str,
         config: AttackConfig,
+        trace: bool = False,
     ) -> None:
         """Run `config` against the module of `key`, round to 8 bits inside the ball (with a
         lattice re-attack where rounding undid a gradient attack; recorded in `rounding`),
-        and encode the image once (every model evaluated on it reuses the embedding)."""
+        and encode the image once (every model evaluated on it reuses the embedding). `trace`
+        records the attack's loss at every query and at its end (loss_progress)."""
         budget = config.estimated_queries(len(self.labels))
+        module = self._recorder(key) if trace else self._module(key)
         with progress.stage(stage, budget) as on_query:
             raw = craft_attack(
-                self._module(key),
+                module,
                 pixels,
                 self.y,
                 config,
@@ -349,6 +350,8 @@ class _Audit:
                 len(self.labels),
                 on_query=on_query,
             )
+        if trace:
+            self._finish_trace(key, module, raw, progress, stage)
         with seeded(derive_seed(self.seed, "lattice", *key)):
             lattice = round_onto_lattice(
                 self._module(key),
@@ -394,37 +397,6 @@ class _Audit:
             self._craft(key, pixels, progress, "single_step", config)
             fooled[model] = not self._correct(model, key)
         return fooled
-
-    def _sweep_ladder(self) -> list[float]:
-        cap = MAX_EPS[self.norm]
-        ladder, eps = [], self.eps
-        while eps < cap:
-            eps = min(eps * SWEEP_FACTOR, cap)
-            ladder.append(eps)
-        return ladder
-
-    def _eps_sweeps(
-        self, pixels: torch.Tensor, fooled_at_eps: dict[str, bool], progress: Progress
-    ) -> dict[str, list[tuple[float, bool]]]:
-        """(eps, fooled) per model: the audit's eps, then growing ones until one fools it
-        (not run for a model the full-gradient attack already fooled)."""
-        sweeps = {}
-        ladder = self._sweep_ladder()
-        for model in self.models:
-            results = [(self.eps, fooled_at_eps[model])]
-            budget = self._attack_budget(("full", model)) + 1
-            for eps in ladder:
-                if results[-1][1]:
-                    progress.done += budget
-                    progress.report(progress.done, "eps_sweep")
-                    continue
-                key = (f"sweep_{eps:.6g}", model)
-                self.modules[key] = self._module(attack_key("full", model))
-                config = gradient_attack(self.norm, eps, self.steps, self.model_eot[model])
-                self._craft(key, pixels, progress, "eps_sweep", config)
-                results.append((eps, not self._correct(model, key)))
-            sweeps[model] = results
-        return sweeps
 
     # ---- measurements -> checks ------------------------------------------------------------
     def _logits(self, model: str, z: torch.Tensor, seed: int) -> torch.Tensor:
@@ -536,7 +508,7 @@ class _Audit:
                         "full" in self.conditions,
                     )
                 )
-        return found
+        return found + self._checklist_checks(matrix, differences)
 
     def _subject(self, condition: str, model: str) -> str:
         """How a check names (condition, model): 'as released' for the first defence,
@@ -570,7 +542,8 @@ class _Audit:
             "square_queries": self.square_queries if "square" in self.conditions else None,
             "eot": self.eot,
             "eot_models": [m for m, samples in self.model_eot.items() if samples > 1],
-            "eps_sweep": self._sweep_ladder() if "eps_sweep" in self.checks else [],
+            "eps_sweep": self._ladder() if "eps_sweep" in self.checks else [],
+            "checklist": self._checklist_settings(),
             "defenses": {name: p.settings() for name, p in self.purifiers.items()},
             "conditions": self.conditions,
             "checks": self.checks,
