@@ -22,13 +22,16 @@ from clipure_core.attacks import AttackConfig, craft_attack
 from .fixtures.golden_common import golden_model, record_runs, run_tables
 
 FIXTURES = Path(__file__).parent / "fixtures"
-# Best losses of one APGD run: ours vs the reference. Bitwise equal for APGD-CE on the
-# machine that made the fixture; APGD-T within 2e-5 there (its targeted-DLR denominator is
-# rounded differently). Rounding elsewhere (other CPUs) moves the path: scaling every weight
-# by 1 +- 2^-19 moved the best losses by at most 1.2e-4, so 1e-3 leaves a margin of 8.
-LOSS_TOLERANCE = {"atol": 1e-3, "rtol": 1e-3}
-# Adversarial pixels: sign steps agree up to gradient components within rounding of zero;
-# under the weight scaling above at most 0.04 % of the pixels moved.
+# Best losses of one APGD run: ours vs the reference, |ours - reference| <= 1e-2 (1 + |ref|).
+# On the machine that made the fixture APGD-CE's are bitwise equal and APGD-T's within 5e-5
+# (its targeted-DLR denominator is rounded differently). Other CPUs round differently, which
+# moves the path: scaling every weight by 1 +- 2^-19 (4 draws) moved the best losses by at most
+# 5e-5 (1 + |ref|), by 1 +- 2^-16 at most 1.5e-3. An eps of 11/255 instead of 12/255 moves 17
+# of APGD-CE's 24 beyond this tolerance (test_the_loss_comparison_fails_for_another_eps).
+LOSS_TOLERANCE = {"atol": 1e-2, "rtol": 1e-2}
+# Adversarial pixels (differing: by more than 1e-6): sign steps agree but for gradient
+# components within rounding of zero. Bitwise equal on the machine that made the fixtures;
+# under either weight scaling above at most 0.04 % of APGD-CE's pixels differed, none of PGD's.
 PIXEL_SHARE_THAT_MAY_DIFFER = 0.01
 CONFIGS = {  # case -> our settings, the reference's in the fixture's metadata
     "apgd_ce": AttackConfig(method="apgd-ce", eps=12 / 255, steps=20),
@@ -223,7 +226,7 @@ def test_the_loss_comparison_fails_for_another_eps(autoattack_golden):
     config = AttackConfig(method="apgd-ce", eps=11 / 255, steps=20)
     _, tables = run_ours(model, golden["input.images"], golden["input.labels"], config)
     close = torch.isclose(tables["loss_best"], golden["apgd_ce.loss_best"], **LOSS_TOLERANCE)
-    assert int((~close).sum()) >= 12
+    assert int((~close).sum()) >= 15  # 17 of 24 measured
 
 
 def test_pgd_matches_foolbox(pgd_golden):
