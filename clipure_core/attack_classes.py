@@ -42,6 +42,7 @@ class _BestIterate:
             else:
                 result = super().forward(images_, labels_)
             self.model.judge(result.detach(), rows, getattr(self, "eot_iter", 1))
+            self.model.settle(rows)
         return self.model.best.points
 
 
@@ -89,6 +90,7 @@ class _StrongestRuns:
                 break
             with self.model.watching(rows):
                 self.attack_single_run(images[rows], labels[rows])
+            self.model.settle(rows)
         return self.model.best.points
 
 
@@ -124,6 +126,7 @@ class StrongestSquare(torchattacks.Square):
                 break
             _, best = self.attack_single_run(images[rows], labels[rows])
             self.model.judge(best, rows, 1)
+            self.model.settle(rows)
         return self.model.best.points
 
 

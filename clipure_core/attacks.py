@@ -25,7 +25,7 @@ from .attack_classes import (
 )
 from .errors import InputError
 from .seeding import seeded
-from .strongest import StrongestRunner, Witness
+from .strongest import PROBE_FORWARDS, SETTLE_DRAWS, StrongestRunner, Witness
 
 # method -> norms it supports
 METHODS: dict[str, tuple[str, ...]] = {
@@ -135,27 +135,30 @@ class AttackConfig:
             return 1
         return self.steps
 
-    def estimated_queries(self, num_classes: int) -> int:
+    def estimated_queries(self, num_classes: int, stochastic: bool = False) -> int:
         """Model forwards this attack makes on one image at most (progress bars, GPU leases):
-        its own, plus the forwards judging a point it never evaluated (PGD's last iterate,
-        FAB's and Square's results; see `strongest`)."""
+        its own, plus those of `strongest`: the probe for randomness, judging points the
+        attack never evaluated (PGD's last iterate, FAB's and Square's results) and, against
+        a `stochastic` model, judging each kept point again after every run."""
         targets = min(num_classes - 1, AUTOATTACK_TARGETS)
         apgd = (self.steps + 1) * self.eot_samples
         apgd_t = (apgd + 1) * targets  # each target is chosen on one clean forward
         if self.method == "noise":
             return 1
         if self.method == "square":
-            return self.steps + 2
-        if self.method == "apgd-t":
-            return apgd_t * self.restarts
-        if self.method in APGD_METHODS:
-            return apgd * self.restarts
-        if self.method == "autoattack":
-            return apgd * RELEASE_APGD_RESTARTS + apgd_t
-        if self.method == "autoattack-standard":
-            fab = (self.steps + 2) * targets * 3 + 1  # forward + Jacobian passes per FAB step
-            return apgd + apgd_t + fab + SQUARE_QUERIES + 2
-        return (self.effective_steps + 1) * self.eot_samples
+            own, runs = self.steps + 1, 1
+        elif self.method == "apgd-t":
+            own, runs = apgd_t * self.restarts, targets * self.restarts
+        elif self.method in APGD_METHODS:
+            own, runs = apgd * self.restarts, self.restarts
+        elif self.method == "autoattack":
+            own, runs = apgd * RELEASE_APGD_RESTARTS + apgd_t, RELEASE_APGD_RESTARTS + targets
+        elif self.method == "autoattack-standard":
+            fab = (self.steps + 2) * targets * 3  # forward + Jacobian passes per FAB step
+            own, runs = apgd + apgd_t + fab + 1 + SQUARE_QUERIES + 2, targets + 3
+        else:  # PGD-style: every step, then the last iterate
+            own, runs = (self.effective_steps + 1) * self.eot_samples, 1
+        return own + PROBE_FORWARDS + (SETTLE_DRAWS * runs if stochastic else 0)
 
     def to_dict(self) -> dict:
         # APGD variants and the gradient-free attacks choose their own step sizes.

@@ -10,12 +10,17 @@ draws of `Witness.judge`) is judged together, as the evaluation judges an image:
 - `margin`: their mean margin towards that goal (the best wrong logit minus the true one;
   targeted: the target's logit minus the best other), positive when fooled.
 
-Candidates compare lexicographically: more of the forwards fooled first, then the higher
-margin. On a deterministic model that is "fooling whenever any iterate fooled, else the
-highest-margin iterate"; on a stochastic one a single lucky forward cannot stand for a point
-that an EOT-averaged judgement would rank below another. The margin is the one loss every
-attack's candidates are ranked by (APGD-CE's, APGD-T's and Square's own losses differ), so
-that candidates of different attacks compare.
+On a deterministic model candidates compare lexicographically, fooled first, then the
+higher margin: "a point that fools whenever any iterate fooled, else the highest-margin
+iterate". A model is stochastic when two forwards of the clean batch differ (AutoAttack's
+randomness check, made once per batch: `PROBE_FORWARDS`); then one forward's "fooled" is a
+coin flip, so candidates rank by their mean margin alone (the EOT-averaged loss), and after
+each run of an attack (a restart, a target class, one attack of a composite) the point each
+image keeps is judged again on `SETTLE_DRAWS` fresh forwards, as the evaluation judges it:
+the image counts as fooled (and is left alone by later runs) only if every one of them is.
+
+The margin is the one loss every attack's candidates are ranked by (APGD-CE's, APGD-T's and
+Square's own losses differ), so that candidates of different attacks compare.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from contextlib import contextmanager
 import torch
 import torchattacks
 from torch import nn
+
+PROBE_FORWARDS = 2  # forwards of the clean batch that tell a stochastic model
+SETTLE_DRAWS = 10  # forwards judging each kept point of a stochastic model after a run
 
 
 def score(
@@ -43,31 +51,68 @@ def score(
     return fooled.float().mean(dim=0), margin.mean(dim=0)
 
 
-class Strongest:
-    """Per image the best candidate point offered so far (clean pixels until one is)."""
+class _Kept:
+    """Per image one point and its score (clean pixels and "none seen" until one is kept)."""
 
-    def __init__(self, clean: torch.Tensor, labels: torch.Tensor, targeted: bool) -> None:
-        self.clean, self.labels, self.targeted = clean, labels, targeted
+    def __init__(self, clean: torch.Tensor) -> None:
         self.points = clean.clone()
-        self.fooled = torch.full((len(labels),), -1.0, device=clean.device)  # -1: none seen
-        self.margin = torch.full((len(labels),), -torch.inf, device=clean.device)
+        self.fooled = torch.full((len(clean),), -1.0, device=clean.device)  # -1: none seen
+        self.margin = torch.full((len(clean),), -torch.inf, device=clean.device)
+
+    def keep(self, rows: torch.Tensor, mask: torch.Tensor, points, fooled, margin) -> None:
+        chosen = rows[mask]
+        self.points[chosen] = points[mask].to(self.points.dtype)
+        self.fooled[chosen], self.margin[chosen] = fooled[mask], margin[mask]
+
+
+class Strongest:
+    """Per image the strongest candidate point offered so far (see the module docstring).
+
+    On a stochastic model the candidates a run offers compete for `challenger`, and `promote`
+    then sets each image's challenger, judged on fresh forwards, against the point it keeps.
+    """
+
+    def __init__(
+        self, clean: torch.Tensor, labels: torch.Tensor, targeted: bool, stochastic: bool
+    ) -> None:
+        self.clean, self.labels = clean, labels
+        self.targeted, self.stochastic = targeted, stochastic
+        self.kept = _Kept(clean)
+        self.challenger = _Kept(clean)
+
+    @property
+    def points(self) -> torch.Tensor:
+        return self.kept.points
 
     def offer(self, rows: torch.Tensor, points: torch.Tensor, logits: torch.Tensor) -> None:
         """Candidates `points` of the images `rows`, seen with (draws, len(rows), C) `logits`.
         A candidate equal to its clean image is never kept."""
         fooled, margin = score(logits.float(), self.labels[rows], self.targeted)
         moved = (points != self.clean[rows]).flatten(1).any(dim=1)
-        held_fooled, held_margin = self.fooled[rows], self.margin[rows]
+        held = self.challenger if self.stochastic else self.kept
+        better = margin > held.margin[rows]
+        if not self.stochastic:
+            better = (fooled > held.fooled[rows]) | ((fooled == held.fooled[rows]) & better)
+        held.keep(rows, moved & better, points, fooled, margin)
+
+    def challenged(self, rows: torch.Tensor) -> torch.Tensor:
+        """The images of `rows` with a challenger waiting to be judged."""
+        return rows[self.challenger.fooled[rows] >= 0]
+
+    def promote(self, rows: torch.Tensor, logits: torch.Tensor) -> None:
+        """Judge the challengers of `rows` by (draws, len(rows), C) `logits` made at them:
+        each replaces the kept point if it fools more of its draws than the kept point did of
+        its own, or as many with a higher mean margin. The challengers are then cleared."""
+        fooled, margin = score(logits.float(), self.labels[rows], self.targeted)
+        held_fooled, held_margin = self.kept.fooled[rows], self.kept.margin[rows]
         better = (fooled > held_fooled) | ((fooled == held_fooled) & (margin > held_margin))
-        keep = moved & better
-        chosen = rows[keep]
-        self.points[chosen] = points[keep].to(self.points.dtype)
-        self.fooled[chosen], self.margin[chosen] = fooled[keep], margin[keep]
+        self.kept.keep(rows, better, self.challenger.points[rows], fooled, margin)
+        self.challenger.fooled[rows], self.challenger.margin[rows] = -1.0, -torch.inf
 
     def unfooled(self) -> torch.Tensor:
-        """Indices of the images whose best point does not fool every forward judged at it
+        """Indices of the images whose kept point does not fool every forward judged at it
         (AutoAttack attacks these further; on a deterministic model: not fooled)."""
-        return (self.fooled < 1).nonzero().flatten()
+        return (self.kept.fooled < 1).nonzero().flatten()
 
 
 class Witness(nn.Module):
@@ -82,8 +127,12 @@ class Witness(nn.Module):
         self._group: tuple[torch.Tensor, list[torch.Tensor]] | None = None
         self.train(model.training)  # torchattacks restores the wrapper's mode onto the model
 
+    @torch.no_grad()
     def start(self, clean: torch.Tensor, labels: torch.Tensor, targeted: bool) -> None:
-        self.best = Strongest(clean, labels, targeted)
+        """A new batch: probe whether the model is stochastic, and nothing seen yet."""
+        first, *others = (self.model(clean) for _ in range(PROBE_FORWARDS))
+        stochastic = any(not torch.equal(first, other) for other in others)
+        self.best = Strongest(clean, labels, targeted, stochastic)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         logits = self.model(pixels)
@@ -108,6 +157,17 @@ class Witness(nn.Module):
         with self.watching(rows):
             for _ in range(draws):
                 self(points)
+
+    @torch.no_grad()
+    def settle(self, rows: torch.Tensor) -> None:
+        """After a run on the images `rows`: on a stochastic model, judge each image's best
+        candidate of the run on `SETTLE_DRAWS` fresh forwards against the point it keeps."""
+        if not self.best.stochastic:
+            return
+        rows = self.best.challenged(rows)
+        if rows.numel():
+            points = self.best.challenger.points[rows]
+            self.best.promote(rows, torch.stack([self.model(points) for _ in range(SETTLE_DRAWS)]))
 
     def _see(self, pixels: torch.Tensor, logits: torch.Tensor) -> None:
         if self._group is not None and torch.equal(self._group[0], pixels):
