@@ -146,7 +146,7 @@ class AttackConfig:
         if self.method == "noise":
             return 1
         if self.method == "square":
-            own, runs = self.steps + 1, 1
+            own, runs = self.steps + 2, 1  # its first point, its queries, the judged best
         elif self.method == "apgd-t":
             own, runs = apgd_t * self.restarts, targets * self.restarts
         elif self.method in APGD_METHODS:

@@ -215,3 +215,24 @@ def test_on_a_stochastic_model_each_runs_best_is_judged_on_fresh_draws():
     best.offer(rows[:1], torch.tensor([3.0]).view(1, 1, 1, 1), torch.tensor([[[0.0, 9.0]]]))
     best.promote(rows[:1], torch.tensor([[right], [right], [fooled], [fooled]]))
     assert best.points.flatten().tolist() == [2, 1]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        AttackConfig("pgd", "linf", EPS, 5),
+        AttackConfig("apgd-t", "linf", EPS, 3),
+        AttackConfig("autoattack", "linf", EPS, 3, eot_samples=2),
+        AttackConfig("square", "linf", EPS, 30),
+    ],
+    ids=lambda c: c.method,
+)
+def test_query_estimate_counts_the_judging_of_a_stochastic_model(config):
+    queries = []
+    craft_attack(NOISY, NOISY_PIXELS[:4], NOISY_LABELS[:4], config, 0, on_query=queries.append)
+    assert len(queries) <= config.estimated_queries(CLASSES, stochastic=True)
+    if config.method != "square":  # Square stops early once a noisy query says "fooled"
+        # more than a deterministic model needs at most: the settling draws
+        assert config.estimated_queries(CLASSES) < len(queries)
+    if config.method == "pgd":  # 2 probing, 5 steps, the last iterate, 10 settling draws
+        assert len(queries) == 18
