@@ -236,3 +236,16 @@ def test_query_estimate_counts_the_judging_of_a_stochastic_model(config):
         assert config.estimated_queries(CLASSES) < len(queries)
     if config.method == "pgd":  # 2 probing, 5 steps, the last iterate, 10 settling draws
         assert len(queries) == 18
+
+
+def test_release_stages_keep_torchattacks_return_rule():
+    model = LinearToy(scale=100.0)
+    pixels, labels = toy_images([0.5 * EPS, 2 * EPS])  # APGD-CE fools the first only
+    config = AttackConfig("apgd-ce", "linf", EPS, 10, restarts=5)
+    release = craft_attack(model, pixels, labels, config, seed=0, release=True)
+    assert unchanged(release, pixels).tolist() == [False, True]
+    assert (model(release).argmax(dim=1) != labels).tolist() == [True, False]
+    ours = craft_attack(model, pixels, labels, config, seed=0)
+    assert unchanged(ours, pixels).tolist() == [False, False]
+    with pytest.raises(ValueError, match="apgd-ce and apgd-t"):
+        craft_attack(model, pixels, labels, AttackConfig("pgd"), seed=0, release=True)
