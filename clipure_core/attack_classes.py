@@ -15,6 +15,7 @@ random defence could pass it by chance).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import nullcontext
 
 import torch
 import torchattacks
@@ -27,7 +28,7 @@ class _BestIterate:
     """Mixin for attacks that run on the whole batch at once (PGD, PGD-L2, EOT-PGD, FGSM, FAB):
     the attack runs on the images not yet fooled; with `watch`, every forward it makes is a
     candidate; its result (e.g. PGD's last iterate, which PGD itself never evaluates) is
-    judged on `draws` forwards."""
+    judged on its EOT samples (`eot_iter`, else one forward)."""
 
     watch = True
     model: Witness
@@ -35,12 +36,8 @@ class _BestIterate:
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         rows = self.model.best.unfooled()
         if rows.numel():
-            images_, labels_ = images[rows], labels[rows]
-            if self.watch:
-                with self.model.watching(rows):
-                    result = super().forward(images_, labels_)
-            else:
-                result = super().forward(images_, labels_)
+            with self.model.watching(rows) if self.watch else nullcontext():
+                result = super().forward(images[rows], labels[rows])
             self.model.judge(result.detach(), rows, getattr(self, "eot_iter", 1))
             self.model.settle(rows)
         return self.model.best.points

@@ -14,10 +14,12 @@ On a deterministic model candidates compare lexicographically, fooled first, the
 higher margin: "a point that fools whenever any iterate fooled, else the highest-margin
 iterate". A model is stochastic when two forwards of the clean batch differ (AutoAttack's
 randomness check, made once per batch: `PROBE_FORWARDS`); then one forward's "fooled" is a
-coin flip, so candidates rank by their mean margin alone (the EOT-averaged loss), and after
-each run of an attack (a restart, a target class, one attack of a composite) the point each
-image keeps is judged again on `SETTLE_DRAWS` fresh forwards, as the evaluation judges it:
-the image counts as fooled (and is left alone by later runs) only if every one of them is.
+coin flip, so the candidates of one run of an attack (a restart, a target class, one attack
+of a composite) rank by their mean margin alone (the EOT-averaged loss); after the run, each
+image's best candidate is judged on `SETTLE_DRAWS` fresh forwards and replaces the point the
+image keeps if it fools more of them (or as many, with a higher mean margin), as the
+evaluation judges an image on its worst draws. The image counts as fooled, and is left alone
+by later runs, only if its kept point fooled every one of them.
 
 The margin is the one loss every attack's candidates are ranked by (APGD-CE's, APGD-T's and
 Square's own losses differ), so that candidates of different attacks compare.
