@@ -319,7 +319,8 @@ def test_run_handler_without_a_server(context):
     result = run(
         context, {**values, "clipure_cos": True, "clipure_cos.steps": 3}, lambda *a: seen.append(a)
     )
-    assert seen[-1] == (2, 3, "attack: model queries")  # PGD: 2 steps of at most 3 queries
+    # PGD: 2 forwards probing for randomness, 2 steps, its last iterate judged: all 5 counted
+    assert seen[-1] == (5, 5, "attack: model queries")
     assert result.settings["defenses"]["clipure_cos"]["steps"] == 3
     assert result.models == ["undefended", "clipure_cos"]
     with pytest.raises(InputError, match="model 'ViT-H-14'"):
