@@ -139,7 +139,7 @@ class AttackConfig:
         """Model forwards this attack makes on one image at most (progress bars, GPU leases):
         its own, plus those of `strongest`: the probe for randomness, judging points the
         attack never evaluated (PGD's last iterate, FAB's and Square's results) and, against
-        a `stochastic` model, judging each kept point again after every run."""
+        a `stochastic` model, judging each run's best point on fresh forwards."""
         targets = min(num_classes - 1, AUTOATTACK_TARGETS)
         apgd = (self.steps + 1) * self.eot_samples
         apgd_t = (apgd + 1) * targets  # each target is chosen on one clean forward
