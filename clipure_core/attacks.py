@@ -11,13 +11,21 @@ import torchattacks
 from torch import nn
 
 from .attack_classes import (
-    EveryImageAPGD,
-    EveryImageAPGDT,
-    EveryImageSquare,
+    BestIterateEOTPGD,
+    BestIterateFGSM,
+    BestIteratePGD,
+    BestIteratePGDL2,
+    JudgedFAB,
+    ReleaseAPGD,
+    ReleaseAPGDT,
+    StrongestAPGD,
+    StrongestAPGDT,
+    StrongestSquare,
     UniformNoise,
 )
 from .errors import InputError
 from .seeding import seeded
+from .strongest import PROBE_FORWARDS, SETTLE_DRAWS, StrongestRunner, Witness
 
 # method -> norms it supports
 METHODS: dict[str, tuple[str, ...]] = {
@@ -127,24 +135,30 @@ class AttackConfig:
             return 1
         return self.steps
 
-    def estimated_queries(self, num_classes: int) -> int:
-        """Model forwards this attack makes on one image at most (progress bars, GPU leases)."""
+    def estimated_queries(self, num_classes: int, stochastic: bool = False) -> int:
+        """Model forwards this attack makes on one image at most (progress bars, GPU leases):
+        its own, plus those of `strongest`: the probe for randomness, judging points the
+        attack never evaluated (PGD's last iterate, FAB's and Square's results) and, against
+        a `stochastic` model, judging each run's best point on fresh forwards."""
         targets = min(num_classes - 1, AUTOATTACK_TARGETS)
         apgd = (self.steps + 1) * self.eot_samples
+        apgd_t = (apgd + 1) * targets  # each target is chosen on one clean forward
         if self.method == "noise":
             return 1
         if self.method == "square":
-            return self.steps + 2
-        if self.method == "apgd-t":
-            return apgd * targets * self.restarts
-        if self.method in APGD_METHODS:
-            return apgd * self.restarts
-        if self.method == "autoattack":
-            return apgd * (RELEASE_APGD_RESTARTS + targets)
-        if self.method == "autoattack-standard":
+            own, runs = self.steps + 2, 1  # its first point, its queries, the judged best
+        elif self.method == "apgd-t":
+            own, runs = apgd_t * self.restarts, targets * self.restarts
+        elif self.method in APGD_METHODS:
+            own, runs = apgd * self.restarts, self.restarts
+        elif self.method == "autoattack":
+            own, runs = apgd * RELEASE_APGD_RESTARTS + apgd_t, RELEASE_APGD_RESTARTS + targets
+        elif self.method == "autoattack-standard":
             fab = (self.steps + 2) * targets * 3  # forward + Jacobian passes per FAB step
-            return apgd * (1 + targets) + fab + SQUARE_QUERIES + 2
-        return self.effective_steps * self.eot_samples + 1
+            own, runs = apgd + apgd_t + fab + 1 + SQUARE_QUERIES + 2, targets + 3
+        else:  # PGD-style: every step, then the last iterate
+            own, runs = (self.effective_steps + 1) * self.eot_samples, 1
+        return own + PROBE_FORWARDS + (SETTLE_DRAWS * runs if stochastic else 0)
 
     def to_dict(self) -> dict:
         # APGD variants and the gradient-free attacks choose their own step sizes.
@@ -187,28 +201,35 @@ def check_classes(config: AttackConfig, num_classes: int) -> None:
 
 
 def build_attack(
-    model: nn.Module, config: AttackConfig, num_classes: int, seed: int
+    model: nn.Module, config: AttackConfig, num_classes: int, seed: int, release: bool = False
 ) -> torchattacks.attack.Attack:
-    """The torchattacks object that runs `config` against `model`.
+    """The attack that runs `config` against `model`: per image it returns the strongest
+    point it saw (see `strongest`), never its last iterate or the clean image by default.
 
-    The APGD variants and Square attack every image they are given (see `attack_classes`),
-    so a stochastic defence cannot dodge them by one lucky forward. FAB (only in
-    autoattack-standard, an attack for deterministic models) keeps its own clean check.
+    Composites (`autoattack`, `autoattack-standard`) run their attacks in order, each on the
+    images not yet fooled. `release=True` (the release protocol's stages, `apgd-ce` and
+    `apgd-t` only) keeps torchattacks' return rule: the clean image wherever the attack's own
+    forwards never saw the image misclassified.
     """
     check_classes(config, num_classes)
     norm = _TORCHATTACKS_NORM[config.norm]
     eot, method, eps, steps = config.eot_samples, config.method, config.eps, config.steps
     targets = min(num_classes - 1, AUTOATTACK_TARGETS)
+    if release:
+        return _release_attack(model, config, targets, seed)
+    if method == "noise":  # one random draw: nothing to choose from
+        return UniformNoise(model, norm, eps)
+    witness = Witness(model)
 
     def apgd(loss: str, restarts: int) -> torchattacks.APGD:
-        return EveryImageAPGD(
-            model, norm, eps, steps, n_restarts=restarts, seed=seed, loss=loss, eot_iter=eot
+        return StrongestAPGD(
+            witness, norm, eps, steps, n_restarts=restarts, seed=seed, loss=loss, eot_iter=eot
         )
 
     def apgd_t() -> torchattacks.APGDT:
         # torchattacks tries n_classes - 1 targets: AutoAttack's 9 at most.
-        return EveryImageAPGDT(
-            model,
+        return StrongestAPGDT(
+            witness,
             norm,
             eps,
             steps,
@@ -219,34 +240,32 @@ def build_attack(
         )
 
     def square(queries: int) -> torchattacks.Square:
-        return EveryImageSquare(model, norm, eps, n_queries=queries, n_restarts=1, seed=seed)
+        return StrongestSquare(witness, norm, eps, n_queries=queries, n_restarts=1, seed=seed)
 
     if method in ("pgd", "fgsm"):
         alpha = config.step_size
         random_start = config.random_start and method == "pgd"
         if eot > 1:
-            attack = torchattacks.EOTPGD(
-                model, eps, alpha, config.effective_steps, eot, random_start
-            )
+            attacks = [
+                BestIterateEOTPGD(witness, eps, alpha, config.effective_steps, eot, random_start)
+            ]
         elif method == "fgsm":
-            attack = torchattacks.FGSM(model, eps)
+            attacks = [BestIterateFGSM(witness, eps)]
         else:
-            attack = torchattacks.PGD(model, eps, alpha, steps, random_start)
+            attacks = [BestIteratePGD(witness, eps, alpha, steps, random_start)]
     elif method == "pgd-l2":
-        attack = torchattacks.PGDL2(model, eps, config.step_size, steps, config.random_start)
+        attacks = [BestIteratePGDL2(witness, eps, config.step_size, steps, config.random_start)]
     elif method in ("apgd-ce", "apgd-dlr"):
-        attack = apgd(method.removeprefix("apgd-"), config.restarts)
+        attacks = [apgd(method.removeprefix("apgd-"), config.restarts)]
     elif method == "apgd-t":
-        attack = apgd_t()
+        attacks = [apgd_t()]
     elif method == "square":
-        attack = square(steps)
-    elif method == "noise":
-        attack = UniformNoise(model, norm, eps)
+        attacks = [square(steps)]
     elif method == "autoattack":  # the release's version='custom': APGD-CE x5 + APGD-T
-        attack = torchattacks.MultiAttack([apgd("ce", RELEASE_APGD_RESTARTS), apgd_t()])
+        attacks = [apgd("ce", RELEASE_APGD_RESTARTS), apgd_t()]
     else:  # autoattack-standard: AutoAttack's standard version
-        fab = torchattacks.FAB(
-            model,
+        fab = JudgedFAB(
+            witness,
             norm,
             eps,
             steps,
@@ -255,10 +274,24 @@ def build_attack(
             n_classes=targets + 1,
             seed=seed,
         )
-        attack = torchattacks.MultiAttack([apgd("ce", 1), apgd_t(), fab, square(SQUARE_QUERIES)])
+        attacks = [apgd("ce", 1), apgd_t(), fab, square(SQUARE_QUERIES)]
+    runner = StrongestRunner(witness, attacks)
     if config.targeted_label is not None:
-        attack.set_mode_targeted_by_label(quiet=True)
-    return attack
+        runner.set_mode_targeted_by_label(quiet=True)  # passed on to its attacks
+    return runner
+
+
+def _release_attack(
+    model: nn.Module, config: AttackConfig, targets: int, seed: int
+) -> torchattacks.attack.Attack:
+    """A stage of the release protocol's AutoAttack, as torchattacks runs it."""
+    norm = _TORCHATTACKS_NORM[config.norm]
+    common = {"n_restarts": config.restarts, "seed": seed, "eot_iter": config.eot_samples}
+    if config.method == "apgd-ce":
+        return ReleaseAPGD(model, norm, config.eps, config.steps, loss="ce", **common)
+    if config.method == "apgd-t":
+        return ReleaseAPGDT(model, norm, config.eps, config.steps, n_classes=targets + 1, **common)
+    raise ValueError(f"the release protocol runs apgd-ce and apgd-t, not {config.method}.")
 
 
 class _QueryCounter(nn.Module):
@@ -287,8 +320,10 @@ def craft_attack(
     seed: int = 0,
     num_classes: int | None = None,
     on_query: Callable[[int], None] | None = None,
+    release: bool = False,
 ) -> torch.Tensor:
-    """Adversarial pixels for (B, 3, S, S) `pixels` in [0, 1] with true class `labels` (B,).
+    """Adversarial pixels for (B, 3, S, S) `pixels` in [0, 1] with true class `labels` (B,):
+    per image the strongest point the attack saw (`release`: see `build_attack`).
 
     All randomness (random start, APGD restarts, stochastic defences) comes from `seed`; the
     global RNG state is left as it was. `on_query(n)` is called after every model forward
@@ -299,7 +334,7 @@ def craft_attack(
         if num_classes is None:
             with torch.no_grad():
                 num_classes = int(model(pixels[:1]).shape[-1])
-        attack = build_attack(counted, config, num_classes, seed)
+        attack = build_attack(counted, config, num_classes, seed, release)
         attack.set_device(pixels.device)
         targets = labels
         if config.targeted_label is not None:

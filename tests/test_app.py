@@ -211,12 +211,14 @@ def test_friendly_errors_hide_tracebacks():
 
 
 def test_progress_totals_and_zerogpu_duration():
-    assert estimated_queries(AttackConfig(steps=10), 1, 5) == 11
-    assert estimated_queries(AttackConfig(steps=10), 2, 5) == 22
-    assert estimated_queries(AttackConfig("apgd-t", steps=10), 1, 5) == 44
+    # 10 steps and the judged last iterate, plus 2 forwards probing for randomness
+    assert estimated_queries(AttackConfig(steps=10), 1, 5) == 13
+    assert estimated_queries(AttackConfig(steps=10), 2, 5) == 26
+    # 4 targets x (a clean forward choosing the target + 11 points), plus the probe
+    assert estimated_queries(AttackConfig("apgd-t", steps=10), 1, 5) == 50
     # the lease counts the same queries as the progress bar (they used to differ for APGD-T)
     apgd_t = PlaygroundRequest(labels="a, b, c, d, e", method="apgd-t", steps=10)
-    assert requested_seconds(None, None, apgd_t) == int(20 + 0.05 * 44)
+    assert requested_seconds(None, None, apgd_t) == int(20 + 0.05 * 50)
     refused = PlaygroundRequest(labels="a, b", steps="ten")  # int() used to fail here
     assert requested_seconds(None, None, refused) == 20
     short = requested_seconds(None, None, PlaygroundRequest(labels="a", steps=10))
@@ -319,7 +321,8 @@ def test_run_handler_without_a_server(context):
     result = run(
         context, {**values, "clipure_cos": True, "clipure_cos.steps": 3}, lambda *a: seen.append(a)
     )
-    assert seen[-1] == (2, 3, "attack: model queries")  # PGD: 2 steps of at most 3 queries
+    # PGD: 2 forwards probing for randomness, 2 steps, its last iterate judged: all 5 counted
+    assert seen[-1] == (5, 5, "attack: model queries")
     assert result.settings["defenses"]["clipure_cos"]["steps"] == 3
     assert result.models == ["undefended", "clipure_cos"]
     with pytest.raises(InputError, match="model 'ViT-H-14'"):

@@ -56,10 +56,11 @@ def test_new_labels_report_text_progress_then_the_attack(choice, monkeypatch):
     assert progress.text[0][:2] == (0, missing) and progress.text[-1][:2] == (missing, missing)
     assert "measuring the speed" in progress.text[0][2]
     assert "left" in progress.text[-1][2] and f"{missing} prompts" in progress.text[-1][2]
-    assert progress.queries == [1, 2]
+    # PGD: 2 forwards probing for randomness, 2 steps, its last iterate judged
+    assert progress.queries == [1, 2, 3, 4, 5]
     again = Recorder()
     service.run(choice, Image.open(PHOTO), request, again)
-    assert again.text == [] and again.queries == [1, 2]  # cached: no text encoding
+    assert again.text == [] and again.queries == [1, 2, 3, 4, 5]  # cached: no text encoding
 
 
 def test_stop_ends_the_text_encoding_at_its_next_batch(choice, monkeypatch):

@@ -54,13 +54,10 @@ def test_perturbation_stays_in_budget_before_and_after_8bit_rounding(classifier,
     assert adversarial.shape == pixels.shape
     assert adversarial.min() >= 0 and adversarial.max() <= 1
     assert within(adversarial - pixels, config.norm, config.eps)
-    if config.method.startswith(("apgd", "autoattack")) or config.method == "square":
-        # As in AutoAttack, an image the attack could not flip comes back unchanged.
-        unchanged = (adversarial == pixels).flatten(1).all(dim=1)
-        flipped = classifier(adversarial).argmax(dim=-1) != labels
-        assert (unchanged | flipped).all()
-    else:
-        assert not torch.equal(adversarial, pixels)
+    # Every image comes back perturbed: the strongest point the attack saw, never the clean
+    # image (torchattacks' APGD, Square and MultiAttack returned clean pixels where they
+    # found no adversarial example).
+    assert not (adversarial == pixels).flatten(1).all(dim=1).any()
     rounded = quantize_in_ball(pixels, adversarial, config.norm, config.eps)
     assert torch.equal(rounded, (rounded * 255).round() / 255)
     assert within(rounded - pixels, config.norm, config.eps)
@@ -162,7 +159,8 @@ def test_progress_callback_counts_model_queries(classifier, pixels):
         num_classes=len(LABELS),
         on_query=calls.append,
     )
-    assert calls == list(range(1, 8))
+    # 2 forwards probing for randomness, 7 steps, then the last iterate is judged
+    assert calls == list(range(1, 11))
 
 
 @pytest.mark.parametrize(

@@ -315,7 +315,10 @@ def test_evaluation_does_not_reuse_the_attacks_random_draws(
         seed=0,
         defense_settings={"clipure_diff": {"prior": str(trained_prior), "steps": 1}},
     )
-    attack_states, evaluation_states = states[:1], states[1:]  # the FGSM query, then evaluation
-    assert len(evaluation_states) == 2  # clean and adversarial purification, one step each
+    # the attack's queries (2 probing for randomness, FGSM's one, its step judged, and, Diff
+    # being stochastic, 10 draws judging that step: see docs/attacks.md), then evaluation:
+    # clean and adversarial purification, one step each
+    attack_states, evaluation_states = states[:-2], states[-2:]
+    assert len(attack_states) == 14
     for attack_state in attack_states:
         assert all(not torch.equal(attack_state, state) for state in evaluation_states)

@@ -103,7 +103,13 @@ class ReleaseEvaluator:
         rounding would undo the attack (judged, not applied)."""
         seed = derive_seed(self.seed, "release attack", model, tag)
         adversarial = craft_attack(
-            self.module(model), pixels, labels, config, seed, len(self.classifier.labels)
+            self.module(model),
+            pixels,
+            labels,
+            config,
+            seed,
+            len(self.classifier.labels),
+            release=True,  # torchattacks' return rule, as the release's AutoAttack
         )
         with seeded(derive_seed(self.seed, "release lattice", model, tag)):
             rounding = round_onto_lattice(
