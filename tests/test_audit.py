@@ -350,13 +350,20 @@ def test_one_step_beating_many_steps_fails(toys):
     }  # fmt: skip
 
 
-def test_eps_sweep_fails_where_no_perturbation_fools_the_attack(toys):
+def test_eps_sweep_reports_the_eps_that_fooled(toys):
+    # The default ladder is 4x the audit's eps (64/255) and the cap (255/255), 2 steps each.
+    # At the cap two PGD steps of 1.25 push every pixel to 0 or 1, an image far from the photo
+    # that fools even the toys whose gradient points the wrong way (reversing, clean_only):
+    # so every model here passes. The must-fail case (a model no perturbation fools) is in
+    # tests/test_audit_checklist.py (`unbounded`, whose full rows this check reads).
     assert statuses(toys, "eps_sweep") == {
-        UNDEFENDED: "pass", "reversing": "fail", "fragile": "fail", "amplifying": "pass",
-        "clean_only": "fail",
+        UNDEFENDED: "pass", "reversing": "pass", "fragile": "pass", "amplifying": "pass",
+        "clean_only": "pass",
     }  # fmt: skip
     sweep = {c.model: c.value for c in toys.checks_named("eps_sweep")}
-    assert sweep[UNDEFENDED] == pytest.approx(16 / 255) and sweep["reversing"] is None
+    assert sweep[UNDEFENDED] == pytest.approx(16 / 255)  # fooled at the audit's own eps
+    assert sweep["fragile"] == pytest.approx(64 / 255)
+    assert sweep["reversing"] == sweep["clean_only"] == 1.0
     assert toys.settings["eps_sweep"] == pytest.approx([64 / 255, 1.0])
 
 
