@@ -125,7 +125,7 @@ class ChecklistRuns:
         seed = derive_seed(self.seed, "trace", *key)
         with progress.stage(stage, samples), torch.no_grad(), seeded(seed):
             for _ in range(samples):
-                recorder(raw)
+                recorder.record(raw)
         self.traces[key] = step_losses(recorder.losses, samples)
 
     # ---- stages ----------------------------------------------------------------------------

@@ -14,7 +14,10 @@ SHARPNESS = 10.0  # the binary logit is SHARPNESS * margin: clean at -5, never s
 
 
 class LossRecorder(nn.Module):
-    """`model` recording the cross-entropy of `label` at every forward (no effect on it)."""
+    """`model` recording the cross-entropy of `label` at the attack's gradient steps (no effect
+    on it): forwards whose input requires a gradient. The forwards the strongest-point
+    bookkeeping adds (`clipure_core.strongest`: the clean probes, judging a point) run without
+    one and are left out; `record` adds a point explicitly (the attack's end)."""
 
     def __init__(self, model: nn.Module, label: torch.Tensor) -> None:
         super().__init__()
@@ -24,9 +27,18 @@ class LossRecorder(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         logits = self.model(pixels)
+        if pixels.requires_grad:
+            self._append(logits)
+        return logits
+
+    @torch.no_grad()
+    def record(self, pixels: torch.Tensor) -> None:
+        """Record the loss at `pixels` whatever their gradient state."""
+        self._append(self.model(pixels))
+
+    def _append(self, logits: torch.Tensor) -> None:
         with torch.no_grad():
             self.losses.append(float(F.cross_entropy(logits.float(), self.label)))
-        return logits
 
 
 def step_losses(losses: list[float], samples: int) -> list[float]:
