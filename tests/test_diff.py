@@ -316,9 +316,10 @@ def test_evaluation_does_not_reuse_the_attacks_random_draws(
         defense_settings={"clipure_diff": {"prior": str(trained_prior), "steps": 1}},
     )
     # the attack's queries (2 probing for randomness, FGSM's one, its step judged, and, Diff
-    # being stochastic, 10 draws judging that step: see docs/attacks.md), then evaluation:
-    # clean and adversarial purification, one step each
+    # being stochastic, 10 draws judging that step: see docs/attacks.md), the 8-bit rounding's
+    # two judging forwards (docs/rounding.md), then evaluation: clean and adversarial
+    # purification, one step each
     attack_states, evaluation_states = states[:-2], states[-2:]
-    assert len(attack_states) == 14
+    assert len(attack_states) == 16
     for attack_state in attack_states:
         assert all(not torch.equal(attack_state, state) for state in evaluation_states)

@@ -71,7 +71,8 @@ def run_ours(model, images, labels, config: AttackConfig):
     build_attack = attacks.build_attack
 
     def spied_build_attack(*args, **kwargs):
-        attack = build_attack(*args, **kwargs)
+        runner = build_attack(*args, **kwargs)
+        (attack,) = runner.attacks  # the one APGD attack our StrongestRunner runs
         target = {"last": None}
         if hasattr(attack, "dlr_loss_targeted"):  # torchattacks' APGD-T: note its targets
             dlr_loss_targeted = attack.dlr_loss_targeted
@@ -82,7 +83,7 @@ def run_ours(model, images, labels, config: AttackConfig):
 
             attack.dlr_loss_targeted = noted
         recorded["runs"] = record_runs(attack, torch.arange(len(labels)), lambda: target["last"])
-        return attack
+        return runner
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(attacks, "build_attack", spied_build_attack)
@@ -139,7 +140,14 @@ def test_apgd_runs_match_the_reference(autoattack_golden, ours, case, fooled_cou
     )
     with torch.no_grad():
         prediction = model(adversarial).argmax(1)
-    assert torch.equal(prediction, golden[f"{case}.prediction"])
+    fooled = golden[f"{case}.prediction"] != labels
+    assert torch.equal(prediction != labels, fooled)
+    # The reference returns the first fooling point of the run that fooled an image; ours the
+    # fooling point with the highest margin any run saw (docs/attacks.md), which may be
+    # classified as another wrong class. Where the reference found nothing it returns the
+    # clean image; ours is the highest-margin point, never the clean image.
+    moved = (adversarial != golden["input.images"]).flatten(1).any(dim=1)
+    assert moved[~fooled].all()
     assert int((prediction != labels).sum()) == fooled_count
     assert int((golden[f"{case}.prediction"] != labels).sum()) == fooled_count
 

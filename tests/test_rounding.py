@@ -233,7 +233,7 @@ def test_evaluate_records_undone_and_repaired(tiny_model_dir, image_folder, tmp_
 def fake_attack(clean: dict):
     """An 'attack' adding 3.4 levels to every pixel; remembers the clean pixels by shape."""
 
-    def attack(model, pixels, labels, config, seed, num_classes=None, on_query=None):
+    def attack(model, pixels, labels, config, seed, num_classes=None, on_query=None, **kwargs):
         clean[pixels.shape] = pixels
         return (pixels + 3.4 / 255).clamp(0, 1)
 
