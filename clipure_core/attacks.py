@@ -201,7 +201,12 @@ def check_classes(config: AttackConfig, num_classes: int) -> None:
 
 
 def build_attack(
-    model: nn.Module, config: AttackConfig, num_classes: int, seed: int, release: bool = False
+    model: nn.Module,
+    config: AttackConfig,
+    num_classes: int,
+    seed: int,
+    release: bool = False,
+    stochastic: bool | None = None,
 ) -> torchattacks.attack.Attack:
     """The attack that runs `config` against `model`: per image it returns the strongest
     point it saw (see `strongest`), never its last iterate or the clean image by default.
@@ -209,7 +214,8 @@ def build_attack(
     Composites (`autoattack`, `autoattack-standard`) run their attacks in order, each on the
     images not yet fooled. `release=True` (the release protocol's stages, `apgd-ce` and
     `apgd-t` only) keeps torchattacks' return rule: the clean image wherever the attack's own
-    forwards never saw the image misclassified.
+    forwards never saw the image misclassified. `stochastic`: whether the model's forwards
+    differ on one input, if the caller has measured it (None: probed on every batch).
     """
     check_classes(config, num_classes)
     norm = _TORCHATTACKS_NORM[config.norm]
@@ -219,7 +225,7 @@ def build_attack(
         return _release_attack(model, config, targets, seed)
     if method == "noise":  # one random draw: nothing to choose from
         return UniformNoise(model, norm, eps)
-    witness = Witness(model)
+    witness = Witness(model, stochastic)
 
     def apgd(loss: str, restarts: int) -> torchattacks.APGD:
         return StrongestAPGD(
@@ -321,20 +327,21 @@ def craft_attack(
     num_classes: int | None = None,
     on_query: Callable[[int], None] | None = None,
     release: bool = False,
+    stochastic: bool | None = None,
 ) -> torch.Tensor:
     """Adversarial pixels for (B, 3, S, S) `pixels` in [0, 1] with true class `labels` (B,):
     per image the strongest point the attack saw (`release`: see `build_attack`).
 
     All randomness (random start, APGD restarts, stochastic defences) comes from `seed`; the
     global RNG state is left as it was. `on_query(n)` is called after every model forward
-    (progress bars; raising in it aborts the attack).
+    (progress bars; raising in it aborts the attack). `stochastic`: see `build_attack`.
     """
     counted = _QueryCounter(model, on_query)  # per call: the model may be shared
     with seeded(seed):
         if num_classes is None:
             with torch.no_grad():
                 num_classes = int(model(pixels[:1]).shape[-1])
-        attack = build_attack(counted, config, num_classes, seed, release)
+        attack = build_attack(counted, config, num_classes, seed, release, stochastic)
         attack.set_device(pixels.device)
         targets = labels
         if config.targeted_label is not None:

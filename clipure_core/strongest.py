@@ -121,9 +121,10 @@ class Witness(nn.Module):
     """`model`, watched: while `watching(rows)`, every forward on a batch of len(rows) images
     (image i of the batch being image rows[i]) is offered to `best` as candidate points."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, stochastic: bool | None = None) -> None:
         super().__init__()
         self.model = model
+        self.stochastic = stochastic  # None: probe each batch (`start`)
         self.best: Strongest | None = None
         self._rows: torch.Tensor | None = None
         self._group: tuple[torch.Tensor, list[torch.Tensor]] | None = None
@@ -131,9 +132,12 @@ class Witness(nn.Module):
 
     @torch.no_grad()
     def start(self, clean: torch.Tensor, labels: torch.Tensor, targeted: bool) -> None:
-        """A new batch: probe whether the model is stochastic, and nothing seen yet."""
-        first, *others = (self.model(clean) for _ in range(PROBE_FORWARDS))
-        stochastic = any(not torch.equal(first, other) for other in others)
+        """A new batch: whether the model is stochastic (probed unless the caller said so),
+        and nothing seen yet."""
+        stochastic = self.stochastic
+        if stochastic is None:
+            first, *others = (self.model(clean) for _ in range(PROBE_FORWARDS))
+            stochastic = any(not torch.equal(first, other) for other in others)
         self.best = Strongest(clean, labels, targeted, stochastic)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:

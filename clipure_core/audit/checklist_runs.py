@@ -212,6 +212,7 @@ class ChecklistRuns:
                         derive_seed(self.seed, "binarization", *key),
                         2,
                         on_query=on_query,
+                        stochastic=self.stochastic.get(model),
                     )
                 adversarial = quantize_in_ball(pixels, raw, self.norm, self.eps)
                 with progress.stage("binarization", 1), torch.no_grad():

@@ -160,6 +160,7 @@ class _Audit(ChecklistRuns):
         self.modules: dict[Key, nn.Module] = {}
         self.embeddings: dict[Key, torch.Tensor] = {}
         self.model_eot: dict[str, int] = dict.fromkeys(self.models, 1)
+        self.stochastic: dict[str, bool] = {}  # per model, from the randomness stage
         self.rounding: list[dict] = []  # one entry per crafted image (see _craft)
         self.clean_logits: dict[str, torch.Tensor] = {}
         self.autograd_calls: dict[str, int] = {}
@@ -191,7 +192,8 @@ class _Audit(ChecklistRuns):
         with timer("randomness"):
             differences = self._randomness(pixels)
         for model, difference in differences.items():
-            if difference > audit_checks.LOGIT_TOLERANCE:
+            self.stochastic[model] = difference > audit_checks.LOGIT_TOLERANCE
+            if self.stochastic[model]:
                 self.model_eot[model] = self.eot
 
         progress = Progress(self._planned_queries(), on_progress)
@@ -349,6 +351,7 @@ class _Audit(ChecklistRuns):
                 derive_seed(self.seed, "attack", *key),
                 len(self.labels),
                 on_query=on_query,
+                stochastic=self.stochastic.get(key[1]),  # measured once: no probe per attack
             )
         if trace:
             self._finish_trace(key, module, raw, progress, stage)
