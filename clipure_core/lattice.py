@@ -74,14 +74,17 @@ def round_onto_lattice(
     `model` returns logits. Untargeted, it is fooled when its top class is not `labels`;
     with `targeted_label`, when it is that class. `repair=False` only judges (no re-attack).
     The whole batch is always passed to `model` (a batch-coupled model sees the same batch);
-    only the undone images move. Draws from the global RNG (seed the call for a stochastic
-    model).
+    only the undone images move. An image rounding left unchanged is never counted undone
+    (on a random model its two judging forwards may simply disagree). Draws from the global
+    RNG (seed the call for a stochastic model).
     """
     goal = labels if targeted_label is None else torch.full_like(labels, targeted_label)
     targeted = targeted_label is not None
     rounded = quantize_in_ball(clean, raw, norm, eps)
     before = _fooled(_logits(model, raw.detach()), goal, targeted)
     after = _fooled(_logits(model, rounded), goal, targeted)
+    changed = (rounded != raw.detach()).flatten(1).any(dim=1)
+    after = torch.where(changed, after, before)  # the same image: one judgement, not two draws
     undone = before & ~after
     repaired = torch.zeros_like(undone)
     if repair and bool(undone.any()):

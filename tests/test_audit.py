@@ -186,20 +186,25 @@ def test_bpda_validity_judges_bpdas_measured_gradient(
     (check,) = result.checks_named("bpda_validity")
     bpda = result.gradient("bpda", "clipure_cos")
     assert check.status == expected
-    assert check.value == bpda.cos_to_full
+    assert check.value == bpda.linf_progress  # what an L-inf attack follows
     assert cos_range[0] <= bpda.cos_to_full <= cos_range[1] and turn in check.explanation
     (direction,) = [c for c in result.checks_named("gradient_direction") if c.condition == "bpda"]
     assert direction.status == expected
 
 
 def test_bpda_validity_never_passes_against_the_measured_gradient():
-    def bpda(norm: float, cos: float | None) -> GradientStats:
-        return GradientStats("bpda", "m", norm, 0.0, cos, None, None)
+    def bpda(norm: float, cos: float | None, progress: float | None = None) -> GradientStats:
+        return GradientStats("bpda", "m", norm, 0.0, cos, None, progress)
 
-    assert [audit_checks.bpda_validity(bpda(1.0, c), "M", 10.0).status for c in
+    assert [audit_checks.bpda_validity(bpda(1.0, c), "M", 10.0, "l2").status for c in
             (-0.99, -1e-6, 0.1, 0.3, 0.6)] == ["fail", "fail", "fail", "warn", "pass"]  # fmt: skip
-    assert audit_checks.bpda_validity(bpda(0.0, None), "M", 10.0).status == "fail"
-    assert audit_checks.bpda_validity(bpda(1.0, None), "M", 10.0).status == "warn"
+    assert audit_checks.bpda_validity(bpda(0.0, None), "M", 10.0, "l2").status == "fail"
+    assert audit_checks.bpda_validity(bpda(1.0, None), "M", 10.0, "l2").status == "warn"
+    # A review's case: the large entries agree, the many small ones have random signs:
+    # cosine 0.908 but L-inf progress 0.076. An L-inf attack follows the signs: fail.
+    both = bpda(1.0, 0.908, 0.076)
+    assert audit_checks.bpda_validity(both, "M", 10.0, "linf").status == "fail"
+    assert audit_checks.bpda_validity(both, "M", 10.0, "l2").status == "pass"
 
 
 class AnchoredToy(Purifier):
@@ -351,19 +356,21 @@ def test_one_step_beating_many_steps_fails(toys):
 
 
 def test_eps_sweep_reports_the_eps_that_fooled(toys):
-    # The default ladder is 4x the audit's eps (64/255) and the cap (255/255), 2 steps each.
-    # At the cap two PGD steps of 1.25 push every pixel to 0 or 1, an image far from the photo
-    # that fools even the toys whose gradient points the wrong way (reversing, clean_only):
-    # so every model here passes. The must-fail case (a model no perturbation fools) is in
-    # tests/test_audit_checklist.py (`unbounded`, whose full rows this check reads).
+    # The default ladder is 4x the audit's eps (64/255) and the cap (255/255), 2 PGD steps
+    # each from the photo itself (no random start). clean_only's gradient is exact at the photo,
+    # so its first step works: fooled at 64/255. At the cap two steps of 1.25 push every pixel
+    # to 0 or 1, an image far from the photo that fools even the toys whose gradient points the
+    # wrong way (reversing, fragile): so every model here passes. The must-fail cases (a model
+    # no perturbation fools, a zero gradient) are in tests/test_audit_checklist.py
+    # (`unbounded`, whose full rows this check reads).
     assert statuses(toys, "eps_sweep") == {
         UNDEFENDED: "pass", "reversing": "pass", "fragile": "pass", "amplifying": "pass",
         "clean_only": "pass",
     }  # fmt: skip
     sweep = {c.model: c.value for c in toys.checks_named("eps_sweep")}
     assert sweep[UNDEFENDED] == pytest.approx(16 / 255)  # fooled at the audit's own eps
-    assert sweep["fragile"] == pytest.approx(64 / 255)
-    assert sweep["reversing"] == sweep["clean_only"] == 1.0
+    assert sweep["clean_only"] == pytest.approx(64 / 255)
+    assert sweep["reversing"] == sweep["fragile"] == 1.0
     assert toys.settings["eps_sweep"] == pytest.approx([64 / 255, 1.0])
 
 

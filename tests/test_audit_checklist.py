@@ -112,7 +112,17 @@ class Noisy(Toy):
         return F.normalize(z, dim=-1) + 0.5 * torch.randn_like(z)
 
 
-TOYS = (Identity, ZeroGradient, Shrink, Saturate, SnapBack, Noisy)
+class NoisyZeroGradient(Toy):
+    """A random defence with a constant-zero gradient: undefended CLIP's embedding, detached,
+    plus fresh noise at every forward (its loss wanders with no attack behind it)."""
+
+    name, title = "noisy_zero_grad", "NoisyZeroGrad"
+
+    def purify(self, z, gradient, on_step=None):
+        return F.normalize(z.detach() + 0 * z, dim=-1) + 0.05 * torch.randn_like(z)
+
+
+TOYS = (Identity, ZeroGradient, Shrink, Saturate, SnapBack, Noisy, NoisyZeroGradient)
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +203,18 @@ def test_loss_progress(masked, toys, backbone, cat_photo):
     longer = audit(backbone, cat_photo, ["shrink"], ["full"], ["loss_progress"], steps=8)
     assert statuses(longer, "loss_progress")[("full", "shrink")] == "pass"
     assert longer.cell("full", "shrink").correct
+
+
+def test_loss_progress_fails_a_random_defence_with_a_zero_gradient(toys, backbone, cat_photo):
+    # A review's case: the per-step losses are single draws of a random defence, so their
+    # maximum rises above the start by chance; the measured pixel gradient is exactly 0.
+    result = audit(
+        backbone, cat_photo, ["noisy_zero_grad"], ["full"], ["zero_gradients", "loss_progress"],
+        steps=10,
+    )  # fmt: skip
+    assert statuses(result, "zero_gradients")[("full", "noisy_zero_grad")] == "fail"
+    stuck = check(result, "loss_progress", "full", "noisy_zero_grad")
+    assert stuck.status == "fail" and "exactly 0" in stuck.explanation
 
 
 def test_transfer_vs_white_box(masked):
@@ -276,6 +298,18 @@ def test_unbounded_for_every_white_box_condition(toys, backbone, cat_photo):
     for model in (UNDEFENDED, "saturate", "identity"):
         row = check(result, "unbounded", "full", model)
         assert sweep[model] == (row.status, row.value)
+
+
+def test_unbounded_fails_an_attack_that_cannot_move(toys, backbone, cat_photo):
+    # A review's case: with a random start, the 255/255 rung starts from an unrelated image,
+    # which can fool a model on its own; the rungs start from the photo, so a zero gradient
+    # (undefended CLIP's predictions, no gradient) leaves every rung at the photo.
+    result = audit(backbone, cat_photo, ["zero_grad"], ["paper", "full"], ["unbounded"])
+    assert statuses(result, "unbounded") == {
+        ("full", UNDEFENDED): "pass",
+        ("paper", "zero_grad"): "fail",
+        ("full", "zero_grad"): "fail",
+    }
 
 
 def test_eps_monotone(ladders):

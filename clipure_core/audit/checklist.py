@@ -29,13 +29,20 @@ def late_steps(steps: int) -> int:
 
 
 def loss_progress(
-    condition: str, model: str, title: str, losses: Sequence[float], fooled: bool
+    condition: str,
+    model: str,
+    title: str,
+    losses: Sequence[float],
+    fooled: bool,
+    zero_gradient: bool = False,
 ) -> Check:
     """`losses`: the attack's loss at its start (step 0), after every step, and at its end.
 
-    Fail: the loss never rose above its start (the attack did nothing). Warn: the model was
-    not fooled and the last steps still brought a real share of the gain (incomplete
-    optimisation, Pintor et al. 2022). Pass otherwise."""
+    Fail: the loss never rose above its start, or the audit measured an exactly-zero pixel
+    gradient for this attack (`zero_gradient`: a rise is then the defence's randomness, one
+    draw per step, not the attack's doing). Warn: the model was not fooled and the last steps
+    still brought a real share of the gain (incomplete optimisation, Pintor et al. 2022).
+    Pass otherwise."""
     start, end, best = losses[0], losses[-1], max(losses)
     gain = best - start
     late = late_steps(len(losses) - 1)
@@ -44,7 +51,7 @@ def loss_progress(
         "start": start,
         "best": best,
         "end": end,
-        "late_share": late_gain / gain if gain > 0 else None,
+        "late_share": max(late_gain, 0.0) / gain if gain > 0 else None,
     }
     args = ("loss_progress",)
     if gain <= LOSS_TOLERANCE * max(1.0, abs(start)):
@@ -54,6 +61,15 @@ def loss_progress(
             value,
             f"{title}: the attack's loss never rose above its value at step 0 ({start:.4g}), "
             "so the attack did nothing.",
+            **_where(condition, model),
+        )
+    if zero_gradient:
+        return Check(
+            *args,
+            "fail",
+            value,
+            f"{title}: the gradient that reaches the pixels is exactly 0, so the attack could "
+            f"not steer; its loss rose from {start:.4g} to {best:.4g} only by chance.",
             **_where(condition, model),
         )
     if not fooled and late_gain > LATE_SHARE * gain:

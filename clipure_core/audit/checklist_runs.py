@@ -15,6 +15,8 @@ Coarse by default, so the app's audit stays quick; `thorough=True` runs every se
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from ..attacks import MAX_EPS, craft_attack
@@ -25,6 +27,7 @@ from ..threats import attacked_model
 from . import checklist
 from .checks import LOGIT_TOLERANCE, Check
 from .conditions import CONDITIONS, UNDEFENDED, WHITE_BOX_CONDITIONS, attack_key, gradient_attack
+from .gradients import GradientStats
 from .probes import BinaryHead, LossRecorder, random_in_ball, step_losses
 from .progress import Progress, Timer
 from .result import Cell
@@ -150,7 +153,12 @@ class ChecklistRuns:
                     continue
                 rung = (f"unbounded_{eps:.6g}_{condition}", model)
                 self.modules[rung] = self._module(key)
-                config = gradient_attack(self.norm, eps, steps, self.model_eot[model])
+                # no random start: at 255/255 the start alone is an unrelated image, and the
+                # rung must show what the gradient steps reach
+                config = replace(
+                    gradient_attack(self.norm, eps, steps, self.model_eot[model]),
+                    random_start=False,
+                )
                 self._craft(rung, pixels, progress, "unbounded", config)
                 fooled = not self._correct(model, rung)
                 rows.append((eps, not fooled, self._true_probability(model, rung)))
@@ -295,14 +303,18 @@ class ChecklistRuns:
             for model in self.models
         }
 
-    def _checklist_checks(self, matrix: list[Cell], differences: dict[str, float]) -> list[Check]:
+    def _checklist_checks(
+        self, matrix: list[Cell], differences: dict[str, float], stats: list[GradientStats]
+    ) -> list[Check]:
         correct = {(cell.condition, cell.model): cell.correct for cell in matrix}
+        zero = {(row.condition, row.model) for row in stats if row.norm == 0}
         titles = {name: c.title for name, c in CONDITIONS.items()}
         found: list[Check] = []
         for (condition, model), losses in self.traces.items():
             fooled = not self._correct(model, (condition, model))
             title = self._subject(condition, model)
-            found.append(checklist.loss_progress(condition, model, title, losses, fooled))
+            stuck = (condition, model) in zero
+            found.append(checklist.loss_progress(condition, model, title, losses, fooled, stuck))
         for key, rows in self.ladders.items():
             condition, model = key
             title = self._subject(condition, model)

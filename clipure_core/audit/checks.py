@@ -177,11 +177,12 @@ def angles_between(a: torch.Tensor, b: torch.Tensor) -> list[float]:
     return [math.degrees(math.acos(max(-1.0, min(1.0, float(c))))) for c in cos]
 
 
-def bpda_validity(stats: GradientStats, title: str, turn_deg: float) -> Check:
-    """Judge BPDA by its measured gradient (`stats`: the bpda row): fail when its cosine with
-    the exact gradient is below 0.2 (negative: it points the wrong way), warn below 0.5.
-    `turn_deg`, how far purification turns the clean embedding, is reported as context: it is
-    what BPDA ignores (CLIPure-Cos with 30 per step turns 88 deg per step)."""
+def bpda_validity(stats: GradientStats, title: str, turn_deg: float, norm: str) -> Check:
+    """Judge BPDA by its measured gradient (`stats`: the bpda row) with the measure the attack
+    follows (as `gradient_direction`): L-inf progress for L-inf, cosine for L2. Fail below 0.2
+    (negative: it points the wrong way), warn below 0.5. `turn_deg`, how far purification turns
+    the clean embedding, is reported as context: it is what BPDA ignores (CLIPure-Cos with 30
+    per step turns 88 deg per step)."""
     where = {"condition": stats.condition, "model": stats.model}
     turn = f"purification turns the clean embedding by {turn_deg:.1f} deg, which BPDA ignores"
     if stats.norm == 0:
@@ -192,8 +193,11 @@ def bpda_validity(stats: GradientStats, title: str, turn_deg: float) -> Check:
             f"{title}: BPDA's gradient is exactly 0, so it cannot guide an attack ({turn}).",
             **where,
         )
-    cos = stats.cos_to_full
-    if cos is None:
+    if norm == "linf":
+        value, measure = stats.linf_progress, "L-inf progress"
+    else:
+        value, measure = stats.cos_to_full, "cosine"
+    if value is None:
         return Check(
             "bpda_validity",
             "warn",
@@ -201,19 +205,20 @@ def bpda_validity(stats: GradientStats, title: str, turn_deg: float) -> Check:
             f"{title}: the exact gradient is 0, so BPDA cannot be compared with it ({turn}).",
             **where,
         )
-    if cos < 0:
+    if value < 0:
         status, verdict = "fail", "it points the wrong way: trust the full-gradient row instead"
-    elif cos < PROGRESS_FAIL:
+    elif value < PROGRESS_FAIL:
         status, verdict = "fail", "it is nearly unrelated to it: trust the full-gradient row"
-    elif cos < PROGRESS_PASS:
+    elif value < PROGRESS_PASS:
         status, verdict = "warn", "it only partly agrees: compare with the full-gradient row"
     else:
         status, verdict = "pass", "BPDA is a fair stand-in here"
     return Check(
         "bpda_validity",
         status,
-        cos,
-        f"{title}: BPDA's gradient has cosine {cos:.2f} with the exact one, so {verdict} ({turn}).",
+        value,
+        f"{title}: BPDA's gradient has {measure} {value:.2f} with the exact one, so {verdict} "
+        f"({turn}).",
         **where,
     )
 

@@ -457,7 +457,7 @@ class _Audit(ChecklistRuns):
                 with torch.no_grad(), seeded(seed):
                     (turn,) = audit_checks.angles_between(purifier(clean), clean)
                 bpda = next(r for r in stats if (r.condition, r.model) == ("bpda", model))
-                found.append(audit_checks.bpda_validity(bpda, self.models[model], turn))
+                found.append(audit_checks.bpda_validity(bpda, self.models[model], turn, self.norm))
         for model, title in self.models.items():
             clean_ok = correct[("clean", model)]
             fooled = {
@@ -511,7 +511,7 @@ class _Audit(ChecklistRuns):
                         "full" in self.conditions,
                     )
                 )
-        return found + self._checklist_checks(matrix, differences)
+        return found + self._checklist_checks(matrix, differences, stats)
 
     def _subject(self, condition: str, model: str) -> str:
         """How a check names (condition, model): 'as released' for the first defence,
