@@ -11,7 +11,7 @@ from collections.abc import Callable
 from clipure_core import InputError
 from clipure_core.prompts import parse_labels
 
-from .service import PlaygroundRequest, estimated_queries
+from .service import PlaygroundRequest, attacked_models, estimated_queries
 
 try:  # only installed on Spaces
     import spaces
@@ -38,10 +38,9 @@ def requested_seconds(choice: object, image: object, request: PlaygroundRequest)
         steps = int(request.purifier_settings().get("clipure_diff", {}).get("steps", 10))
     except InputError:
         return BASE_SECONDS
-    adaptive = request.threat != "transfer"
-    attacked = 1 + (len(request.defenses) if adaptive else 0)
+    attacked = attacked_models(request.threat, request.defenses)
     queries = estimated_queries(config, attacked, labels)
-    if adaptive and "clipure_diff" in request.defenses:
+    if "clipure_diff" in attacked:
         queries *= 1 + steps
     return int(min(MAX_SECONDS, BASE_SECONDS + SECONDS_PER_QUERY * queries))
 

@@ -25,7 +25,7 @@ from clipure_core.backbone import Backbone
 from clipure_core.images import open_image
 from clipure_core.prior import prior_for
 from clipure_core.prompts import LABEL_PRESETS, null_prompts, parse_labels, resolve_templates
-from clipure_core.purifiers import check_defense
+from clipure_core.purifiers import PURIFIERS, check_defense
 from clipure_core.text_embeddings import (
     class_prompt_groups,
     measured_rate,
@@ -208,10 +208,21 @@ def _preset_name(labels: list[str]) -> str | None:
     return None
 
 
-def estimated_queries(config: AttackConfig, targets: int, num_labels: int) -> int:
+def estimated_queries(config: AttackConfig, attacked: Sequence[str], num_labels: int) -> int:
     """Model forwards of a request (progress bars, GPU leases): the engine's estimate for
-    one attack, times the attacked models."""
-    return max(1, config.estimated_queries(num_labels) * targets)
+    the attack on each of the `attacked` models ('undefended' or a defence's name; a
+    stochastic defence's points are judged on fresh draws)."""
+    total = 0
+    for name in attacked:
+        stochastic = name in PURIFIERS and PURIFIERS[name].stochastic
+        total += config.estimated_queries(num_labels, stochastic=stochastic)
+    return max(1, total)
+
+
+def attacked_models(threat: str, defenses: Sequence[str]) -> list[str]:
+    """The models a request attacks: undefended CLIP, and each defence under an adaptive
+    threat (under `transfer` every model sees undefended CLIP's image)."""
+    return ["undefended", *(defenses if threat != "transfer" else [])]
 
 
 @dataclass(frozen=True)
@@ -301,7 +312,7 @@ class PlaygroundService:
         """Run `request`; `on_progress(done, total, description)` sees the text encoding (if
         any) and every model query; `cancel` aborts it at the next batch or query."""
         job = self._prepare(choice, image, request, on_progress, cancel)
-        attacked = 1 + (len(job.defenses) if request.threat != "transfer" else 0)
+        attacked = attacked_models(request.threat, job.defenses)
         total = estimated_queries(job.attack, attacked, len(job.labels))
 
         def on_query(done: int) -> None:

@@ -212,10 +212,12 @@ def test_friendly_errors_hide_tracebacks():
 
 def test_progress_totals_and_zerogpu_duration():
     # 10 steps and the judged last iterate, plus 2 forwards probing for randomness
-    assert estimated_queries(AttackConfig(steps=10), 1, 5) == 13
-    assert estimated_queries(AttackConfig(steps=10), 2, 5) == 26
+    assert estimated_queries(AttackConfig(steps=10), ["undefended"], 5) == 13
+    assert estimated_queries(AttackConfig(steps=10), ["undefended", "clipure_cos"], 5) == 26
+    # CLIPure-Diff is stochastic: its run's best point is also judged on 10 fresh draws
+    assert estimated_queries(AttackConfig(steps=10), ["undefended", "clipure_diff"], 5) == 36
     # 4 targets x (a clean forward choosing the target + 11 points), plus the probe
-    assert estimated_queries(AttackConfig("apgd-t", steps=10), 1, 5) == 50
+    assert estimated_queries(AttackConfig("apgd-t", steps=10), ["undefended"], 5) == 50
     # the lease counts the same queries as the progress bar (they used to differ for APGD-T)
     apgd_t = PlaygroundRequest(labels="a, b, c, d, e", method="apgd-t", steps=10)
     assert requested_seconds(None, None, apgd_t) == int(20 + 0.05 * 50)

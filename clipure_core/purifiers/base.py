@@ -71,6 +71,8 @@ class Purifier(nn.Module):
     name: str = ""
     title: str = ""
     flag_prefix: str = ""  # CLI flags: --{flag_prefix}-{setting}, e.g. --cos-steps
+    # its output varies between calls on one input: attacks judge their points on fresh draws
+    stochastic: bool = False
     settings_spec: tuple[Setting, ...] = (STEPS, STEP_SIZE)
 
     def __init__(self, steps: int, step_size: float) -> None:

@@ -31,6 +31,7 @@ class DiffPurifier(Purifier):
     """
 
     name = "clipure_diff"
+    stochastic = True  # a random timestep and noise per step
     title = "CLIPure-Diff"
     flag_prefix = "diff"
     settings_spec = (
