@@ -111,8 +111,10 @@ class StrongestAPGDT(_StrongestRuns, torchattacks.APGDT):
         """At L2, one image at a time: torchattacks' (3.5.1) L2 update steps every image of a
         batch with the first image's step size, where APGD and the reference AutoAttack step
         each with its own (docs/reference-checks.md); in a batch of one they are the same.
-        The random starts are drawn per image from the same seeded generator, so they differ
-        from a batched run's draws. L-inf steps each image with its own size: one batch."""
+        The random starts are drawn per image from the same seeded generator: other numbers
+        than a batched run's draws, but on CPU for images of a multiple of 16 values (torch
+        draws normal numbers in blocks of 16). L-inf steps each image with its own size: one
+        batch."""
         if self.norm != "L2":
             super()._run(images, labels, rows)
             return
