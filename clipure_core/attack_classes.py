@@ -85,10 +85,14 @@ class _StrongestRuns:
             rows = self.model.best.unfooled()
             if not rows.numel():
                 break
-            with self.model.watching(rows):
-                self.attack_single_run(images[rows], labels[rows])
+            self._run(images, labels, rows)
             self.model.settle(rows)
         return self.model.best.points
+
+    def _run(self, images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor) -> None:
+        """One run of `attack_single_run` on the images `rows`, its forwards watched."""
+        with self.model.watching(rows):
+            self.attack_single_run(images[rows], labels[rows])
 
 
 class StrongestAPGD(_StrongestRuns, torchattacks.APGD):
@@ -102,6 +106,20 @@ class StrongestAPGDT(_StrongestRuns, torchattacks.APGDT):
         for target_class in range(2, self.n_target_classes + 2):
             self.target_class = target_class
             yield from range(self.n_restarts)
+
+    def _run(self, images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor) -> None:
+        """At L2, one image at a time: torchattacks' (3.5.1) L2 update steps every image of a
+        batch with the first image's step size, where APGD and the reference AutoAttack step
+        each with its own (docs/reference-checks.md); in a batch of one they are the same.
+        The random starts are drawn per image from the same seeded generator: other numbers
+        than a batched run's draws, but on CPU for images of a multiple of 16 values (torch
+        draws normal numbers in blocks of 16). L-inf steps each image with its own size: one
+        batch."""
+        if self.norm != "L2":
+            super()._run(images, labels, rows)
+            return
+        for i in range(len(rows)):
+            super()._run(images, labels, rows[i : i + 1])
 
 
 class StrongestSquare(torchattacks.Square):

@@ -21,6 +21,7 @@ CONFIGS = [
     AttackConfig("apgd-ce", "linf", 8 / 255, 5),
     AttackConfig("apgd-dlr", "l2", 0.5, 5),
     AttackConfig("apgd-t", "linf", 4 / 255, 3),
+    AttackConfig("apgd-t", "l2", 0.5, 3),
     AttackConfig("autoattack", "linf", 1 / 255, 3),
     AttackConfig("autoattack-standard", "linf", 16 / 255, 2),
     AttackConfig("pgd", "linf", 3 / 255, 3, eot_samples=2),

@@ -17,6 +17,7 @@ import torch
 from safetensors import safe_open
 
 import clipure_core.attacks as attacks
+from clipure_core.attack_classes import StrongestAPGDT, _StrongestRuns
 from clipure_core.attacks import AttackConfig, craft_attack
 
 from .fixtures.golden_common import golden_model, record_runs, run_tables
@@ -66,7 +67,8 @@ def pgd_golden():
 
 
 def run_ours(model, images, labels, config: AttackConfig):
-    """`craft_attack` with seed 0, and the table of its single APGD runs (`run_tables`)."""
+    """`craft_attack` with seed 0, and the table of its single APGD runs (`run_tables`): each
+    call of `attack_single_run` attacks the images the witness watches during it."""
     recorded: dict[str, list] = {}
     build_attack = attacks.build_attack
 
@@ -82,7 +84,17 @@ def run_ours(model, images, labels, config: AttackConfig):
                 return dlr_loss_targeted(logits, y, y_target)
 
             attack.dlr_loss_targeted = noted
-        recorded["runs"] = record_runs(attack, torch.arange(len(labels)), lambda: target["last"])
+        witness, watched = runner.witness, {}
+        watching = witness.watching
+
+        def noted_watching(rows):  # the images each call of `attack_single_run` attacks
+            watched["rows"] = rows
+            return watching(rows)
+
+        witness.watching = noted_watching
+        recorded["runs"] = record_runs(
+            attack, None, lambda: target["last"], rows_of=lambda: watched["rows"]
+        )
         return runner
 
     with pytest.MonkeyPatch.context() as patch:
@@ -125,7 +137,8 @@ def test_fixtures_record_the_settings_we_run(autoattack_golden, pgd_golden):
 
 
 @pytest.mark.parametrize(
-    ("case", "fooled_count"), [("apgd_ce", 10), ("apgd_t", 10), ("apgd_ce_l2", 12)]
+    ("case", "fooled_count"),
+    [("apgd_ce", 10), ("apgd_t", 10), ("apgd_ce_l2", 12), ("apgd_t_l2", 12)],
 )
 def test_apgd_runs_match_the_reference(autoattack_golden, ours, case, fooled_count):
     """Every single run attacks the same images with the same targets, fools the same ones and
@@ -206,25 +219,36 @@ def test_misclassified_images_are_attacked_here_and_skipped_by_the_reference(
     )
 
 
-def test_l2_apgd_t_differs_from_the_reference(autoattack_golden, ours):
-    """Documented difference: torchattacks' APGD-T steps every image of an L2 run with the
-    first image's step size (`step_size[0]`), where the reference halves each image's own.
-    Same images fooled (12 of 24), but some best losses far apart; APGD-CE at L2 matches
-    (test_apgd_runs_match_the_reference), so the difference is APGD-T's alone."""
-    _, golden, _ = autoattack_golden
+def test_l2_apgd_t_one_image_at_a_time_reaches_the_references_losses(autoattack_golden, ours):
+    """Fixed difference: torchattacks' APGD-T steps every image of an L2 batch with the first
+    image's step size (`step_size[0]`), where the reference halves each image's own; ours runs
+    it one image at a time (StrongestAPGDT), and every run now matches the reference
+    (test_apgd_runs_match_the_reference). The batched run misses it: image 22, first target,
+    reaches 14.6 there (measured) against the reference's 102.1. The tolerance is the other
+    cases' because the random starts are the same draws: on CPU torch draws normal numbers in
+    blocks of 16, and an image of 3 x 16 x 16 values consumes whole blocks (other sizes do not:
+    3 x 5 x 5)."""
+    model, golden, _ = autoattack_golden
     case = "apgd_t_l2"
     _, tables = ours(case)
-    labels = golden["input.labels"]
-    assert torch.equal(tables["attacked"], golden[f"{case}.attacked"])
-    assert torch.equal(tables["fooled"].any(0), golden[f"{case}.fooled"].any(0))
-    assert int(golden[f"{case}.fooled"].any(0).sum()) == 12
-    assert int((golden[f"{case}.prediction"] != labels).sum()) == 12
-    ours_loss, reference_loss = tables["loss_best"][0], golden[f"{case}.loss_best"][0]
-    # image 22, first target: the reference reaches 102.1, ours 14.6 (measured)
-    assert reference_loss[22] > 100
-    assert ours_loss[22] < reference_loss[22] / 2
-    beyond = ~torch.isclose(tables["loss_best"], golden[f"{case}.loss_best"], **LOSS_TOLERANCE)
-    assert int((beyond & ~golden[f"{case}.loss_best"].isnan()).sum()) >= 1
+    reference_loss = golden[f"{case}.loss_best"][0, 22]
+    assert 102.0 < float(reference_loss) < 102.2
+    torch.testing.assert_close(tables["loss_best"][0, 22], reference_loss, **LOSS_TOLERANCE)
+
+    def batched_draws(shape: tuple[int, ...]) -> bool:
+        torch.manual_seed(0)
+        batch = torch.randn(24, *shape)
+        torch.manual_seed(0)
+        return torch.equal(batch, torch.cat([torch.randn(1, *shape) for _ in range(24)]))
+
+    assert batched_draws((3, 16, 16))
+    assert not batched_draws((3, 5, 5))
+    with pytest.MonkeyPatch.context() as patch:  # torchattacks' batched L2 run
+        patch.setattr(StrongestAPGDT, "_run", _StrongestRuns._run)
+        labels = golden[f"{case}.labels"]
+        _, batched = run_ours(model, golden["input.images"], labels, CONFIGS[case])
+    assert float(batched["loss_best"][0, 22]) < float(reference_loss) / 2
+    assert torch.equal(batched["fooled"].any(0), golden[f"{case}.fooled"].any(0))
 
 
 def test_the_loss_comparison_fails_for_another_eps(autoattack_golden):

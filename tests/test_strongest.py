@@ -9,7 +9,7 @@ import torchattacks
 from torch import nn
 
 from clipure_core import AttackConfig, craft_attack
-from clipure_core.attack_classes import ReleaseAPGD, ReleaseAPGDT
+from clipure_core.attack_classes import ReleaseAPGD, ReleaseAPGDT, StrongestAPGDT
 from clipure_core.strongest import Strongest
 
 EPS = 4 / 255
@@ -105,6 +105,32 @@ def test_no_attack_returns_a_clean_image_of_a_noisy_defence(config, as_strong):
     attacked = fool_rates(NOISY, adversarial, NOISY_LABELS)
     # images whose returned point fools at least as many of 4000 draws as the clean image
     assert int((attacked >= clean).sum()) == as_strong
+
+
+@pytest.mark.parametrize(
+    ("norm", "eps", "first_batch"), [("l2", EPS * 48**0.5, 1), ("linf", EPS, 4)]
+)
+def test_apgd_t_attacks_one_image_per_call_at_l2_and_the_batch_at_linf(norm, eps, first_batch):
+    """torchattacks' batched L2 APGD-T steps every image with the first image's step size;
+    ours gives it one image at a time (docs/reference-checks.md). Against the noisy defence
+    every image still comes back perturbed within the budget, judged after each target."""
+    sizes = []
+    single_run = StrongestAPGDT.attack_single_run
+
+    def spied(self, x, y):
+        sizes.append(len(x))
+        return single_run(self, x, y)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(StrongestAPGDT, "attack_single_run", spied)
+        config = AttackConfig("apgd-t", norm, eps, 3)
+        adversarial = craft_attack(NOISY, NOISY_PIXELS[:4], NOISY_LABELS[:4], config, seed=0)
+    assert sizes[0] == first_batch  # the first target's run attacks all 4 images
+    if norm == "l2":
+        assert len(sizes) >= 4 and set(sizes) == {1}
+    delta = (adversarial - NOISY_PIXELS[:4]).flatten(1)
+    size = delta.norm(dim=1) if norm == "l2" else delta.abs().amax(dim=1)
+    assert bool((size > 0).all()) and float(size.max()) <= eps + 1e-6
 
 
 class Bump(nn.Module):
