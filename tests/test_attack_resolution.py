@@ -180,6 +180,17 @@ def test_attacked_module_differentiates_the_native_pixels(backbone):
         assert torch.equal(module(big), unwrapped(big))
 
 
+def test_a_resize_first_made_in_inference_mode_can_be_differentiated():
+    """The evaluation's clean pass (under `torch.inference_mode`) is the first to resize; the
+    cached resize matrices must still serve the attack's backward pass afterwards."""
+    resize_matrix.cache_clear()
+    with torch.inference_mode():
+        resize_like_preprocess(torch.rand(1, 3, 13, 11), 32, InterpolationMode.BICUBIC)
+    x = torch.rand(1, 3, 13, 11, requires_grad=True)
+    resize_like_preprocess(x, 32, InterpolationMode.BICUBIC).sum().backward()
+    assert x.grad.shape == (1, 3, 13, 11) and x.grad.abs().sum() > 0
+
+
 @pytest.fixture(scope="module")
 def small_folder(tmp_path_factory):
     """4 classes x 2 random 16 x 16 images."""
