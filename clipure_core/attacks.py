@@ -50,6 +50,7 @@ TARGETED_METHODS = ("pgd", "pgd-l2", "fgsm")
 GRADIENT_FREE_METHODS = ("square", "noise")
 APGD_METHODS = ("apgd-ce", "apgd-dlr", "apgd-t")
 # the DLR losses need 3 classes, their targeted form 4
+SQUARE_L2_METHODS = ("square", "autoattack-standard")  # L2 Square: square images only
 MIN_CLASSES = {"apgd-dlr": 3, "apgd-t": 4, "autoattack": 4, "autoattack-standard": 4}
 AUTOATTACK_STEPS = 100  # the paper's setting: APGD-CE + APGD-T, 100 iterations each
 AUTOATTACK_TARGETS = 9  # APGD-T's (and FAB-T's) targets in AutoAttack: 9 likeliest wrong classes
@@ -200,6 +201,18 @@ def check_classes(config: AttackConfig, num_classes: int) -> None:
         )
 
 
+def check_pixel_shape(config: AttackConfig, height: int, width: int) -> None:
+    """Refuse torchattacks' L2 Square (`square`, and inside `autoattack-standard`) on images
+    that are not square: its initial tiling and its square updates assume height == width and
+    crash otherwise. Only `native` attack resolution gives such images."""
+    if config.norm == "l2" and config.method in SQUARE_L2_METHODS and height != width:
+        raise InputError(
+            f"{config.method} at L2 runs torchattacks' L2 Square, which needs square images; "
+            f"these are {width}x{height}. Use --attack-resolution model (square model-size "
+            "pixels), --norm linf, or another attack."
+        )
+
+
 def build_attack(
     model: nn.Module,
     config: AttackConfig,
@@ -336,6 +349,7 @@ def craft_attack(
     global RNG state is left as it was. `on_query(n)` is called after every model forward
     (progress bars; raising in it aborts the attack). `stochastic`: see `build_attack`.
     """
+    check_pixel_shape(config, *pixels.shape[-2:])
     counted = _QueryCounter(model, on_query)  # per call: the model may be shared
     with seeded(seed):
         if num_classes is None:

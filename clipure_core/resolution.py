@@ -121,14 +121,18 @@ def resize_matrix(
 ) -> torch.Tensor:
     """(new_length, length): the linear map torchvision's antialiased resize applies along
     one axis, read off by resizing the identity (row i of it is pixel i alone), in blocks of
-    rows so that a long side never needs the whole identity at once."""
+    rows so that a long side never needs the whole identity at once. Built outside inference
+    mode: the matrix is cached, and a first call under `torch.inference_mode` (the evaluation's
+    clean pass) would otherwise cache an inference tensor that no later attack could
+    differentiate through."""
     blocks = []
-    for start in range(0, length, _IDENTITY_BLOCK):
-        pixel = torch.arange(start, min(start + _IDENTITY_BLOCK, length), device=device)
-        alone = F.one_hot(pixel, length).to(dtype)[:, None, None, :]
-        resized = TF.resize(alone, [1, new_length], interpolation=interpolation, antialias=True)
-        blocks.append(resized[:, 0, 0, :])
-    return torch.cat(blocks).T.contiguous()
+    with torch.inference_mode(False), torch.no_grad():
+        for start in range(0, length, _IDENTITY_BLOCK):
+            pixel = torch.arange(start, min(start + _IDENTITY_BLOCK, length), device=device)
+            alone = F.one_hot(pixel, length).to(dtype)[:, None, None, :]
+            resized = TF.resize(alone, [1, new_length], interpolation=interpolation, antialias=True)
+            blocks.append(resized[:, 0, 0, :])
+        return torch.cat(blocks).T.contiguous()
 
 
 class ResizedInput(nn.Module):

@@ -16,7 +16,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from torchvision.transforms import CenterCrop, InterpolationMode, Resize
 
-from clipure_core import Playground, ZeroShotClassifier, load_backbone
+from clipure_core import AttackConfig, Playground, ZeroShotClassifier, craft_attack, load_backbone
 from clipure_core.audit import run_audit
 from clipure_core.audit.dataset import audit_dataset
 from clipure_core.cli import main as clipure_main
@@ -180,6 +180,17 @@ def test_attacked_module_differentiates_the_native_pixels(backbone):
         assert torch.equal(module(big), unwrapped(big))
 
 
+def test_a_resize_first_made_in_inference_mode_can_be_differentiated():
+    """The evaluation's clean pass (under `torch.inference_mode`) is the first to resize; the
+    cached resize matrices must still serve the attack's backward pass afterwards."""
+    resize_matrix.cache_clear()
+    with torch.inference_mode():
+        resize_like_preprocess(torch.rand(1, 3, 13, 11), 32, InterpolationMode.BICUBIC)
+    x = torch.rand(1, 3, 13, 11, requires_grad=True)
+    resize_like_preprocess(x, 32, InterpolationMode.BICUBIC).sum().backward()
+    assert x.grad.shape == (1, 3, 13, 11) and x.grad.abs().sum() > 0
+
+
 @pytest.fixture(scope="module")
 def small_folder(tmp_path_factory):
     """4 classes x 2 random 16 x 16 images."""
@@ -316,3 +327,39 @@ def test_audit_sizes_and_the_library_default(backbone, small_folder, image_folde
     settings = mixed.to_dict()["settings"]
     assert settings["attack_resolution"] == "native"
     assert settings["attack_image_size"] is None  # these 3 images differ in size
+
+
+L2_SQUARE_REFUSAL = (
+    "square at L2 runs torchattacks' L2 Square, which needs square images; these are 24x16. "
+    "Use --attack-resolution model (square model-size pixels), --norm linf, or another attack."
+)
+
+
+def test_l2_square_on_images_that_are_not_square_is_refused(
+    tiny_model_dir, tiny_checkpoint, tmp_path, capsys
+):
+    """torchattacks' L2 Square tiles square images only (it crashed on 16 x 24 pixels); only
+    `native` gives other shapes. Refused with the way out, before anything is encoded."""
+    folder = tmp_path / "wide"
+    for c, name in enumerate(CLASSES):
+        (folder / name).mkdir(parents=True)
+        noise(16, 24, seed=c).save(folder / name / "0.png")
+    args = [
+        "--data", str(folder), "--model", f"local-dir:{tiny_model_dir}", "--templates", "single",
+        "--attack", "square", "--norm", "l2", "--eps", "0.5", "--steps", "2", "--threat", "full",
+        "--defense", "none", "--out", str(tmp_path / "out"), "--no-progress",
+    ]  # fmt: skip
+    assert evaluate_main(args) == 2
+    assert capsys.readouterr().err == f"error: {L2_SQUARE_REFUSAL}\n"
+    audit = [
+        "audit", str(folder / CLASSES[0] / "0.png"), "--labels", "cat,dog", "--model",
+        TINY_MODEL, "--pretrained", str(tiny_checkpoint), "--norm", "l2", "--eps", "0.5",
+        "--steps", "1", "--square-queries", "2", "--conditions", "clean,square", "--quiet",
+    ]  # fmt: skip
+    assert clipure_main(audit) == 2
+    assert capsys.readouterr().err == f"error: {L2_SQUARE_REFUSAL}\n"
+    assert clipure_main([*audit, "--attack-resolution", "model", "--json"]) == 0  # 32 x 32
+    pixels = torch.rand(1, 3, 16, 24)
+    config = AttackConfig(method="square", norm="l2", eps=0.5, steps=2)
+    with pytest.raises(InputError, match="needs square images"):
+        craft_attack(torch.nn.Identity(), pixels, torch.tensor([0]), config)

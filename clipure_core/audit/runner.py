@@ -20,6 +20,7 @@ from ..attacks import (
     MAX_EOT_SAMPLES,
     AttackConfig,
     check_classes,
+    check_pixel_shape,
     craft_attack,
 )
 from ..classifier import ZeroShotClassifier
@@ -183,6 +184,10 @@ class _Audit(ChecklistRuns):
             )
         y = self.given_y
         pixels = self._pixels(image, resolution)
+        if "square" in self.conditions:  # refused before anything is encoded
+            check_pixel_shape(
+                square_attack(self.norm, self.eps, self.square_queries), *pixels.shape[-2:]
+            )
         with timer("clean"), torch.no_grad():
             self.embeddings[("clean", UNDEFENDED)] = self._encode(pixels)
             if y is None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
+from ..attacks import check_pixel_shape
 from ..backbone import Backbone
 from ..classifier import ZeroShotClassifier
 from ..loading import load_backbone
@@ -217,6 +218,8 @@ class _Run:
             one_size(dataset.image_size(item) for item in subset)
         backbone = load_backbone(config.model, config.pretrained, self.device, config.precision)
         resolution, attack_size = _attack_resolution(config, dataset, subset, backbone.image_size)
+        for condition in config.conditions():  # refused before anything is encoded
+            check_pixel_shape(condition.attack, attack_size[1], attack_size[0])
         if backbone.info.random_weights:
             notices.append("random weights: the accuracies are meaningless (a speed check).")
         options = {  # the defences' settings are checked before the class texts are encoded
