@@ -160,15 +160,19 @@ def gradient_direction(stats: GradientStats, title: str, norm: str) -> Check:
     else:
         value = stats.cos_to_full
         measured = f"its gradient's cosine with the exact gradient is {value:.2f}"
-    if value < 0:
-        status, verdict = "fail", "so its attack pushes the wrong way"
-    elif value < PROGRESS_FAIL:
-        status, verdict = "fail", "so its attack is steered almost at random"
-    elif value < PROGRESS_PASS:
-        status, verdict = "warn", "so its attack is only partly guided"
-    else:
-        status, verdict = "pass", "so its attack is well guided"
+    status, verdict = direction_grade(value)
     return Check("gradient_direction", status, value, f"{title}: {measured}, {verdict}.", **where)
+
+
+def direction_grade(value: float) -> tuple[str, str]:
+    """Status and verdict for a gradient delivering `value` of the exact one's progress."""
+    if value < 0:
+        return "fail", "so its attack pushes the wrong way"
+    if value < PROGRESS_FAIL:
+        return "fail", "so its attack is steered almost at random"
+    if value < PROGRESS_PASS:
+        return "warn", "so its attack is only partly guided"
+    return "pass", "so its attack is well guided"
 
 
 def angles_between(a: torch.Tensor, b: torch.Tensor) -> list[float]:
