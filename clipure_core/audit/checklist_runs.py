@@ -69,8 +69,13 @@ class ChecklistRuns:
         return "loss_progress" in self.checks and CONDITIONS[condition].gradient
 
     def _coupled_defences(self) -> list[str]:
-        """The defences that have the release's batch-coupled step as an option."""
-        return [m for m, p in self.purifiers.items() if BATCH_COUPLED in p.settings_spec]
+        """The deterministic defences that have the release's batch-coupled step as an option
+        (a random one's check warns whatever its gradient: its draws differ)."""
+        return [
+            m
+            for m, p in self.purifiers.items()
+            if BATCH_COUPLED in p.settings_spec and not self.stochastic.get(m)
+        ]
 
     def _ladder_keys(self) -> list[Key]:
         if any(c in self.checks for c in LADDER_CHECKS[:2]):
