@@ -46,7 +46,8 @@ CHECKS: dict[str, str] = {
     "binarization": "With a known adversarial example placed inside the ball, the attack must "
     "find it (Zimmermann et al. 2022); missing it means the attack is too weak.",
     "batch_coupling": "The defence's output for the photo must not depend on the other image "
-    "in a batch of two (the release's steps did).",
+    "in a batch of two, and its gradient under the release's batch-coupled step at batch size "
+    "2 must still guide an attack (the release evaluated pairs: there it was noise).",
     "randomness": "Do the logits change between two runs on the same input? Then attacks "
     "must average gradients over draws (EOT) and robustness needs several draws.",
     "softmax_output": "Does the model hand the attacks probabilities instead of logits? "
