@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from clipure_core import InputError, Playground, Purifier
-from clipure_core.audit import CHECKS, UNDEFENDED, run_audit
+from clipure_core.audit import CHECKS, UNDEFENDED, checklist, run_audit
+from clipure_core.audit.gradients import GradientStats
 from clipure_core.audit.probes import BinaryHead
 from clipure_core.cli import main
 from clipure_core.purifiers import PURIFIERS
@@ -342,6 +343,20 @@ def test_batch_coupling(toys, backbone, cat_photo, ladders):
         (None, "identity"): "pass",
     }
     assert check(result, "batch_coupling", None, "identity").value["coupled_gradient"] is None
+
+
+def test_batch_coupling_without_a_direction_to_judge():
+    def row(norm: float, direction: float | None) -> GradientStats:
+        return GradientStats("batch_coupling", "clipure_cos", norm, 0.0, *[direction] * 3)
+
+    def judged(rows):
+        return checklist.batch_coupling("clipure_cos", "CLIPure-Cos", 0.0, False, False, rows)
+
+    assert judged([row(0.0, None)] * 2).status == "fail"  # exactly 0: nothing to follow
+    assert judged([row(1e-15, None)] * 2).status == "warn"  # the exact gradient is 0
+    half_zero = judged([row(0.0, None), row(1e-15, 0.9)])  # a zero pair gains nothing
+    assert half_zero.status == "warn"
+    assert half_zero.value["coupled_gradient"]["linf_progress"] == pytest.approx(0.45)
 
 
 def test_thorough_progress_reaches_its_total_through_the_new_stages(ladders):

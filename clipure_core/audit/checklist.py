@@ -350,7 +350,7 @@ def batch_coupling(
     return Check(*args, status, value, " ".join(text for _, text in found), model=model)
 
 
-def _mean(values: Sequence[float | None]) -> float | None:
+def _mean(values: Sequence[float | None]) -> float:
     """The mean, with an exactly-zero gradient's direction counted as 0 (no progress)."""
     return sum(v or 0.0 for v in values) / len(values)
 
