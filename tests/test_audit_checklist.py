@@ -16,12 +16,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from clipure_core import InputError, Playground, Purifier
-from clipure_core.audit import CHECKS, UNDEFENDED, run_audit
+from clipure_core.audit import CHECKS, UNDEFENDED, checklist, run_audit
+from clipure_core.audit.gradients import GradientStats
 from clipure_core.audit.probes import BinaryHead
 from clipure_core.cli import main
 from clipure_core.purifiers import PURIFIERS
 
 from .conftest import ASSETS, LABELS, TINY_MODEL
+from .test_audit import playground_with_null_at
 
 NEW_CHECKS = [
     "loss_progress",
@@ -328,27 +330,67 @@ def test_eps_monotone(ladders):
 
 
 def test_batch_coupling(toys, backbone, cat_photo, ladders):
-    def coupling(settings):
-        return run_audit(
-            Playground(backbone, "single"),
+    def coupling(settings, degrees=None, **options):
+        playground = (
+            Playground(backbone, "single")
+            if degrees is None
+            else playground_with_null_at(backbone, cat_photo, degrees, settings)
+        )
+        (found,) = run_audit(
+            playground,
             cat_photo,
             LABELS,
             conditions=["clean"],
             checks=["batch_coupling"],
             defense_settings={"clipure_cos": settings},
+            **options,
         ).checks_named("batch_coupling")
+        return found
 
-    (coupled,) = coupling({"batch_coupled": True})
+    coupled = coupling({"batch_coupled": True})
     assert coupled.status == "fail" and coupled.value["relative_change"] > 1e-3
-    (per_sample,) = coupling({})
-    assert per_sample.status == "pass" and per_sample.value["relative_change"] < 1e-5
+    # The release's mechanism (b): the per-sample CLIPure-Cos, its null prompt 78 degrees from
+    # the photo, under the release's batch-coupled step at batch size 2 (float32, "paper"):
+    # its output does not depend on the partner, but the photo's gradient is round-off noise
+    # (measured: L-inf progress -0.04 with 1 thread, -0.01 with 2; over 12 seeds -0.05 +- 0.08)
+    per_sample = coupling({}, 78.0)
+    assert per_sample.status == "fail"
+    assert per_sample.value["relative_change"] < 1e-5
+    assert "does not depend" in per_sample.explanation
+    assert "evaluated images in pairs" in per_sample.explanation
+    measured = per_sample.value["coupled_gradient"]
+    assert measured["partners"] == "16 random images, one pair each"
+    assert len(measured["per_pair"]["linf_progress"]) == 16
+    assert measured["smallest_norm"] > 0  # noise, not float16's zeros
+    # L2 judges the cosine (measured: mean -0.04 on one thread)
+    assert coupling({}, 78.0, norm="l2", eps=0.5).status == "fail"
+    # A small step (0.1 per step) leaves the coupled gradient guided (measured: 0.92)
+    small_step = coupling({"step_size": 0.1}, 78.0)
+    assert small_step.status == "pass"
+    assert small_step.value["coupled_gradient"]["linf_progress"] > 0.9
     random = audit(backbone, cat_photo, ["noisy"], ["clean"], ["batch_coupling"])
     assert statuses(random, "batch_coupling") == {(None, "noisy"): "warn"}  # draws differ
+    # toy defences without the release's batch-coupled option: the output part only
     result, _ = ladders
     assert statuses(result, "batch_coupling") == {
         (None, "snap_back"): "pass",
         (None, "identity"): "pass",
     }
+    assert check(result, "batch_coupling", None, "identity").value["coupled_gradient"] is None
+
+
+def test_batch_coupling_without_a_direction_to_judge():
+    def row(norm: float, direction: float | None) -> GradientStats:
+        return GradientStats("batch_coupling", "clipure_cos", norm, 0.0, *[direction] * 3)
+
+    def judged(rows):
+        return checklist.batch_coupling("clipure_cos", "CLIPure-Cos", 0.0, False, False, rows)
+
+    assert judged([row(0.0, None)] * 2).status == "fail"  # exactly 0: nothing to follow
+    assert judged([row(1e-15, None)] * 2).status == "warn"  # the exact gradient is 0
+    half_zero = judged([row(0.0, None), row(1e-15, 0.9)])  # a zero pair gains nothing
+    assert half_zero.status == "warn"
+    assert half_zero.value["coupled_gradient"]["linf_progress"] == pytest.approx(0.45)
 
 
 def test_thorough_progress_reaches_its_total_through_the_new_stages(ladders):
@@ -388,8 +430,9 @@ def test_cli_json_lists_the_new_checks(capsys, tiny_checkpoint):
         # each attack also makes the strongest-point forwards (2 clean probes, its last
         # iterate judged): docs/attacks.md, "Queries"
         ([c for c in CHECKS if c not in NEW_CHECKS], False, 339),
-        (None, False, 453),
-        (None, True, 1081),
+        # batch_coupling's gradient: 16 pairs at batch size 2 for CLIPure-Cos (453 before)
+        (None, False, 469),
+        (None, True, 1097),  # 1081 before
         (["unbounded"], False, 377),
         (["unbounded", "eps_sweep"], False, 377),  # eps_sweep reads unbounded's full rows
     ],

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from itertools import pairwise
 
-from .checks import Check, _eps_text, _titles
+from .checks import STATUSES, Check, _eps_text, _titles, direction_grade
+from .gradients import GradientStats
 
 # loss_progress: a rise below this (relative to max(1, |start|)) is round-off (float16: ~1e-3)
 LOSS_TOLERANCE = 1e-3
@@ -333,10 +334,21 @@ def batch_coupling(
     relative_change: float,
     prediction_changed: bool,
     random_model: bool,
+    coupled: Sequence[GradientStats] = (),
+    norm: str = "linf",
 ) -> Check:
-    """Fail when the defence's output for the photo changes with its batch partner (beyond
-    float32 round-off, or its prediction); warn when the model is random (the draws differ)."""
-    value = {"relative_change": relative_change, "prediction_changed": prediction_changed}
+    """Two measurements in batches of two. The output: fail when the defence's purified
+    embedding for the photo changes with its partner (beyond float32 round-off, or its
+    prediction). The gradient (`coupled`, one row per random partner, for defences with the
+    release's batch-coupled step): the photo's pixel gradient under that step at batch size 2
+    (float32, inner gradient held constant) against the exact one, averaged over the pairs and
+    graded as `gradient_direction` grades (L-inf progress, L2 cosine). Warn when the model is
+    random (the draws differ)."""
+    value = {
+        "relative_change": relative_change,
+        "prediction_changed": prediction_changed,
+        "coupled_gradient": _coupled_value(coupled) if coupled else None,
+    }
     args = ("batch_coupling",)
     if random_model:
         return Check(
@@ -347,21 +359,66 @@ def batch_coupling(
             "a change of draws.",
             model=model,
         )
-    if prediction_changed or relative_change > COUPLING_TOLERANCE:
+    found = [_output_coupling(title, relative_change, prediction_changed)]
+    if coupled:
+        found.append(_gradient_coupling(title, coupled, norm))
+    status = max((s for s, _ in found), key=STATUSES.index)
+    return Check(*args, status, value, " ".join(text for _, text in found), model=model)
+
+
+def _mean(values: Sequence[float | None]) -> float:
+    """The mean, with an exactly-zero gradient's direction counted as 0 (no progress)."""
+    return sum(v or 0.0 for v in values) / len(values)
+
+
+def _coupled_value(rows: Sequence[GradientStats]) -> dict:
+    compared = all(row.norm == 0 or row.cos_to_full is not None for row in rows)
+    fields = ("cos_to_full", "sign_agreement_with_full", "linf_progress")
+    means = {f: _mean([getattr(row, f) for row in rows]) if compared else None for f in fields}
+    return {
+        "partners": f"{len(rows)} random images, one pair each",
+        **means,
+        "smallest_norm": min(row.norm for row in rows),
+        "per_pair": {f: [getattr(row, f) for row in rows] for f in fields[::2]},
+    }
+
+
+def _output_coupling(title: str, change: float, prediction_changed: bool) -> tuple[str, str]:
+    if prediction_changed or change > COUPLING_TOLERANCE:
         changed = "and its prediction " if prediction_changed else ""
-        return Check(
-            *args,
+        return (
             "fail",
-            value,
-            f"{title}: the photo's purified embedding {changed}changed by "
-            f"{relative_change:.1e} (relative) when another image shared its batch, so "
-            "batched attacks and evaluations see a different model than one image alone.",
-            model=model,
+            f"{title}: the photo's purified embedding {changed}changed by {change:.1e} "
+            "(relative) when another image shared its batch, so batched attacks and "
+            "evaluations see a different model than one image alone.",
         )
-    return Check(
-        *args,
-        "pass",
-        value,
-        f"{title}: the photo's output does not depend on the other images in its batch.",
-        model=model,
+    return "pass", f"{title}: the photo's output does not depend on the other images in its batch."
+
+
+def _gradient_coupling(title: str, rows: Sequence[GradientStats], norm: str) -> tuple[str, str]:
+    where = (
+        "With the release's step (normalised over the whole batch; float32, inner gradient "
+        f"held constant) and a random image beside the photo in a batch of two ({len(rows)} "
+        "pairs), "
     )
+    summary = _coupled_value(rows)
+    if all(row.norm == 0 for row in rows):
+        return "fail", f"{where}the photo's gradient is exactly 0: an attack cannot move."
+    value = summary["linf_progress" if norm == "linf" else "cos_to_full"]
+    if value is None:
+        return "warn", f"{where}the photo's gradient cannot be compared: the exact one is 0."
+    if norm == "linf":
+        measured = (
+            f"a step along the signs of the photo's gradient gains {value:.0%} of what the "
+            "exact gradient's signs gain (mean over the pairs)"
+        )
+    else:
+        measured = f"the photo's gradient has cosine {value:.2f} with the exact one (mean)"
+    status, verdict = direction_grade(value)
+    text = f"{where}{measured}, {verdict}."
+    if status == "fail":
+        text += (
+            " The release evaluated images in pairs, so its gradient attacks followed noise, "
+            "not the defence's gradient."
+        )
+    return status, text

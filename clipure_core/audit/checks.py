@@ -46,7 +46,8 @@ CHECKS: dict[str, str] = {
     "binarization": "With a known adversarial example placed inside the ball, the attack must "
     "find it (Zimmermann et al. 2022); missing it means the attack is too weak.",
     "batch_coupling": "The defence's output for the photo must not depend on the other image "
-    "in a batch of two (the release's steps did).",
+    "in a batch of two, and its gradient under the release's batch-coupled step at batch size "
+    "2 must still guide an attack (the release evaluated pairs: there it was noise).",
     "randomness": "Do the logits change between two runs on the same input? Then attacks "
     "must average gradients over draws (EOT) and robustness needs several draws.",
     "softmax_output": "Does the model hand the attacks probabilities instead of logits? "
@@ -160,15 +161,19 @@ def gradient_direction(stats: GradientStats, title: str, norm: str) -> Check:
     else:
         value = stats.cos_to_full
         measured = f"its gradient's cosine with the exact gradient is {value:.2f}"
-    if value < 0:
-        status, verdict = "fail", "so its attack pushes the wrong way"
-    elif value < PROGRESS_FAIL:
-        status, verdict = "fail", "so its attack is steered almost at random"
-    elif value < PROGRESS_PASS:
-        status, verdict = "warn", "so its attack is only partly guided"
-    else:
-        status, verdict = "pass", "so its attack is well guided"
+    status, verdict = direction_grade(value)
     return Check("gradient_direction", status, value, f"{title}: {measured}, {verdict}.", **where)
+
+
+def direction_grade(value: float) -> tuple[str, str]:
+    """Status and verdict for a gradient delivering `value` of the exact one's progress."""
+    if value < 0:
+        return "fail", "so its attack pushes the wrong way"
+    if value < PROGRESS_FAIL:
+        return "fail", "so its attack is steered almost at random"
+    if value < PROGRESS_PASS:
+        return "warn", "so its attack is only partly guided"
+    return "pass", "so its attack is well guided"
 
 
 def angles_between(a: torch.Tensor, b: torch.Tensor) -> list[float]:

@@ -216,7 +216,7 @@ class _Audit(ChecklistRuns):
         if "full" in self.conditions and "single_step_vs_iterative" in self.checks:
             with timer("single_step"):
                 single = self._single_step(pixels, progress)
-        self._checklist_stages(pixels, progress, timer)
+        self._checklist_stages(pixels, progress, timer, gradients)
         with timer("checks"):
             stats = self._gradient_stats(gradients)
             found = self._checks(matrix, stats, differences, single, self._sweeps(matrix))
