@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .attacks import GRADIENT_FREE_METHODS, AttackConfig
 from .pixels import LEVELS, quantize_in_ball
 
 LATTICE_STEPS = 5  # re-attack steps on the 8-bit lattice, each of one 8-bit level
@@ -93,6 +94,29 @@ def round_onto_lattice(
         )
     return LatticeResult(
         rounded, before.tolist(), after.tolist(), repaired.tolist(), attempted=repair
+    )
+
+
+def round_attack(
+    model: nn.Module,
+    clean: torch.Tensor,
+    raw: torch.Tensor,
+    labels: torch.Tensor,
+    config: AttackConfig,
+    repair: bool = True,
+) -> LatticeResult:
+    """`round_onto_lattice` for the output `raw` of the attack `config` (its norm, eps and
+    target); a gradient-free attack's images are never re-attacked (the lattice steps would
+    give it a gradient)."""
+    return round_onto_lattice(
+        model,
+        clean,
+        raw,
+        labels,
+        config.norm,
+        config.eps,
+        targeted_label=config.targeted_label,
+        repair=repair and config.method not in GRADIENT_FREE_METHODS,
     )
 
 

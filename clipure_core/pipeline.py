@@ -14,11 +14,11 @@ import torch
 import torchattacks
 from PIL import Image
 
-from .attacks import GRADIENT_FREE_METHODS, AttackConfig, check_classes, craft_attack
+from .attacks import AttackConfig, check_classes, craft_attack
 from .backbone import Backbone
 from .classifier import ZeroShotClassifier
 from .errors import InputError
-from .lattice import round_onto_lattice
+from .lattice import round_attack
 from .loading import precision_notice
 from .pixels import perturbation_norms, pil_to_pixels, pixels_to_pil
 from .prompts import parse_labels
@@ -250,16 +250,7 @@ class Playground:
                     model, pixels, y_tensor, attack, seed, len(labels), on_query=on_query
                 )
                 with seeded(derive_seed(seed, "lattice", target)):
-                    lattice = round_onto_lattice(
-                        model,
-                        pixels,
-                        raw,
-                        y_tensor,
-                        attack.norm,
-                        attack.eps,
-                        targeted_label=attack.targeted_label,
-                        repair=attack.method not in GRADIENT_FREE_METHODS,
-                    )
+                    lattice = round_attack(model, pixels, raw, y_tensor, attack)
             adversarial_pixels[target] = lattice.adversarial
             rounding[target] = lattice.image(0)
             with _Stopwatch(self.backbone.device, timings, "encode"), torch.no_grad():

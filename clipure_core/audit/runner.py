@@ -16,7 +16,6 @@ from PIL import Image
 from torch import nn
 
 from ..attacks import (
-    GRADIENT_FREE_METHODS,
     MAX_EOT_SAMPLES,
     AttackConfig,
     check_classes,
@@ -26,7 +25,7 @@ from ..attacks import (
 from ..classifier import ZeroShotClassifier
 from ..errors import InputError
 from ..images import normalize_image
-from ..lattice import round_onto_lattice
+from ..lattice import round_attack
 from ..pipeline import Playground
 from ..prompts import parse_labels
 from ..purifiers import Purifier
@@ -361,15 +360,7 @@ class _Audit(ChecklistRuns):
         if trace:
             self._finish_trace(key, module, raw, progress, stage)
         with seeded(derive_seed(self.seed, "lattice", *key)):
-            lattice = round_onto_lattice(
-                self._module(key),
-                pixels,
-                raw,
-                self.y,
-                config.norm,
-                config.eps,
-                repair=config.method not in GRADIENT_FREE_METHODS,
-            )
+            lattice = round_attack(self._module(key), pixels, raw, self.y, config)
         self.rounding.append({"attack": key[0], "model": key[1], **lattice.image(0)})
         with progress.stage(stage, 1), torch.no_grad():
             self.embeddings[key] = self._encode(lattice.adversarial)

@@ -26,9 +26,9 @@ from dataclasses import replace
 
 import torch
 
-from ..attacks import GRADIENT_FREE_METHODS, AttackConfig, craft_attack
+from ..attacks import AttackConfig, craft_attack
 from ..classifier import ZeroShotClassifier
-from ..lattice import LatticeResult, round_onto_lattice
+from ..lattice import LatticeResult, round_attack
 from ..pixels import LEVELS
 from ..purifiers import Purifier
 from ..seeding import derive_seed, seeded
@@ -194,16 +194,7 @@ class BatchEvaluator:
                 target, pixels, labels, config, seed, num_classes=len(self.classifier.labels)
             )
             with seeded(derive_seed(seed, "lattice", source)):
-                lattice = round_onto_lattice(
-                    target,
-                    pixels,
-                    raw,
-                    labels,
-                    config.norm,
-                    config.eps,
-                    targeted_label=config.targeted_label,
-                    repair=config.method not in GRADIENT_FREE_METHODS,
-                )
+                lattice = round_attack(target, pixels, raw, labels, config)
         with stages("evaluate"):
             z = self._encode(lattice.adversarial)
         return lattice.adversarial, z, lattice

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..attacks import RELEASE_APGD_RESTARTS, AttackConfig, craft_attack
 from ..classifier import ZeroShotClassifier
-from ..lattice import round_onto_lattice
+from ..lattice import round_attack
 from ..purifiers import Purifier
 from ..seeding import derive_seed, seeded
 from ..threats import attacked_model
@@ -112,14 +112,8 @@ class ReleaseEvaluator:
             release=True,  # torchattacks' return rule, as the release's AutoAttack
         )
         with seeded(derive_seed(self.seed, "release lattice", model, tag)):
-            rounding = round_onto_lattice(
-                self.module(model),
-                pixels,
-                adversarial,
-                labels,
-                config.norm,
-                config.eps,
-                repair=False,
+            rounding = round_attack(
+                self.module(model), pixels, adversarial, labels, config, repair=False
             )
         delta = (adversarial - pixels).detach().double().flatten(1)
         return {
