@@ -182,17 +182,18 @@ def _check_count(name: str, value: int, high: int) -> None:
         raise InputError(f"{name} must be an integer from 1 to {high}, got {value!r}.")
 
 
-def check_classes(config: AttackConfig, num_classes: int) -> None:
+def check_classes(config: AttackConfig, num_classes: int, source: str = "labels") -> None:
     """Refuse `config` against a classifier of `num_classes` classes (InputError, with the way
-    out): too few classes for its loss, or a target class that is not one of them. Callers
-    run it before any model work; `build_attack` runs it too."""
+    out): too few classes for its loss, or a target class that is not one of them. `source`
+    names where the classes come from in the way out ("labels", or a data set's classes).
+    Callers run it before any model work; `build_attack` runs it too."""
     needed = MIN_CLASSES.get(config.method, 2)
     if num_classes < needed:
         fewer = [m for m in METHODS if MIN_CLASSES.get(m, 2) <= num_classes]
         way_out = f"; or use an attack that needs fewer ({', '.join(fewer)})" if fewer else ""
         raise InputError(
             f"{config.method} needs at least {needed} class labels; {num_classes} given. "
-            f"Give {needed} or more labels{way_out}."
+            f"Give {needed} or more {source}{way_out}."
         )
     target = config.targeted_label
     if target is not None and not 0 <= target < num_classes:

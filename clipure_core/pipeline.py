@@ -21,7 +21,7 @@ from .errors import InputError
 from .lattice import round_attack
 from .loading import precision_notice
 from .pixels import perturbation_norms, pil_to_pixels, pixels_to_pil
-from .prompts import parse_labels
+from .prompts import label_index, parse_labels
 from .purifiers import Purifier, TrajectoryRecorder, build_purifier, check_defense
 from .seeding import derive_seed, seeded
 from .threats import attacked_model, check_threat
@@ -148,11 +148,11 @@ def check_request(
         check_defense(name)
     attack = attack or AttackConfig()
     if target_label is not None:
-        attack = dataclasses.replace(attack, targeted_label=_index(labels, target_label))
+        attack = dataclasses.replace(attack, targeted_label=label_index(labels, target_label))
     check_classes(attack, len(labels))
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
         raise InputError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}.")
-    true_index = _index(labels, true_label) if true_label else None
+    true_index = label_index(labels, true_label) if true_label else None
     return CheckedRequest(labels, notices, attack, defenses, true_index)
 
 
@@ -347,13 +347,6 @@ def _purify_and_trace(
         "trajectory": recorder.trajectory(),
     }
     return logits, trace
-
-
-def _index(labels: list[str], label: str) -> int:
-    cleaned = " ".join(str(label).split())
-    if cleaned not in labels:
-        raise InputError(f"label {label!r} is not in the label list ({', '.join(labels[:10])}...).")
-    return labels.index(cleaned)
 
 
 def _probs(logits: torch.Tensor) -> list[float]:

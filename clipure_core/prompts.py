@@ -105,3 +105,17 @@ def parse_labels(labels: str | Sequence[str]) -> tuple[list[str], list[str]]:
             f"{too_long[0][:40]!r}... has {len(too_long[0])}."
         )
     return unique, notices
+
+
+def label_index(labels: Sequence[str], label: str | int) -> int:
+    """The index of `label` in `labels` (spaces folded); an int is taken as the index itself
+    (label lists may repeat names). InputError naming the list (its first 10) otherwise."""
+    if isinstance(label, int) and not isinstance(label, bool):
+        if not 0 <= label < len(labels):
+            raise InputError(f"true label index {label} is not a label index.")
+        return label
+    cleaned = " ".join(str(label).split())
+    if cleaned not in labels:
+        shown = ", ".join(labels[:10]) + (", ..." if len(labels) > 10 else "")
+        raise InputError(f"label {label!r} is not in the label list ({shown}).")
+    return list(labels).index(cleaned)

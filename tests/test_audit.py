@@ -639,6 +639,13 @@ def test_bad_input_is_refused_with_a_clear_message(backbone, cat_photo, options,
         run_audit(Playground(backbone, "single"), cat_photo, LABELS, **options)
 
 
+def test_one_label_is_refused_only_where_an_attack_would_run(backbone, cat_photo):
+    with pytest.raises(InputError, match=r"^pgd needs at least 2 class labels; 1 given"):
+        run_audit(Playground(backbone, "single"), cat_photo, "cat", conditions=["clean", "full"])
+    clean_only = run_audit(Playground(backbone, "single"), cat_photo, "cat", conditions=["clean"])
+    assert [cell.prediction for cell in clean_only.matrix] == ["cat", "cat"]
+
+
 def test_eot_with_l2_is_refused_before_the_attacks(backbone, cat_photo, monkeypatch):
     monkeypatch.setitem(PURIFIERS, "noisy", NoisyPurifier)
     calls = []

@@ -27,7 +27,7 @@ from ..errors import InputError
 from ..images import normalize_image
 from ..lattice import round_attack
 from ..pipeline import Playground
-from ..prompts import parse_labels
+from ..prompts import label_index, parse_labels
 from ..purifiers import Purifier
 from ..resolution import attack_pixels, check_attack_resolution, upsampled
 from ..seeding import derive_seed, seeded
@@ -143,9 +143,10 @@ class _Audit(ChecklistRuns):
         self.eps, self.norm, self.steps, self.seed = eps, norm, steps, seed
         self.conditions, self.checks, self.square_queries = conditions, checks, square_queries
         self.labels, self.notices = parse_labels(labels)
-        check_classes(self.attack, len(self.labels))
+        if any(condition != "clean" for condition in conditions):  # an attack will run
+            check_classes(self.attack, len(self.labels))
         given = true_label is not None and true_label != ""
-        self.given_y = _label_index(self.labels, true_label) if given else None
+        self.given_y = label_index(self.labels, true_label) if given else None
         if isinstance(defenses, str):
             defenses = defenses.split(",")
         names = list(dict.fromkeys(name.strip() for name in defenses if name.strip()))
@@ -556,15 +557,3 @@ class _Audit(ChecklistRuns):
         if self.norm == "linf":
             settings["eps_255"] = self.eps * 255
         return settings
-
-
-def _label_index(labels: list[str], label: str | int) -> int:
-    """A label's index; an int is taken as the index itself (label lists may repeat names)."""
-    if isinstance(label, int) and not isinstance(label, bool):
-        if not 0 <= label < len(labels):
-            raise InputError(f"true label index {label} is not a label index.")
-        return label
-    cleaned = " ".join(str(label).split())
-    if cleaned not in labels:
-        raise InputError(f"label {label!r} is not in the label list ({', '.join(labels[:10])}...).")
-    return labels.index(cleaned)

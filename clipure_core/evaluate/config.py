@@ -192,7 +192,7 @@ class EvalConfig:
         work: the data set's class count is known before the model is loaded)."""
         for condition in self.conditions():
             try:
-                check_classes(condition.attack, num_classes)
+                check_classes(condition.attack, num_classes, "classes (a data set with more)")
             except InputError as error:
                 if self.protocol == "custom":
                     raise
