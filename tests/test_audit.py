@@ -24,7 +24,7 @@ from clipure_core import InputError, Playground, Purifier
 from clipure_core.audit import CHECKS, CONDITIONS, UNDEFENDED, run_audit
 from clipure_core.audit import checks as audit_checks
 from clipure_core.audit.dataset import audit_dataset
-from clipure_core.audit.gradients import GradientStats, compare, pixel_gradient
+from clipure_core.audit.gradients import GradientStats, compare, pixel_gradient, pixels_seen
 from clipure_core.classifier import ZeroShotClassifier
 from clipure_core.cli import main
 from clipure_core.evaluate.data import load_image_folder
@@ -637,6 +637,27 @@ def test_raising_in_on_progress_aborts_and_the_next_audit_works(backbone, cat_ph
 def test_bad_input_is_refused_with_a_clear_message(backbone, cat_photo, options, message):
     with pytest.raises(InputError, match=message):
         run_audit(Playground(backbone, "single"), cat_photo, LABELS, **options)
+
+
+def test_pixels_the_crop_discards_are_not_counted_as_zero_gradient(backbone, cat_photo):
+    # A newcomer's case: at native resolution the 451 x 300 photo's left and right borders are
+    # cropped away before the model, so their gradient is 0 under every defence; counted,
+    # they made zero_gradients warn "27 % of the pixel gradient is exactly 0".
+    seen = pixels_seen(backbone.to_model_size, torch.zeros(1, 3, 300, 451))
+    assert seen[..., 150, :].any() and not seen[..., :, 0].any() and not seen[..., :, -1].any()
+    assert pixels_seen(backbone.to_model_size, torch.zeros(1, 3, 32, 32)).all()
+    result = run_audit(
+        Playground(backbone, "single"),
+        cat_photo,
+        LABELS,
+        conditions=["full"],
+        checks=["zero_gradients"],
+        attack_resolution="native",
+        **FAST,
+    )
+    assert result.settings["attack_image_size"] == {"width": 451, "height": 300}
+    assert [g.zero_fraction for g in result.gradients] == [0.0, 0.0]
+    assert {c.status for c in result.checks_named("zero_gradients")} == {"pass"}
 
 
 def test_one_label_is_refused_only_where_an_attack_would_run(backbone, cat_photo):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -47,12 +48,33 @@ def pixel_gradient(
     return (total / samples).detach()
 
 
+def pixels_seen(
+    to_model: Callable[[torch.Tensor], torch.Tensor], like: torch.Tensor
+) -> torch.Tensor:
+    """Which pixels of tensors shaped `like` reach the model through `to_model` (the attack's
+    resize and centre crop: a native-resolution photo's cropped border never does), as a
+    boolean mask: where the resize of a mid-grey image has a non-zero gradient."""
+    x = torch.full_like(like, 0.5, dtype=torch.float32).requires_grad_(True)
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(to_model(x).sum(), x)
+    return grad != 0
+
+
 def compare(
-    condition: str, model: str, gradient: torch.Tensor, full: torch.Tensor
+    condition: str,
+    model: str,
+    gradient: torch.Tensor,
+    full: torch.Tensor,
+    seen: torch.Tensor | None = None,
 ) -> GradientStats:
     """Size and sparsity of `gradient`, and its direction against the exact gradient `full`
-    (computed in float64: attenuated gradients of 1e-17 square to below float32's range)."""
+    (computed in float64: attenuated gradients of 1e-17 square to below float32's range).
+    `seen` (`pixels_seen`) limits the share of zeros and of equal signs to the pixels the
+    model sees; pixels it never sees have no gradient under any defence."""
     g, reference = gradient.double().flatten(), full.double().flatten()
+    if seen is not None:
+        mask = seen.flatten()
+        g, reference = g[mask], reference[mask]
     norm, reference_norm = float(g.norm()), float(reference.norm())
     cos = sign = progress = None
     if norm > 0 and reference_norm > 0:

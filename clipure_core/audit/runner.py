@@ -49,7 +49,7 @@ from .conditions import (
     single_step_attack,
     square_attack,
 )
-from .gradients import GradientStats, compare, pixel_gradient
+from .gradients import GradientStats, compare, pixel_gradient, pixels_seen
 from .progress import Progress, ProgressCallback, Timer
 from .result import AuditResult, Cell
 
@@ -413,12 +413,14 @@ class _Audit(ChecklistRuns):
     def _gradient_stats(self, gradients: dict[Key, torch.Tensor]) -> list[GradientStats]:
         if not gradients:
             return []
+        seen = pixels_seen(self.backbone.to_model_size, next(iter(gradients.values())))
         return [
             compare(
                 condition,
                 model,
                 gradients[attack_key(condition, model)],
                 gradients[attack_key("full", model)],
+                seen,
             )
             for condition in self.conditions
             if condition in GRADIENT_CONDITIONS
