@@ -137,20 +137,30 @@ def api_values(defenses: str | None, **fields: Any) -> dict[str, Any]:
 def label_choices(labels: str, current_true: str, current_target: str) -> tuple[dict, dict]:
     """Offer the labels in the dropdowns: a true or target label that still exists is kept,
     else the true label is CLIP's clean prediction and the attack untargeted."""
-    try:
-        listed, _ = parse_labels(labels)
-    except InputError:
-        listed = []
+    listed = _listed(labels)
+    true, target = label_options(labels)
     return (
-        gr.update(
-            choices=[("CLIP's clean prediction", CLEAN_PREDICTION), *listed],
-            value=current_true if current_true in listed else CLEAN_PREDICTION,
-        ),
-        gr.update(
-            choices=[("untargeted", UNTARGETED), *listed],
-            value=current_target if current_target in listed else UNTARGETED,
-        ),
+        true | {"value": current_true if current_true in listed else CLEAN_PREDICTION},
+        target | {"value": current_target if current_target in listed else UNTARGETED},
     )
+
+
+def label_options(labels: str) -> tuple[dict, dict]:
+    """The dropdowns' choices for `labels`, their values untouched: at page load, whose inputs
+    may predate an example a quick visitor has already clicked (a value set from them would
+    undo the example's true label)."""
+    listed = _listed(labels)
+    return (
+        gr.update(choices=[("CLIP's clean prediction", CLEAN_PREDICTION), *listed]),
+        gr.update(choices=[("untargeted", UNTARGETED), *listed]),
+    )
+
+
+def _listed(labels: str) -> list[str]:
+    try:
+        return parse_labels(labels)[0]
+    except InputError:
+        return []
 
 
 def new_photo() -> str:

@@ -260,7 +260,7 @@ def wire(demo: gr.Blocks, layout: Layout, context: Context, lazy_examples: bool)
     layout.preset.change(lambda p: PRESETS.get(p, gr.skip()), layout.preset, labels, **UI_ONLY)
     label_inputs = [labels, true_label, target]
     labels.change(handlers.label_choices, label_inputs, [true_label, target], **UI_ONLY)
-    demo.load(handlers.label_choices, label_inputs, [true_label, target], **UI_ONLY)
+    demo.load(handlers.label_options, [labels], [true_label, target], **UI_ONLY)
     controls["image"].input(handlers.new_photo, None, true_label, **UI_ONLY)
     method, norm, threat = (controls[k] for k in ("method", "norm", "threat"))
     method.change(handlers.method_changed, method, norm, **UI_ONLY)

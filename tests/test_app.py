@@ -17,6 +17,7 @@ from app.catalog import CATALOG, model_choices
 from app.config import parse_config
 from app.errors import friendly_errors
 from app.gpu import gpu_task, requested_seconds
+from app.handlers import CLEAN_PREDICTION, label_choices, label_options
 from app.service import Cancelled, PlaygroundRequest, PlaygroundService, estimated_queries
 from clipure_core import AttackConfig, InputError, ZeroShotClassifier, load_backbone
 from clipure_core.pixels import pil_to_pixels
@@ -208,6 +209,17 @@ def test_friendly_errors_hide_tracebacks():
     assert "Something went wrong" in fail_with(KeyError("internal detail"))
     assert "internal detail" not in fail_with(KeyError("internal detail"))
     assert fail_with(Cancelled()) == "Stopped."
+
+
+def test_page_load_offers_the_labels_without_touching_the_true_label():
+    # The page's load event reads the inputs as they were when the page opened; an example
+    # clicked meanwhile set the true label to "cat", which a value from load would undo.
+    true, target = label_options("cat, dog")
+    assert "value" not in true and "value" not in target
+    assert true["choices"] == [("CLIP's clean prediction", CLEAN_PREDICTION), "cat", "dog"]
+    # a change of the labels keeps a true label that is still listed, else resets it
+    assert label_choices("cat, dog", "dog", "cat")[0]["value"] == "dog"
+    assert label_choices("cat, car", "dog", "cat")[0]["value"] == CLEAN_PREDICTION
 
 
 def test_progress_totals_and_zerogpu_duration():
