@@ -554,6 +554,20 @@ def test_probabilities_instead_of_logits_fail(backbone, cat_photo, audited):
     assert statuses(audited[0], "softmax_output") == {UNDEFENDED: "pass", "clipure_cos": "pass"}
 
 
+def test_half_precision_probabilities_fail_too():
+    # A review's case: a model that applies softmax in float16 (or bfloat16) returns rows that
+    # sum to 1 only within ~1e-3; a 1e-5 tolerance let them pass as logits.
+    torch.manual_seed(0)
+    logits = torch.randn(4, 1000) * 5
+    for dtype in (torch.float16, torch.bfloat16):
+        probabilities = logits.to(dtype).softmax(dim=-1).float()
+        assert (probabilities.double().sum(dim=-1) - 1).abs().max() > 1e-5  # not exactly 1
+        assert audit_checks.softmax_output("m", "M", probabilities).status == "fail"
+    assert audit_checks.softmax_output("m", "M", logits).status == "pass"
+    # a logit row that is non-negative but sums to 25 (CLIP's scale) is not probabilities
+    assert audit_checks.softmax_output("m", "M", torch.full((1, 5), 5.0)).status == "pass"
+
+
 def test_inference_time_optimisation_is_flagged(backbone, cat_photo, audited, monkeypatch):
     flagged = {c.model: c for c in audited[0].checks_named("inference_time_optimisation")}
     assert flagged[UNDEFENDED].status == "pass"

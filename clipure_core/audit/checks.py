@@ -69,6 +69,7 @@ MOSTLY_ZERO = 0.1
 PROGRESS_PASS, PROGRESS_FAIL = 0.5, 0.2
 STRONG_SQUARE_QUERIES = 1000  # AutoAttack runs Square with 5000
 LOGIT_TOLERANCE = 1e-5
+PROBABILITY_SUM_TOLERANCE = 1e-2  # half-precision softmax rows sum to 1 within ~1e-3
 
 
 @dataclass(frozen=True)
@@ -417,11 +418,12 @@ def randomness(model: str, title: str, max_difference: float, eot: int) -> Check
 
 def softmax_output(model: str, title: str, outputs: torch.Tensor) -> Check:
     """Fail when the (B, C) scores the attacks see are probabilities: every entry >= 0 and
-    every row summing to 1 (within 1e-5). `value`: the largest row sum."""
+    every row summing to 1 within `PROBABILITY_SUM_TOLERANCE` (probabilities computed in
+    float16 or bfloat16 sum to 1 only within ~1e-3). `value`: the largest row sum."""
     total = float(outputs.double().sum(dim=-1).max())
     probabilities = bool(
         (outputs >= -LOGIT_TOLERANCE).all()
-        and ((outputs.double().sum(dim=-1) - 1).abs() <= LOGIT_TOLERANCE).all()
+        and ((outputs.double().sum(dim=-1) - 1).abs() <= PROBABILITY_SUM_TOLERANCE).all()
     )
     if probabilities:
         return Check(
