@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from itertools import pairwise
 
-from .checks import STATUSES, Check, _eps_text, _titles, direction_grade
+from .checks import STATUSES, Check, _already_wrong, _eps_text, _titles, direction_grade
 from .gradients import GradientStats
 
 # loss_progress: a rise below this (relative to max(1, |start|)) is round-off (float16: ~1e-3)
@@ -247,14 +247,7 @@ def transfer_vs_white_box(
     attack on the defence itself did not."""
     args = ("transfer_vs_white_box",)
     if not clean_correct:
-        return Check(
-            *args,
-            "warn",
-            None,
-            f"{title} already misclassifies the clean photo, so the attacks cannot be "
-            "compared on it.",
-            model=model,
-        )
+        return _already_wrong(*args, model, title)
     beaten = [c for c, fooled in white_box_fooled.items() if transfer_fooled and not fooled]
     if beaten:
         return Check(
