@@ -143,7 +143,9 @@ def link_problems(page: Path, root: Path = ROOT) -> list[str]:
 def test_slug_follows_githubs_rule():
     assert slug("Protocols") == "protocols"
     assert slug("Protocols (`--protocol`)") == "protocols---protocol"
-    assert slug("Result JSON (`PlaygroundResult.to_dict()`)") == "result-json-playgroundresultto_dict"
+    assert (
+        slug("Result JSON (`PlaygroundResult.to_dict()`)") == "result-json-playgroundresultto_dict"
+    )
     assert slug("One photo: `predict`, `cache-text` and the Python API") == (
         "one-photo-predict-cache-text-and-the-python-api"
     )
@@ -211,6 +213,10 @@ NOT_RUN_BLOCKS = {
     ("docs/app.md", "from gradio_client import Client, handle_file"),
     ("docs/benchmarks.md", "python app.py --model ViT-B-32 --pretrained random --device cpu"),
     ("docs/benchmarks.md", "bash bench/gpu_check.sh"),
+    (
+        "docs/benchmarks.md",
+        "python bench/diff_latency.py --model ViT-L-14 --device cpu --repeats 3",
+    ),
     (
         "docs/evaluation.md",
         "torchrun --nproc_per_node 4 -m clipure_core.evaluate --data cifar10 --data-root data \\",
@@ -294,27 +300,52 @@ def test_block_extraction_finds_markers_and_outputs(tmp_path, monkeypatch):
     assert (second.language, second.not_run, second.output) == ("python", "needs a GPU", None)
 
 
+BAR = re.compile(r"^(.*?): *\d+%\|.*\| *\d+/(\d+) ")
+
+
 def normalise(output: str) -> list[str]:
-    """Lines as a terminal finally shows them (the last of `\\r`-separated updates), with every
-    number replaced by N and trailing spaces dropped."""
-    lines = []
-    for line in output.strip("\n").split("\n"):
-        line = line.split("\r")[-1] if line.strip("\r") else ""
-        lines.append(re.sub(r"\d+(?:\.\d+)?", "N", line).rstrip())
-    return lines
+    """Lines as a terminal finally shows them: empty lines dropped, a progress bar's updates
+    (written on new lines or after `\\r` when the output is not a terminal) reduced to the
+    last, every number replaced by N, inner spaces squeezed, trailing spaces dropped."""
+    lines: list[str] = []
+    bar = None
+    for line in re.split(r"[\r\n]", output):
+        if not line.strip():
+            continue
+        match = BAR.match(line)
+        key = match.groups() if match else None
+        if key is not None and key == bar:
+            lines.pop()
+        bar = key
+        lines.append(line)
+    return [squeeze(re.sub(r"\d+(?:\.\d+)?", "N", line)) for line in lines]
+
+
+def squeeze(line: str) -> str:
+    """Runs of inner spaces as one space (the indentation kept), trailing spaces dropped."""
+    indent = line[: len(line) - len(line.lstrip(" "))]
+    return indent + re.sub(r" +", " ", line.strip())
 
 
 def test_normalise_compares_lines_numbers_aside():
-    shown = "bar:   0%| 0/80\rbar: 100%| 80/80 [00:01, 595.53prompt/s]\n  time: 335 ms\n"
-    assert normalise(shown) == ["bar: N%| N/N [N:N, Nprompt/s]", "  time: N ms"]
+    shown = (
+        "\nbar:   0%|  | 0/80 [00:00<?, ?prompt/s]\nbar: 100%|##| 80/80 [00:01, 595.53prompt/s]"
+        "\rbar:   0%|  | 0/240 [00:00<?, ?prompt/s]\n\n  time: 335 ms \n"
+    )
+    assert normalise(shown) == [
+        "bar: N%|##| N/N [N:N, Nprompt/s]",
+        "bar: N%| | N/N [N:N<?, ?prompt/s]",
+        "  time: N ms",
+    ]
     assert normalise("cat 54% -> dog 71%") != normalise("cat 54% -> car 71%")
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory, tiny_model_dir, image_folder):
-    """A folder like the repository root for the examples: assets/ and bench/ (linked), the
-    tiny model and a small ImageFolder for the substitution table."""
-    folder = tmp_path_factory.mktemp("examples")
+@pytest.fixture
+def workdir(tmp_path, tiny_model_dir, image_folder):
+    """A fresh folder like the repository root for one example: assets/ and bench/ (linked),
+    and the tiny model and a small ImageFolder for the substitution table."""
+    folder = tmp_path / "examples"
+    folder.mkdir()
     for name in ("assets", "bench"):
         (folder / name).symlink_to(ROOT / name)
     return folder, Tiny(model=str(tiny_model_dir), images=str(image_folder))
@@ -334,9 +365,7 @@ def run_block(block: Block, folder: Path, tiny: Tiny, cache: Path) -> subprocess
         command = ["bash", "-e", "-o", "pipefail", "-c", code]
     else:
         command = [sys.executable, "-c", code]
-    return subprocess.run(
-        command, cwd=folder, env=env, capture_output=True, text=True, timeout=600
-    )
+    return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
 
 
 RUNNABLE = [block for block in all_blocks() if block.not_run is None]
