@@ -18,6 +18,7 @@ from clipure_core import THREATS
 from clipure_core.purifiers import PURIFIERS
 
 from . import handlers
+from .curve import wire_curve
 from .errors import friendly_errors
 from .handlers import Context
 from .jobs import cancellable
@@ -254,7 +255,9 @@ def wire(demo: gr.Blocks, layout: Layout, context: Context, lazy_examples: bool)
         api_name="threat_matrix",
         api_visibility="undocumented",
     )
-    layout.stop.click(stop, None, None, cancels=[run_event, audit_event], **UI_ONLY)
+    curve_event = wire_curve(layout, context, stops, named, reporter, session_of, GPU_QUEUE)
+    cancels = [run_event, audit_event, curve_event]
+    layout.stop.click(stop, None, None, cancels=cancels, **UI_ONLY)
 
     labels, true_label, target = (controls[k] for k in ("labels", "true_label", "target_label"))
     layout.preset.change(lambda p: PRESETS.get(p, gr.skip()), layout.preset, labels, **UI_ONLY)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from .attacks import AttackConfig
 from .errors import InputError
-from .pipeline import Playground, check_request
+from .pipeline import CheckedRequest, Playground, check_request
 from .purifiers import check_defense
 
 # eps in the units people quote: L-inf in /255, L2 in [0, 1] pixel units. The L2 ladder
@@ -64,6 +64,31 @@ def curve_queries(
     return per_eps * (len(LADDERS[attack.norm]) - 1)
 
 
+def check_curve(
+    labels: str | Sequence[str],
+    attack: AttackConfig,
+    threat: str = "transfer",
+    defenses: Iterable[str] = ("clipure_cos",),
+    seed: int = 0,
+    true_label: str | None = None,
+    target_label: str | None = None,
+    max_queries: int | None = None,
+) -> tuple[CheckedRequest, int]:
+    """Refuse a curve without the model (InputError): what `Playground.run` refuses, and an
+    estimate of more than `max_queries` model queries. Returns the checked request and the
+    estimate."""
+    request = check_request(labels, attack, threat, defenses, seed, true_label, target_label)
+    total = curve_queries(attack, threat, request.defenses, len(request.labels))
+    if max_queries is not None and total > max_queries:
+        raise InputError(
+            f"this robustness curve needs about {total:,} model queries "
+            f"({len(LADDERS[attack.norm]) - 1} attacks), more than the {max_queries:,} "
+            "allowed: use fewer attack steps, fewer labels or the transfer threat (one "
+            "attacked model)."
+        )
+    return request, total
+
+
 def robustness_curve(
     playground: Playground,
     image: Image.Image,
@@ -86,16 +111,10 @@ def robustness_curve(
     estimated model queries exceed `max_queries`.
     """
     started = time.perf_counter()
-    request = check_request(labels, attack, threat, defenses, seed, true_label, target_label)
     attack = attack or AttackConfig()
-    total = curve_queries(attack, threat, request.defenses, len(request.labels))
-    if max_queries is not None and total > max_queries:
-        raise InputError(
-            f"this robustness curve needs about {total:,} model queries "
-            f"({len(LADDERS[attack.norm]) - 1} attacks), more than the {max_queries:,} "
-            "allowed: use fewer attack steps, fewer labels or the transfer threat (one "
-            "attacked model)."
-        )
+    request, total = check_curve(
+        labels, attack, threat, defenses, seed, true_label, target_label, max_queries
+    )
     results, done = [], 0
     for index, config in enumerate(ladder_attacks(attack), start=1):
         stage = f"robustness curve: eps {eps_text(attack.norm, index)}"

@@ -210,12 +210,13 @@ VERDICT_MARKERS = {True: "circle", False: "x"}
 
 def curve_figure(curve: dict) -> go.Figure:
     """Each model's true-class probability against eps (from `robustness_curve`'s JSON): one
-    line per model; a filled circle where the model is still right, a cross where it is
-    fooled."""
+    line per model, each thinner than the one before so that equal lines stay visible; a
+    circle where the model is right, a cross where it is wrong."""
     ticks = curve["eps_text"]
     figure = go.Figure()
     for index, (model, series) in enumerate(curve["models"].items()):
         color = MODEL_COLORS[index % len(MODEL_COLORS)]
+        width = max(2, 8 - 2 * index)
         verdicts = ["right" if ok else "fooled" for ok in series["correct"]]
         figure.add_trace(
             go.Scatter(
@@ -223,10 +224,10 @@ def curve_figure(curve: dict) -> go.Figure:
                 y=series["true_probability"],
                 name=model_title(model),
                 mode="lines+markers",
-                line={"color": color, "width": 4},
+                line={"color": color, "width": width},
                 marker={
                     "symbol": [VERDICT_MARKERS[ok] for ok in series["correct"]],
-                    "size": 16,
+                    "size": 10 + 2 * width,
                     "line": {"width": 2, "color": color},
                 },
                 customdata=list(zip(series["prediction"], verdicts, strict=True)),
@@ -236,7 +237,7 @@ def curve_figure(curve: dict) -> go.Figure:
                 ),
             )
         )
-    for ok, name in ((True, "● still right"), (False, "✕ fooled")):
+    for ok, name in ((True, "right"), (False, "wrong (fooled)")):
         figure.add_trace(
             go.Scatter(
                 x=[None],
@@ -253,12 +254,12 @@ def curve_figure(curve: dict) -> go.Figure:
     figure.update_yaxes(tickformat=".0%", dtick=0.25)
     figure.update_layout(
         title_text=(
-            f"Robustness curve: {curve['method']} x {curve['steps']} steps, "
+            f"P({curve['true_label']}) under {curve['method']}, {curve['steps']} steps, "
             f"threat {curve['threat']}"
         ),
         font_size=FONT_SIZE,
-        height=440,
-        legend={"orientation": "h", "yanchor": "top", "y": -0.22, "x": 0},
-        margin={"t": 60, "b": 140},
+        height=420,
+        legend={"orientation": "h", "yanchor": "top", "y": -0.24, "x": 0},
+        margin={"t": 60, "b": 110},
     )
     return figure

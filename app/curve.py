@@ -1,0 +1,210 @@
+"""The robustness curve on the page (button `curve`, plot `eps-curve`) and as the API endpoint
+/curve: the engine's curve (clipure_core.curve) of the page's photo under its threat model and
+attack, refused up front when it would exceed the app's query budget."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import gradio as gr
+
+from clipure_core import InputError
+from clipure_core.curve import check_curve, robustness_curve
+from clipure_core.plots import curve_figure
+from clipure_core.text_embeddings import text_progress
+
+from . import gpu
+from .errors import friendly_errors
+from .handlers import Context, api_values, request_from
+from .jobs import cancellable
+from .service import Cancelled, PlaygroundRequest, PlaygroundService, Progress, _seed
+
+# The longest GPU lease the app asks for covers this many model queries (app/gpu.py): a curve
+# estimated above it is refused before any model work.
+MAX_CURVE_QUERIES = int((gpu.MAX_SECONDS - gpu.BASE_SECONDS) / gpu.SECONDS_PER_QUERY)
+SCROLL_TO_CURVE = (
+    "() => document.getElementById('eps-curve').scrollIntoView({behavior: 'smooth', "
+    "block: 'start'})"
+)
+UI_ONLY = {"queue": False, "api_visibility": "private"}
+
+
+def check_budget(request: PlaygroundRequest) -> None:
+    """Refuse, before any model work, a curve the engine would refuse or whose estimated
+    model queries exceed MAX_CURVE_QUERIES."""
+    request.check()
+    check_curve(
+        request.labels,
+        request.attack_config(),
+        request.threat,
+        [name for name in request.defenses or () if name],
+        _seed(request.seed),
+        request.true_label or None,
+        request.target_label or None,
+        MAX_CURVE_QUERIES,
+    )
+
+
+def run_curve(
+    service: PlaygroundService,
+    choice: Any,
+    image: Any,
+    request: PlaygroundRequest,
+    on_progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> dict:
+    """The curve's JSON (clipure_core.curve.robustness_curve) for `request`'s photo, threat
+    model and attack (its eps replaced by the ladder); `cancel` ends it at the next query."""
+    check_budget(request)
+    job = service._prepare(choice, image, request, on_progress, cancel)
+
+    def report(done: int, total: int, stage: str) -> None:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled
+        if on_progress is not None:
+            on_progress(done, total, stage)
+
+    with text_progress(service._text_progress(on_progress, cancel)):
+        return robustness_curve(
+            job.playground,
+            job.image,
+            request.labels,
+            job.attack,
+            threat=request.threat,
+            defenses=job.defenses,
+            seed=job.seed,
+            true_label=request.true_label or None,
+            target_label=request.target_label or None,
+            defense_settings=request.purifier_settings(),
+            on_progress=report,
+            max_queries=MAX_CURVE_QUERIES,
+        )
+
+
+def curve(
+    context: Context,
+    values: Mapping[str, Any],
+    on_progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> dict:
+    """The robustness curve of the photo `values["image"]` with the settings in `values`.
+    Under ZeroGPU it runs in the GPU process (no live progress; Stop cancels the event)."""
+    choice = context.choice(values.get("model"))
+    request = request_from(values)
+    if gpu.zero_gpu():
+        return _on_device(context)(choice, values.get("image"), request)
+    return run_curve(context.service, choice, values.get("image"), request, on_progress, cancel)
+
+
+def _on_device(context: Context) -> Callable:
+    """run_curve in a ZeroGPU lease of the longest duration (MAX_CURVE_QUERIES fits it)."""
+
+    def task(choice: Any, image: Any, request: PlaygroundRequest) -> dict:
+        return run_curve(context.service, choice, image, request)
+
+    return gpu.spaces.GPU(duration=gpu.MAX_SECONDS)(task)
+
+
+def wire_curve(
+    layout: Any,
+    context: Context,
+    stops: Any,
+    named: Callable[[dict], dict],
+    reporter: Callable,
+    session_of: Callable,
+    queue: str,
+) -> Any:
+    """The button's event (returned, for Stop's `cancels`) and the /curve endpoint."""
+
+    @cancellable
+    @friendly_errors
+    def page_curve(data: dict, http: gr.Request, progress=gr.Progress(), cancel=None):
+        session = session_of(http)
+        cancel = stops.start(session, cancel)
+        try:
+            return curve_figure(curve(context, named(data), reporter(progress), cancel))
+        finally:
+            stops.finish(session, cancel)
+
+    layout.curve.click(None, None, None, js=SCROLL_TO_CURVE, **UI_ONLY)
+    event = layout.curve.click(
+        page_curve,
+        set(layout.controls.values()),
+        layout.eps_curve,
+        concurrency_id=queue,
+        api_name="robustness_curve",
+        api_visibility="undocumented",
+    )
+    endpoint = curve_endpoint(context, reporter)
+    with gr.Column(visible=False):
+        inputs = [
+            gr.File(label="curve image", type="filepath"),
+            gr.Textbox("cat, dog", label="curve labels"),
+            gr.Textbox("pgd", label="curve method"),
+            gr.Textbox("linf", label="curve norm"),
+            gr.Textbox("transfer", label="curve threat"),
+            gr.Number(10, label="curve steps"),
+            gr.Textbox("clipure_cos", label="curve defenses"),
+            gr.Textbox("", label="curve true label"),
+            gr.Number(0, label="curve seed"),
+        ]
+        trigger, output = gr.Button("curve"), gr.JSON(label="curve")
+    trigger.click(endpoint, inputs, output, api_name="curve", concurrency_id=queue)
+    return event
+
+
+def curve_endpoint(context: Context, reporter: Callable) -> Callable:
+    """The public /curve endpoint (and MCP tool)."""
+
+    @cancellable
+    @friendly_errors
+    def curve_api(
+        image: str,
+        labels: str,
+        method: str,
+        norm: str,
+        threat: str,
+        steps: int,
+        defenses: str,
+        true_label: str,
+        seed: int,
+        progress=gr.Progress(),
+        cancel=None,
+    ) -> dict:
+        """The robustness curve of a photo: each model's probability of the true class, and
+        whether it is still right, against the attack's size: L-inf eps 0, 1, 2, 4, 8,
+        16/255 or L2 eps 0, 0.125, 0.25, 0.5, 1, 2 (one attack per eps; eps 0 is the clean
+        prediction).
+
+        Args:
+            image: the photo (PNG, JPEG, WebP, GIF, BMP or TIFF; at most 20 MB).
+            labels: comma-separated class names, e.g. "cat, dog, car", or cifar10 / imagenet1k.
+            method: attack: pgd, pgd-l2, fgsm, apgd-ce, apgd-dlr, apgd-t, autoattack, ...
+            norm: linf or l2 (picks the eps ladder).
+            threat: what the attacker differentiates: transfer, paper, bpda or full, ...
+            steps: attack iterations (1 to 1000).
+            defenses: comma-separated defences: clipure_cos, clipure_diff; empty for none.
+            true_label: the photo's class (one of the labels); empty: CLIP's clean prediction.
+            seed: random seed (0 to 4294967295); the same inputs and seed give the same curve.
+
+        Returns:
+            The curve JSON: eps, and per model true_probability, prediction and correct.
+        """
+        if true_label is not None and not isinstance(true_label, str):
+            raise InputError(f"true label must be text, got {true_label!r}.")
+        values = api_values(
+            defenses,
+            image=image,
+            labels=labels,
+            method=method,
+            norm=norm,
+            threat=threat,
+            steps=steps,
+            true_label=true_label,
+            seed=seed,
+        )
+        return curve(context, values, reporter(progress), cancel)
+
+    return curve_api
