@@ -83,7 +83,7 @@ def run_curve(
         )
 
 
-def curve(
+def curve_json(
     context: Context,
     values: Mapping[str, Any],
     on_progress: Progress | None = None,
@@ -124,7 +124,7 @@ def wire_curve(
         session = session_of(http)
         cancel = stops.start(session, cancel)
         try:
-            return curve_figure(curve(context, named(data), reporter(progress), cancel))
+            return curve_figure(curve_json(context, named(data), reporter(progress), cancel))
         finally:
             stops.finish(session, cancel)
 
@@ -160,7 +160,7 @@ def curve_endpoint(context: Context, reporter: Callable) -> Callable:
 
     @cancellable
     @friendly_errors
-    def curve_api(
+    def curve(
         image: str,
         labels: str,
         method: str,
@@ -205,6 +205,6 @@ def curve_endpoint(context: Context, reporter: Callable) -> Callable:
             true_label=true_label,
             seed=seed,
         )
-        return curve(context, values, reporter(progress), cancel)
+        return curve_json(context, values, reporter(progress), cancel)
 
-    return curve_api
+    return curve  # its name is the MCP tool's

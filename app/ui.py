@@ -49,6 +49,7 @@ CSS = """
 #threat-matrix .checks .warn .mark {color: #b54708;}
 #threat-matrix .checks .pass .mark {color: #067647;}
 #compare, #curve {white-space: nowrap; padding-left: 10px; padding-right: 10px;}
+#eps-curve:not(:hover) .modebar {opacity: 0 !important;}
 #perturbation img {width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated;}
 #threat-matrix .knew {font-weight: 400; font-size: 0.85rem; opacity: 0.8;}
 #threat-matrix .cell.right {background: #dcfae6; color: #054f31;}
