@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
+from PIL import Image
 
 from clipure_core import InputError
 from clipure_core.curve import check_curve, robustness_curve
@@ -16,10 +18,15 @@ from clipure_core.plots import curve_figure
 from clipure_core.text_embeddings import text_progress
 
 from . import gpu
+from .catalog import ModelChoice
 from .errors import friendly_errors
 from .handlers import Context, api_values, request_from
 from .jobs import cancellable
+from .layout import Layout
 from .service import Cancelled, PlaygroundRequest, PlaygroundService, Progress, _seed
+
+if TYPE_CHECKING:
+    from .wiring import StopRegistry
 
 # The longest GPU lease the app asks for covers this many model queries (app/gpu.py): a curve
 # estimated above it is refused before any model work.
@@ -29,6 +36,7 @@ SCROLL_TO_CURVE = (
     "block: 'start'})"
 )
 UI_ONLY = {"queue": False, "api_visibility": "private"}
+_DEVICE_TASKS: dict[int, Callable] = {}  # id(context) -> its ZeroGPU task
 
 
 def check_budget(request: PlaygroundRequest) -> None:
@@ -49,8 +57,8 @@ def check_budget(request: PlaygroundRequest) -> None:
 
 def run_curve(
     service: PlaygroundService,
-    choice: Any,
-    image: Any,
+    choice: ModelChoice,
+    image: str | Path | Image.Image | None,
     request: PlaygroundRequest,
     on_progress: Progress | None = None,
     cancel: threading.Event | None = None,
@@ -94,29 +102,34 @@ def curve_json(
     choice = context.choice(values.get("model"))
     request = request_from(values)
     if gpu.zero_gpu():
-        return _on_device(context)(choice, values.get("image"), request)
+        return device_task(context)(choice, values.get("image"), request)
     return run_curve(context.service, choice, values.get("image"), request, on_progress, cancel)
 
 
-def _on_device(context: Context) -> Callable:
-    """run_curve in a ZeroGPU lease of the longest duration (MAX_CURVE_QUERIES fits it)."""
+def device_task(context: Context) -> Callable:
+    """run_curve in a ZeroGPU lease of the longest duration (MAX_CURVE_QUERIES fits it), made
+    once per context: `wire_curve` makes it at start-up, before the app launches."""
+    if id(context) not in _DEVICE_TASKS:
 
-    def task(choice: Any, image: Any, request: PlaygroundRequest) -> dict:
-        return run_curve(context.service, choice, image, request)
+        def task(choice: ModelChoice, image: Any, request: PlaygroundRequest) -> dict:
+            return run_curve(context.service, choice, image, request)
 
-    return gpu.spaces.GPU(duration=gpu.MAX_SECONDS)(task)
+        _DEVICE_TASKS[id(context)] = gpu.spaces.GPU(duration=gpu.MAX_SECONDS)(task)
+    return _DEVICE_TASKS[id(context)]
 
 
 def wire_curve(
-    layout: Any,
+    layout: Layout,
     context: Context,
-    stops: Any,
+    stops: StopRegistry,
     named: Callable[[dict], dict],
     reporter: Callable,
     session_of: Callable,
     queue: str,
 ) -> Any:
-    """The button's event (returned, for Stop's `cancels`) and the /curve endpoint."""
+    """The button's event (returned, for Stop's `cancels`)."""
+    if gpu.zero_gpu():
+        device_task(context)
 
     @cancellable
     @friendly_errors
@@ -137,6 +150,11 @@ def wire_curve(
         api_name="robustness_curve",
         api_visibility="undocumented",
     )
+    return event
+
+
+def add_curve_endpoint(context: Context, reporter: Callable, queue: str) -> None:
+    """The public /curve endpoint (and MCP tool `curve`): hidden inputs and a trigger."""
     endpoint = curve_endpoint(context, reporter)
     with gr.Column(visible=False):
         inputs = [
@@ -152,7 +170,6 @@ def wire_curve(
         ]
         trigger, output = gr.Button("curve"), gr.JSON(label="curve")
     trigger.click(endpoint, inputs, output, api_name="curve", concurrency_id=queue)
-    return event
 
 
 def curve_endpoint(context: Context, reporter: Callable) -> Callable:

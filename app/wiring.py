@@ -18,7 +18,7 @@ from clipure_core import THREATS
 from clipure_core.purifiers import PURIFIERS
 
 from . import handlers
-from .curve import wire_curve
+from .curve import add_curve_endpoint, wire_curve
 from .errors import friendly_errors
 from .handlers import Context
 from .jobs import cancellable
@@ -282,6 +282,7 @@ def wire(demo: gr.Blocks, layout: Layout, context: Context, lazy_examples: bool)
     for name, endpoint in (("playground", playground), ("audit", audit)):
         api_inputs, api_output, trigger = layout.api[name]
         trigger.click(endpoint, api_inputs, api_output, api_name=name, concurrency_id=GPU_QUEUE)
+    add_curve_endpoint(context, reporter, GPU_QUEUE)
 
 
 def add_examples(layout: Layout, run_example, lazy: bool) -> gr.Examples:

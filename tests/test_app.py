@@ -70,12 +70,16 @@ def test_start_model_is_offered_first():
     assert len(custom) == len(CATALOG) + 1
 
 
-def test_only_the_playground_and_audit_endpoints_are_documented(client):
+def test_only_the_playground_audit_and_curve_endpoints_are_documented(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert list(endpoints) == ["/playground", "/audit"]
+    assert list(endpoints) == ["/playground", "/audit", "/curve"]
     parameters = [p["parameter_name"] for p in endpoints["/audit"]["parameters"]]
     assert parameters == [
         "image", "labels", "true_label", "norm", "eps", "steps", "defenses", "seed", "conditions"
+    ]  # fmt: skip
+    parameters = [p["parameter_name"] for p in endpoints["/curve"]["parameters"]]
+    assert parameters == [
+        "image", "labels", "method", "norm", "threat", "steps", "defenses", "true_label", "seed"
     ]  # fmt: skip
 
 
