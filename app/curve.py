@@ -35,6 +35,19 @@ SCROLL_TO_CURVE = (
     "() => document.getElementById('eps-curve').scrollIntoView({behavior: 'smooth', "
     "block: 'start'})"
 )
+# Again once plotly has drawn it: on a short page (talk mode) the empty plot was as far as the
+# page could scroll, and the page shrinks for a moment while the plot is replaced.
+SCROLL_TO_DRAWN_CURVE = """() => {
+  const started = Date.now();
+  const scroll = () => {
+    if (document.querySelector('#eps-curve .js-plotly-plot .main-svg')) {
+      document.getElementById('eps-curve').scrollIntoView({behavior: 'smooth', block: 'start'});
+    } else if (Date.now() - started < 10000) {
+      setTimeout(scroll, 100);
+    }
+  };
+  setTimeout(scroll, 300);
+}"""
 UI_ONLY = {"queue": False, "api_visibility": "private"}
 _DEVICE_TASKS: dict[int, Callable] = {}  # id(context) -> its ZeroGPU task
 
@@ -150,6 +163,7 @@ def wire_curve(
         api_name="robustness_curve",
         api_visibility="undocumented",
     )
+    event.success(None, None, None, js=SCROLL_TO_DRAWN_CURVE, **UI_ONLY)
     return event
 
 

@@ -69,6 +69,7 @@ body.talk #verdict .card .change {font-size: 1.6rem !important;}
 body.talk #verdict .facts, body.talk #verdict .ready {font-size: 1.3rem !important;
   color: #fff !important;}
 body.talk #threat-matrix .matrix {font-size: 1.35rem !important;}
+body.talk #eps-curve {--block-label-text-color: #1f2937; --block-label-background-fill: #e5e7eb;}
 body.talk #threat-matrix .cell.right {background: #067647 !important; color: #fff !important;}
 body.talk #threat-matrix .cell.wrong {background: #b42318 !important; color: #fff !important;}
 """

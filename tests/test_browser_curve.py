@@ -103,3 +103,19 @@ def test_stop_stops_the_curve_on_the_server(open_page, model_queries) -> None:  
     page.get_by_label("number input for Attack steps", exact=True).fill("1")
     page.locator("#run").click()  # the queue is free: the next run goes through
     expect(page.locator("#verdict .facts")).to_contain_text("1 steps", timeout=RUN_TIMEOUT_MS)
+
+
+def test_in_talk_mode_the_drawn_curve_is_in_view(open_page) -> None:  # noqa: F811
+    """Talk mode hides the settings, so the page is short: the button scrolls again once the
+    plot is drawn (the empty plot was as far as the page could scroll)."""
+    page: Page = open_page("?talk=1")
+    pick_example(page)
+    page.locator("#curve").click()
+    plot = page.locator("#eps-curve .js-plotly-plot")
+    expect(plot).to_be_visible(timeout=CURVE_TIMEOUT_MS)
+    in_view = (
+        "() => { const r = document.querySelector('#eps-curve .js-plotly-plot')"
+        ".getBoundingClientRect(); return r.top >= 0 && r.bottom <= window.innerHeight; }"
+    )
+    page.wait_for_function(in_view)  # before the scroll its bottom was below the window
+    assert page.evaluate("window.scrollY") > 0
