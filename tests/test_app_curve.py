@@ -100,3 +100,10 @@ def test_the_curve_endpoint(client):
         client.predict(
             image=handle_file(PHOTO), **{**CURVE_ARGS, "threat": "oracle"}, api_name="/curve"
         )
+    over = {"labels": "a, b, c, d, e, f, g, h, i, j", "true_label": "", "method": "apgd-t"}
+    with pytest.raises(AppError, match="needs about 18,200 model queries"):  # as above
+        client.predict(
+            image=handle_file(PHOTO),
+            **{**CURVE_ARGS, **over, "steps": 200, "threat": "bpda"},
+            api_name="/curve",
+        )
