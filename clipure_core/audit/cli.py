@@ -14,6 +14,7 @@ from ..evaluate.data import DataUnavailableError, load_dataset
 from ..images import open_image
 from ..loading import load_backbone
 from ..pipeline import Playground
+from ..purifiers import add_defense_flags
 from ..resolution import ATTACK_RESOLUTIONS
 from .checks import CHECKS
 from .conditions import CONDITIONS
@@ -60,13 +61,11 @@ def add_audit_parser(commands: argparse._SubParsersAction) -> None:
     audit.add_argument("--square-queries", type=int, default=SQUARE_QUERIES)
     audit.add_argument("--eot", type=int, default=1, help="EOT samples for random models")
     audit.add_argument(
-        "--defense", default="clipure_cos", help="comma-separated defences ('' for none)"
+        "--defense",
+        default="clipure_cos",
+        help="comma-separated defences ('' for none); package.module:Class for your own",
     )
-    audit.add_argument("--cos-steps", type=int, default=10)
-    audit.add_argument("--cos-step-size", type=float, default=30.0)
-    audit.add_argument("--diff-steps", type=int, default=10)
-    audit.add_argument("--diff-step-size", type=float, default=30.0)
-    audit.add_argument("--prior", default=None, help="CLIPure-Diff prior checkpoint")
+    add_defense_flags(audit)
     audit.add_argument(
         "--conditions", default=None, help=f"comma-separated subset of {', '.join(CONDITIONS)}"
     )
