@@ -101,7 +101,9 @@ class Purifier(nn.Module):
         self.eval()  # inference only (a prior's dropout stays off)
 
     def settings(self) -> dict:
-        return {"steps": self.steps, "step_size": self.step_size}
+        """The values the result records: each setting of `settings_spec`, read from the
+        attribute of its name (a class storing one under another name overrides this)."""
+        return {setting.name: getattr(self, setting.name) for setting in self.settings_spec}
 
     @classmethod
     def query_cost(cls, settings: Mapping) -> float:

@@ -77,9 +77,6 @@ class CosPurifier(Purifier):
         self.batch_coupled = bool(batch_coupled)
         self.register_buffer("null_embedding", null_prompt_embedding(backbone, templates))
 
-    def settings(self) -> dict:
-        return {**super().settings(), "batch_coupled": self.batch_coupled}
-
     def purify(
         self, z: torch.Tensor, gradient: str, on_step: StepCallback | None = None
     ) -> torch.Tensor:

@@ -155,7 +155,8 @@ class DiffPurifier(Purifier):
 
     def settings(self) -> dict:
         return {
-            **super().settings(),
+            "steps": self.steps,
+            "step_size": self.step_size,
             "prior": self.prior_source,
             "t_min": self.t_min,
             "t_max": self.t_max,
