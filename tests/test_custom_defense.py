@@ -22,6 +22,7 @@ from clipure_core.purifiers import PURIFIERS, check_defense, load_defense, model
 
 from .conftest import ASSETS, TINY_MODEL
 from .page import page_inputs, page_outputs
+from .test_refusals import forbid_model_work
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "custom-defenses.md"
 SPEC = "my_defense:NullBlend"
@@ -312,12 +313,25 @@ def test_a_request_never_imports_a_defence(modules, backbone):
         ),
     ],
 )
-def test_bad_defences_are_refused_with_one_message(modules, tiny_checkpoint, capsys, spec, message):
-    code = cli_main(predict_args(tiny_checkpoint, "--defense", spec))
-    captured = capsys.readouterr()
-    assert code == 2 and captured.out == ""
-    assert captured.err == f"error: {message}\n"
-    assert set(PURIFIERS) == {"clipure_cos", "clipure_diff"}  # nothing half-registered
+def test_bad_defences_are_refused_with_one_message(
+    modules, tiny_checkpoint, capsys, monkeypatch, spec, message
+):
+    """In predict, audit and evaluate, before any model work, leaving nothing registered."""
+    from clipure_core.evaluate.cli import main as evaluate_main
+
+    forbid_model_work(monkeypatch)
+    audit = ["audit", str(ASSETS / "chelsea.png"), "--labels", "cat, dog", "--defense", spec]
+    evaluate = ["--data", "cifar10", "--out", str(modules / "out"), "--defense", spec]
+    for run in (
+        lambda: cli_main(predict_args(tiny_checkpoint, "--defense", spec)),
+        lambda: cli_main(audit),
+        lambda: evaluate_main(evaluate),
+    ):
+        code = run()
+        captured = capsys.readouterr()
+        assert code == 2 and captured.out == ""
+        assert captured.err == f"error: {message}\n"
+        assert set(PURIFIERS) == {"clipure_cos", "clipure_diff"}  # nothing half-registered
 
 
 def test_the_app_refuses_a_bad_module_at_start_up(modules):

@@ -14,7 +14,7 @@ from ..evaluate.data import DataUnavailableError, load_dataset
 from ..images import open_image
 from ..loading import load_backbone
 from ..pipeline import Playground
-from ..purifiers import add_defense_flags
+from ..purifiers import add_defense_flags, check_defense
 from ..resolution import ATTACK_RESOLUTIONS
 from .checks import CHECKS
 from .conditions import CONDITIONS
@@ -90,6 +90,9 @@ def audit_command(args: argparse.Namespace) -> int:
         raise InputError("--labels is required with IMAGE (e.g. --labels 'cat,dog').")
     if args.data is not None and (args.labels or args.true_label):
         raise InputError("with --data the labels are the data set's classes; drop --labels.")
+    for name in args.defense.split(","):  # refused before the weights are loaded
+        if name.strip():
+            check_defense(name.strip().partition("@")[0])
     image = open_image(args.image) if args.image is not None else None
     dataset = None
     if image is None:  # read before the weights are loaded
