@@ -244,6 +244,8 @@ def test_its_cost_reaches_the_gpu_lease(modules):
     # 13 x (1 + 2 x 4) through Costly: 20 s + 0.05 s per query
     assert lease(SPEC) == int(20 + 0.05 * (13 + 13))
     assert lease("costly_defense:Costly") == int(20 + 0.05 * (13 + 13 * 9))
+    # CLIPure-Diff's own cost, 1 + its 4 steps, on its 23 queries (10 more: fresh draws)
+    assert lease("clipure_diff") == int(20 + 0.05 * (13 + 23 * 5))
 
 
 def test_a_request_never_imports_a_defence(modules, backbone):
