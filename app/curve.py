@@ -216,7 +216,7 @@ def curve_endpoint(context: Context, reporter: Callable) -> Callable:
             norm: linf or l2 (picks the eps ladder).
             threat: what the attacker differentiates: transfer, paper, bpda or full, ...
             steps: attack iterations (1 to 1000).
-            defenses: comma-separated defences: clipure_cos, clipure_diff; empty for none.
+            defenses: comma-separated defence names (e.g. clipure_cos); empty for none.
             true_label: the photo's class (one of the labels); empty: CLIP's clean prediction.
             seed: random seed (0 to 4294967295); the same inputs and seed give the same curve.
 
