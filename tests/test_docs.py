@@ -19,6 +19,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^(`{3,})(\S*)\s*$")
 LINK = re.compile(r"!?\[((?:[^\]\[]|\[[^\]]*\])*)\]\(([^)\s]+)\)")
 NOT_RUN = re.compile(r"^\*Not run by the tests: ([^*]+)\.\*$")
+SAVE_AS = re.compile(r"^Save this as `([\w.]+\.py)`")
 OUTPUT_MARKER = "<!-- output -->"
 
 
@@ -33,6 +34,7 @@ class Block:
     text: str
     not_run: str | None  # the reason, when the line before the fence marks it
     output: Block | None = None  # the documented output of this block, if any
+    save_as: str | None = None  # a module the page tells the reader to save ("Save this as")
 
 
 def split_page(text: str) -> tuple[list[str], list[tuple[int, str, str, int]]]:
@@ -55,9 +57,12 @@ def split_page(text: str) -> tuple[list[str], list[tuple[int, str, str, int]]]:
 
 
 def paragraph_before(lines: list[str], fence: int) -> str:
-    """The paragraph that ends right before the line with index `fence`, as one line."""
+    """The paragraph that ends right before the line with index `fence` (blank lines between
+    them skipped), as one line."""
+    while fence > 0 and not lines[fence - 1].strip():
+        fence -= 1
     start = fence
-    while start > 0 and lines[start - 1].strip():
+    while start > 0 and lines[start - 1].strip() and not FENCE.match(lines[start - 1]):
         start -= 1
     return " ".join(line.strip() for line in lines[start:fence])
 
@@ -72,8 +77,11 @@ def page_blocks(page: Path) -> list[Block]:
     for index, (line, language, body, end) in enumerate(fenced):
         if language not in ("bash", "python"):
             continue
-        match = NOT_RUN.match(paragraph_before(lines, line - 1))
+        before = paragraph_before(lines, line - 1)
+        match = NOT_RUN.match(before)
         block = Block(name, line, language, body, match.group(1) if match else None)
+        saved = SAVE_AS.match(before)
+        block.save_as = saved.group(1) if saved and language == "python" else None
         if index + 1 < len(fenced):
             next_line, next_language, next_body, _ = fenced[index + 1]
             between = lines[end : next_line - 1]
@@ -213,6 +221,8 @@ NOT_RUN_BLOCKS = {
     ("docs/app.md", "from gradio_client import Client, handle_file"),
     ("docs/benchmarks.md", "python app.py --model ViT-B-32 --pretrained random --device cpu"),
     ("docs/benchmarks.md", "bash bench/gpu_check.sh"),
+    ("docs/custom-defenses.md", "python app.py --defense-module my_defense:NullBlend"),
+    ("docs/webcam-and-curve.md", "from gradio_client import Client, handle_file"),
     (
         "docs/benchmarks.md",
         "python bench/diff_latency.py --model ViT-L-14 --device cpu --repeats 3",
@@ -247,16 +257,27 @@ SUBSTITUTIONS = [
     (r"--n \d+", lambda tiny: "--n 2"),
     (r"--batch-sizes [\d,]+", lambda tiny: "--batch-sizes 1,2"),
     (r"--epochs \d+", lambda tiny: "--epochs 1"),
-    (r"--data cifar10 --data-root data", lambda tiny: f"--data {tiny.images}"),
+    (r"--data cifar10(?: --data-root \S+)?", lambda tiny: f"--data {tiny.images}"),
     (r"(?<=[\s\"'(])photos/?(?=[\s\"')])", lambda tiny: tiny.images),
     (r"--labels cifar10", lambda tiny: '--labels "cat, dog"'),
 ]
 
 
+MODEL_COMMAND = re.compile(r"python -m clipure_core\b(?!\.evaluate compare)|python bench/\w+\.py")
+
+
 def substitute(text: str, tiny: Tiny) -> str:
+    """The block as the tests run it: SUBSTITUTIONS applied, and a command of the engine or a
+    benchmark that names no model given the tiny one (its default would be ViT-B-32)."""
     for pattern, replacement in SUBSTITUTIONS:
         text = re.sub(pattern, lambda match, make=replacement: make(tiny), text)
-    return text
+    commands = re.split(r"(?<!\\)\n", text)  # lines, continuation lines kept together
+    return "\n".join(
+        f"{command} --model local-dir:{tiny.model}"
+        if MODEL_COMMAND.search(command) and "--model" not in command
+        else command
+        for command in commands
+    )
 
 
 def test_substitution_makes_a_documented_command_tiny():
@@ -271,6 +292,15 @@ def test_substitution_makes_a_documented_command_tiny():
     )
     assert substitute('load_dataset("photos/"), num_images=20, steps=10', tiny) == (
         'load_dataset("/i"), num_images=2, steps=1'
+    )
+    assert substitute(
+        "python -m clipure_core predict a.png \\\n  --eps 4\npython -m clipure_core.evaluate "
+        "compare runs/a runs/b\npython bench/latency.py --model ViT-L-14",
+        tiny,
+    ) == (
+        "python -m clipure_core predict a.png \\\n  --eps 4 --model local-dir:/m\n"
+        "python -m clipure_core.evaluate compare runs/a runs/b\n"
+        "python bench/latency.py --model local-dir:/m"
     )
     assert substitute("--model ViT-B-32-quickgelu --n 64 --scaling-n 128", tiny) == (
         "--model ViT-B-32-quickgelu --n 2 --scaling-n 2 --skip-scaling"
@@ -287,10 +317,11 @@ def test_block_extraction_finds_markers_and_outputs(tmp_path, monkeypatch):
     page.write_text(
         "# P\n\n```bash\necho hi\n```\n<!-- output -->\nprints\n```text\nhi\n```\n\n"
         "*Not run by the tests: needs a GPU.*\n```python\nimport torch\n```\n"
-        "```json\n{}\n```\n"
+        "```json\n{}\n```\nSave this as `mine.py` (or anywhere):\n```python\nX = 1\n```\n"
     )
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
-    first, second = page_blocks(page)
+    first, second, third = page_blocks(page)
+    assert (third.save_as, third.not_run, second.save_as) == ("mine.py", None, None)
     assert (first.language, first.text, first.not_run, first.output.text) == (
         "bash",
         "echo hi",
@@ -376,6 +407,9 @@ RUNNABLE = [block for block in all_blocks() if block.not_run is None]
 )
 def test_documented_example_runs(block, workdir, tmp_path):
     folder, tiny = workdir
+    for saved in all_blocks():
+        if saved.page == block.page and saved.save_as:
+            (folder / saved.save_as).write_text(substitute(saved.text, tiny))
     result = run_block(block, folder, tiny, tmp_path / "cache")
     assert result.returncode == 0, (
         f"{block.page}:{block.line} failed\n--- run as\n{substitute(block.text, tiny)}\n"
