@@ -1,0 +1,156 @@
+"""The public endpoints /playground and /audit (also the MCP tools of `--mcp`).
+
+Each endpoint is one function here: its signature declares the fields (name, type, default)
+and its docstring their help, once. `add_endpoints` builds the hidden components that carry
+the fields from that signature and binds the functions to the app's `Context`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import gradio as gr
+
+from . import handlers
+from .errors import friendly_errors
+from .handlers import Context
+from .jobs import cancellable, reporter
+from .outputs import result_payload
+
+GPU_QUEUE = "gpu"  # one concurrency group: attacks, audits and model loads run one at a time
+FILE_FIELDS = frozenset({"image"})  # uploaded files, handed on as their path
+NOT_FIELDS = frozenset({"context", "progress", "cancel"})
+
+
+def playground(
+    context: Context,
+    image: str,
+    labels: str = "cat, dog",
+    method: str = "pgd",
+    norm: str = "linf",
+    eps: float = 4.0,
+    steps: int = 10,
+    threat: str = "transfer",
+    defenses: str = "clipure_cos",
+    seed: int = 0,
+    progress: gr.Progress = gr.Progress(),
+    cancel: Any = None,
+) -> dict:
+    """Attack a photo and compare what zero-shot CLIP predicts with and without CLIPure's
+    latent-space purification.
+
+    Args:
+        image: the photo (PNG, JPEG, WebP, GIF, BMP or TIFF; at most 20 MB).
+        labels: comma-separated class names, e.g. "cat, dog, car", or cifar10 / imagenet1k.
+        method: attack: pgd, pgd-l2, fgsm, apgd-ce, apgd-dlr, apgd-t, autoattack, ...
+        norm: linf or l2 (the attack's threat model norm).
+        eps: attack size: L-inf in units of 1/255 (4 means 4/255), L2 in [0, 1] pixel units.
+        steps: attack iterations (1 to 1000).
+        threat: what the attacker differentiates: transfer, paper, bpda or full, ...
+        defenses: comma-separated defences: clipure_cos, clipure_diff; empty for none.
+        seed: random seed (0 to 4294967295); the same inputs and seed give the same result.
+
+    Returns:
+        The result JSON (probabilities per model, clean and adversarial; settings; command).
+    """
+    fields = dict(image=image, labels=labels, method=method, norm=norm, eps=eps, steps=steps)
+    values = handlers.api_values(defenses, **fields, threat=threat, seed=seed)
+    result = handlers.run(context, values, reporter(progress), cancel)
+    return result_payload(result, labels, image)
+
+
+def audit(
+    context: Context,
+    image: str,
+    labels: str = "cat, dog",
+    true_label: str = "",
+    norm: str = "linf",
+    eps: float = 4.0,
+    steps: int = 10,
+    defenses: str = "clipure_cos",
+    seed: int = 0,
+    conditions: str = "",
+    progress: gr.Progress = gr.Progress(),
+    cancel: Any = None,
+) -> dict:
+    """The threat matrix of a photo: attack it under every threat model (clean, random
+    noise, transfer, as released, paper, BPDA, full gradient, Square) against every model,
+    measure the gradients, and run the standard sanity checks of a robustness claim.
+
+    Args:
+        image: the photo (PNG, JPEG, WebP, GIF, BMP or TIFF; at most 20 MB).
+        labels: comma-separated class names, e.g. "cat, dog, car", or cifar10 / imagenet1k.
+        true_label: the photo's class (one of the labels); empty: CLIP's clean prediction.
+        norm: linf or l2.
+        eps: attack size: L-inf in units of 1/255 (4 means 4/255), L2 in [0, 1] pixel units.
+        steps: iterations of each attack (Square: its query budget).
+        defenses: comma-separated defences: clipure_cos, clipure_diff.
+        seed: random seed (0 to 4294967295).
+        conditions: comma-separated subset of the conditions; empty for all of them.
+
+    Returns:
+        The audit JSON (the matrix of condition x model; gradients; checks; settings).
+    """
+    if conditions is not None and not isinstance(conditions, str):
+        raise gr.Error(f"conditions: comma-separated names, got {conditions!r}.")
+    fields = dict(image=image, labels=labels, true_label=true_label, norm=norm, eps=eps)
+    values = handlers.api_values(defenses, **fields, steps=steps, seed=seed)
+    chosen = [name.strip() for name in (conditions or "").split(",") if name.strip()]
+    return handlers.audit(context, values, chosen or None, reporter(progress), cancel)
+
+
+# endpoint name -> (function, label prefix of its hidden components)
+ENDPOINTS: dict[str, tuple[Callable[..., dict], str]] = {
+    "playground": (playground, ""),
+    "audit": (audit, "audit "),
+}
+
+
+def fields(endpoint: Callable) -> list[inspect.Parameter]:
+    """The endpoint's request fields, in order."""
+    parameters = inspect.signature(endpoint).parameters.values()
+    return [parameter for parameter in parameters if parameter.name not in NOT_FIELDS]
+
+
+def field_component(parameter: inspect.Parameter, prefix: str) -> gr.Component:
+    """The hidden component of one field: a file, a number or a text box, with its default."""
+    label = f"{prefix}{parameter.name}".replace("_", " ")
+    if parameter.name in FILE_FIELDS:
+        return gr.File(label=label, type="filepath")
+    if isinstance(parameter.default, bool) or not isinstance(parameter.default, int | float):
+        return gr.Textbox(parameter.default, label=label)
+    return gr.Number(parameter.default, label=label)
+
+
+def bind(endpoint: Callable, context: Context) -> Callable:
+    """`endpoint` with `context` filled in, as gradio sees it: the fields' signature and the
+    docstring stay (the API's parameter names, the MCP tool's description)."""
+    signature = inspect.signature(endpoint)
+
+    @functools.wraps(endpoint)
+    def bound(*args: Any, **kwargs: Any) -> dict:
+        return endpoint(context, *args, **kwargs)
+
+    parameters = [p for name, p in signature.parameters.items() if name != "context"]
+    bound.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    return cancellable(friendly_errors(bound))
+
+
+def add_endpoints(context: Context) -> None:
+    """Render each endpoint's hidden inputs, output and trigger and connect them (call inside
+    the Blocks)."""
+    with gr.Column(visible=False):
+        for name, (endpoint, prefix) in ENDPOINTS.items():
+            inputs = [field_component(parameter, prefix) for parameter in fields(endpoint)]
+            output = gr.JSON(label="result" if name == "playground" else name)
+            trigger = gr.Button(name)
+            trigger.click(
+                bind(endpoint, context),
+                inputs,
+                output,
+                api_name=name,
+                concurrency_id=GPU_QUEUE,
+            )
