@@ -8,12 +8,13 @@ import sys
 
 from tqdm import tqdm
 
-from ..cli import DEFAULT_MODEL, DEFAULT_WEIGHTS, defense_settings
+from ..defaults import DEFAULT_MODEL, DEFAULT_WEIGHTS
 from ..errors import InputError
 from ..evaluate.data import DataUnavailableError, load_dataset
 from ..images import open_image
 from ..loading import load_backbone
 from ..pipeline import Playground
+from ..purifiers import defense_settings_from_args
 from ..resolution import ATTACK_RESOLUTIONS
 from .checks import CHECKS
 from .conditions import CONDITIONS
@@ -105,7 +106,7 @@ def audit_command(args: argparse.Namespace) -> int:
         "norm": args.norm,
         "steps": args.steps,
         "defenses": args.defense,
-        "defense_settings": defense_settings(args),
+        "defense_settings": defense_settings_from_args(args),
         "conditions": args.conditions,
         "checks": args.checks,
         "square_queries": args.square_queries,

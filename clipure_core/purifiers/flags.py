@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from .base import Purifier, Setting
+from .registry import PURIFIERS
 
 
 def flag_name(purifier: type[Purifier], setting: Setting) -> str:
@@ -19,8 +20,6 @@ def _dest(purifier: type[Purifier], setting: Setting) -> str:
 
 def add_defense_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """One flag per setting of every registered purifier, with its default and help."""
-    from . import PURIFIERS
-
     for purifier in PURIFIERS.values():
         for setting in purifier.settings_spec:
             text = f"{purifier.title} {setting.title}"
@@ -50,8 +49,6 @@ def _escaped(text: str) -> str:
 def defense_settings_from_args(args: argparse.Namespace) -> dict[str, dict]:
     """{defence: {setting: value}} from flags added by `add_defense_flags` (unset ones, and
     any a parser did not declare, left out: the purifier picks its own default)."""
-    from . import PURIFIERS
-
     settings = {}
     for name, purifier in PURIFIERS.items():
         values = {s.name: getattr(args, _dest(purifier, s), None) for s in purifier.settings_spec}
