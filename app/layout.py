@@ -10,9 +10,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from clipure_core import THREATS
-from clipure_core.attacks import METHODS
-from clipure_core.prompts import CIFAR10_CLASSNAMES
+from clipure_core import CIFAR10_CLASSNAMES, METHODS, THREATS
 from clipure_core.purifiers import PURIFIERS, Purifier, Setting
 
 from .catalog import ModelChoice

@@ -9,10 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from clipure_core.plots import model_title
-from clipure_core.prompts import LABEL_PRESETS
-from clipure_core.purifiers import PURIFIERS
-from clipure_core.purifiers.flags import flag_name
+from clipure_core import LABEL_PRESETS, model_title
+from clipure_core.purifiers import PURIFIERS, flag_name
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 OUTCOMES = ("fooled", "still right", "already wrong", "target hit")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from clipure_core.images import MAX_FILE_BYTES
+from clipure_core import MAX_FILE_BYTES
 from clipure_core.purifiers import PURIFIERS
 
 from .catalog import model_choices

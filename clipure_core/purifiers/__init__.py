@@ -5,7 +5,7 @@ from __future__ import annotations
 from .base import Purifier, Setting
 from .cos import CosPurifier, cos_purify, neg_cos_gradient
 from .diff import DiffPurifier
-from .flags import add_defense_flags, defense_settings_from_args
+from .flags import add_defense_flags, defense_settings_from_args, flag_name
 from .polar import GRADIENT_MODES, polar_step
 from .registry import PURIFIERS, build_purifier, check_defense
 from .trace import TrajectoryRecorder
@@ -23,6 +23,7 @@ __all__ = [
     "check_defense",
     "cos_purify",
     "defense_settings_from_args",
+    "flag_name",
     "neg_cos_gradient",
     "polar_step",
 ]
