@@ -28,6 +28,7 @@ from clipure_core import (
     AttackConfig,
     Backbone,
     InputError,
+    Labels,
     Playground,
     PlaygroundResult,
     class_prompt_groups,
@@ -259,7 +260,7 @@ class _Job:
     attack: AttackConfig
     seed: int
     image: Image.Image
-    labels: list[str]
+    labels: Labels  # parsed once per request, here; the engine passes them on as they are
     defenses: list[str]
     playground: Playground
 
@@ -334,7 +335,7 @@ class PlaygroundService:
         with text_progress(self._text_progress(on_progress, cancel)):  # e.g. Diff's prompt
             return job.playground.run(
                 job.image,
-                request.labels,  # as given: the result's notices say what parsing changed
+                job.labels,  # parsed once, in `_prepare`, with the notices parsing gave
                 job.attack,
                 threat=request.threat,
                 defenses=job.defenses,
@@ -488,7 +489,7 @@ class PlaygroundService:
         return self.audit_backend.run(
             job.playground,
             job.image,
-            request.labels,
+            job.labels,
             true_label=request.true_label or None,
             eps=job.attack.eps,
             norm=job.attack.norm,
