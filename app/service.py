@@ -42,7 +42,6 @@ from clipure_core import (
     resolve_templates,
     text_progress,
 )
-from clipure_core.prior import prior_for
 from clipure_core.purifiers import PURIFIERS, check_defense
 
 from .catalog import ModelChoice
@@ -293,10 +292,6 @@ class PlaygroundService:
 
     def backbone(self, choice: ModelChoice) -> Backbone:
         return load_backbone(choice.name, choice.pretrained, device=self.device)
-
-    def diff_prior(self, choice: ModelChoice) -> str | None:
-        """The prior CLIPure-Diff would use with this backbone, if any."""
-        return prior_for(self.backbone(choice))
 
     def playground(self, choice: ModelChoice, templates: str = "ensemble") -> Playground:
         backbone = self.backbone(choice)
