@@ -4,7 +4,10 @@ engine's public face. Each rule is shown to fail on a small made-up case first."
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_LINES = 80
@@ -168,3 +171,15 @@ def test_the_app_uses_only_the_engines_public_face():
         if deep := deep_imports(ast.parse(path.read_text())):
             found[str(path.relative_to(ROOT))] = sorted(deep)
     assert found == {}
+
+
+def test_pre_commit_formats_the_code_folders_only_and_checks_everything():
+    config = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())
+    hooks = {hook["id"]: hook for repo in config["repos"] for hook in repo["hooks"]}
+    assert hooks["ruff-format"]["entry"] == "ruff format"
+    assert hooks["ruff-check"]["entry"] == "ruff check" and "files" not in hooks["ruff-check"]
+    formatted = re.compile(hooks["ruff-format"]["files"])
+    for path in ("app.py", "app/api.py", "bench/gpu_check.py", "clipure_core/cli.py", "tests/x.py"):
+        assert formatted.search(path), path
+    for path in ("README.md", "docs/development.md", "apps/x.py", "myapp.py"):
+        assert not formatted.search(path), path
