@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from threading import Event
 from typing import Any
 
 import gradio as gr
@@ -25,6 +26,7 @@ from .jobs import StopRegistry, cancellable, reporter, session_of
 from .layout import PRESETS, Layout, use_key
 from .outputs import result_payload, result_values
 from .results import matrix_html
+from .service import Progress
 
 UI_ONLY = {"queue": False, "api_visibility": "private"}
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -56,14 +58,25 @@ class Page:
         self.stops = StopRegistry()
 
     def named(self, data: dict[gr.Component, Any]) -> dict[str, Any]:
+        """The controls' values by request field."""
         return {name: data[component] for name, component in self.controls.items()}
 
-    def finished(self, values: dict[str, Any], on_progress, cancel) -> dict[gr.Component, Any]:
+    def finished(
+        self, values: dict[str, Any], on_progress: Progress | None, cancel: Event | None
+    ) -> dict[gr.Component, Any]:
+        """Run the request `values` and fill every output."""
         result = handlers.run(self.context, values, on_progress, cancel)
         payload = result_payload(result, values.get("labels"), values.get("image"))
         return result_values(self.context.service, self.outputs, result, payload)
 
-    def run(self, data: dict, http: gr.Request, progress=gr.Progress(), cancel=None):
+    def run(
+        self,
+        data: dict[gr.Component, Any],
+        http: gr.Request,
+        progress: gr.Progress = gr.Progress(),
+        cancel: Event | None = None,
+    ) -> dict[gr.Component, Any]:
+        """Run: attack and purify with the page's settings (Stop ends it)."""
         session = session_of(http)
         cancel = self.stops.start(session, cancel)
         try:
@@ -71,11 +84,18 @@ class Page:
         finally:
             self.stops.finish(session, cancel)
 
-    def run_example(self, *values, cancel=None):
+    def run_example(self, *values: Any, cancel: Event | None = None) -> dict[gr.Component, Any]:
         """An example's result (gradio caches it): the controls in `Layout.controls` order."""
         return self.finished(dict(zip(self.controls, values, strict=True)), None, cancel)
 
-    def threat_matrix(self, data: dict, http: gr.Request, progress=gr.Progress(), cancel=None):
+    def threat_matrix(
+        self,
+        data: dict[gr.Component, Any],
+        http: gr.Request,
+        progress: gr.Progress = gr.Progress(),
+        cancel: Event | None = None,
+    ) -> str:
+        """The threat matrix of the page's photo, as HTML (Stop ends it)."""
         session = session_of(http)
         cancel = self.stops.start(session, cancel)
         try:
@@ -85,12 +105,14 @@ class Page:
             self.stops.finish(session, cancel)
         return matrix_html(audit, self.context.service.audit_backend.conditions)
 
-    def load_model(self, label, progress=gr.Progress()):
+    def load_model(self, label: str, progress: gr.Progress = gr.Progress()) -> tuple:
+        """Switch the backbone: its status, the random-weights banner, the defence switches."""
         progress(0.1, desc=f"loading {label}")
         status, banner, switches = handlers.load_model(self.context, label)
         return status, banner, *switches
 
     def stop(self, http: gr.Request) -> None:
+        """Stop this session's running job."""
         self.stops.stop(session_of(http))
 
 
