@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -102,10 +103,16 @@ def audit(
     return handlers.audit(context, values, chosen or None, reporter(progress), cancel)
 
 
-# endpoint name -> (function, label prefix of its hidden components)
-ENDPOINTS: dict[str, tuple[Callable[..., dict], str]] = {
-    "playground": (playground, ""),
-    "audit": (audit, "audit "),
+@dataclass(frozen=True)
+class Endpoint:
+    function: Callable[..., dict]
+    prefix: str  # of its hidden components' labels
+    output: str  # its JSON output's label
+
+
+ENDPOINTS = {
+    "playground": Endpoint(playground, "", "result"),
+    "audit": Endpoint(audit, "audit ", "audit"),
 }
 
 
@@ -120,9 +127,9 @@ def field_component(parameter: inspect.Parameter, prefix: str) -> gr.Component:
     label = f"{prefix}{parameter.name}".replace("_", " ")
     if parameter.name in FILE_FIELDS:
         return gr.File(label=label, type="filepath")
-    if isinstance(parameter.default, bool) or not isinstance(parameter.default, int | float):
-        return gr.Textbox(parameter.default, label=label)
-    return gr.Number(parameter.default, label=label)
+    if parameter.annotation in ("int", "float"):  # annotations are text (__future__)
+        return gr.Number(parameter.default, label=label)
+    return gr.Textbox(parameter.default, label=label)
 
 
 def bind(endpoint: Callable, context: Context) -> Callable:
@@ -143,14 +150,11 @@ def add_endpoints(context: Context) -> None:
     """Render each endpoint's hidden inputs, output and trigger and connect them (call inside
     the Blocks)."""
     with gr.Column(visible=False):
-        for name, (endpoint, prefix) in ENDPOINTS.items():
-            inputs = [field_component(parameter, prefix) for parameter in fields(endpoint)]
-            output = gr.JSON(label="result" if name == "playground" else name)
+        for name, endpoint in ENDPOINTS.items():
+            inputs = [
+                field_component(field, endpoint.prefix) for field in fields(endpoint.function)
+            ]
+            output = gr.JSON(label=endpoint.output)
             trigger = gr.Button(name)
-            trigger.click(
-                bind(endpoint, context),
-                inputs,
-                output,
-                api_name=name,
-                concurrency_id=GPU_QUEUE,
-            )
+            handler = bind(endpoint.function, context)
+            trigger.click(handler, inputs, output, api_name=name, concurrency_id=GPU_QUEUE)
