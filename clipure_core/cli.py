@@ -118,14 +118,12 @@ def predict(args: argparse.Namespace) -> int:
         "true_label": args.true_label,
         "target_label": args.target,
     }
-    check_request(args.labels, **request)  # refused before the weights are loaded
+    labels = check_request(args.labels, **request).labels  # refused before loading weights
     resolve_templates(args.templates)
     backbone = load_backbone(args.model, args.pretrained, args.device, args.precision)
     playground = Playground(backbone, args.templates)
     with tqdm_progress():  # text embeddings not cached yet: prompts done / total on stderr
-        result = playground.run(
-            image, args.labels, **request, defense_settings=defense_settings(args)
-        )
+        result = playground.run(image, labels, **request, defense_settings=defense_settings(args))
     if args.save_adversarial:
         try:
             result.adversarial_image.save(args.save_adversarial, format="PNG")
