@@ -51,7 +51,7 @@ def playground(
         eps: attack size: L-inf in units of 1/255 (4 means 4/255), L2 in [0, 1] pixel units.
         steps: attack iterations (1 to 1000).
         threat: what the attacker differentiates: transfer, paper, bpda or full, ...
-        defenses: comma-separated defences: clipure_cos, clipure_diff; empty for none.
+        defenses: comma-separated defence names (e.g. clipure_cos); empty for none.
         seed: random seed (0 to 4294967295); the same inputs and seed give the same result.
 
     Returns:
@@ -88,7 +88,7 @@ def audit(
         norm: linf or l2.
         eps: attack size: L-inf in units of 1/255 (4 means 4/255), L2 in [0, 1] pixel units.
         steps: iterations of each attack (Square: its query budget).
-        defenses: comma-separated defences: clipure_cos, clipure_diff.
+        defenses: comma-separated defence names, e.g. clipure_cos.
         seed: random seed (0 to 4294967295).
         conditions: comma-separated subset of the conditions; empty for all of them.
 

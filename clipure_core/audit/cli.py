@@ -14,7 +14,7 @@ from ..evaluate.data import DataUnavailableError, load_dataset
 from ..images import open_image
 from ..loading import load_backbone
 from ..pipeline import Playground
-from ..purifiers import defense_settings_from_args
+from ..purifiers import add_defense_flags, check_defense, defense_settings_from_args
 from ..resolution import ATTACK_RESOLUTIONS
 from .checks import CHECKS
 from .conditions import CONDITIONS
@@ -61,13 +61,11 @@ def add_audit_parser(commands: argparse._SubParsersAction) -> None:
     audit.add_argument("--square-queries", type=int, default=SQUARE_QUERIES)
     audit.add_argument("--eot", type=int, default=1, help="EOT samples for random models")
     audit.add_argument(
-        "--defense", default="clipure_cos", help="comma-separated defences ('' for none)"
+        "--defense",
+        default="clipure_cos",
+        help="comma-separated defences ('' for none); package.module:Class for your own",
     )
-    audit.add_argument("--cos-steps", type=int, default=10)
-    audit.add_argument("--cos-step-size", type=float, default=30.0)
-    audit.add_argument("--diff-steps", type=int, default=10)
-    audit.add_argument("--diff-step-size", type=float, default=30.0)
-    audit.add_argument("--prior", default=None, help="CLIPure-Diff prior checkpoint")
+    add_defense_flags(audit)
     audit.add_argument(
         "--conditions", default=None, help=f"comma-separated subset of {', '.join(CONDITIONS)}"
     )
@@ -92,6 +90,9 @@ def audit_command(args: argparse.Namespace) -> int:
         raise InputError("--labels is required with IMAGE (e.g. --labels 'cat,dog').")
     if args.data is not None and (args.labels or args.true_label):
         raise InputError("with --data the labels are the data set's classes; drop --labels.")
+    for name in args.defense.split(","):  # refused before the weights are loaded
+        if name.strip():
+            check_defense(name.strip().partition("@")[0])
     image = open_image(args.image) if args.image is not None else None
     dataset = None
     if image is None:  # read before the weights are loaded
