@@ -1,4 +1,4 @@
-"""The public endpoints /playground and /audit (also the MCP tools of `--mcp`).
+"""The public endpoints /playground, /audit and /curve (also the MCP tools of `--mcp`).
 
 Each endpoint is one function here: its signature declares the fields (name, type, default)
 and its docstring their help, once. `add_endpoints` builds the hidden components that carry
@@ -15,7 +15,10 @@ from typing import Any
 
 import gradio as gr
 
+from clipure_core import InputError
+
 from . import handlers
+from .curve import curve_json
 from .errors import friendly_errors
 from .handlers import Context
 from .jobs import cancellable, reporter
@@ -103,6 +106,46 @@ def audit(
     return handlers.audit(context, values, chosen or None, reporter(progress), cancel)
 
 
+def curve(
+    context: Context,
+    image: str,
+    labels: str = "cat, dog",
+    method: str = "pgd",
+    norm: str = "linf",
+    threat: str = "transfer",
+    steps: int = 10,
+    defenses: str = "clipure_cos",
+    true_label: str = "",
+    seed: int = 0,
+    progress: gr.Progress = gr.Progress(),
+    cancel: Any = None,
+) -> dict:
+    """The robustness curve of a photo: each model's probability of the true class, and
+    whether it is still right, against the attack's size: L-inf eps 0, 1, 2, 4, 8,
+    16/255 or L2 eps 0, 0.125, 0.25, 0.5, 1, 2 (one attack per eps; eps 0 is the clean
+    prediction).
+
+    Args:
+        image: the photo (PNG, JPEG, WebP, GIF, BMP or TIFF; at most 20 MB).
+        labels: comma-separated class names, e.g. "cat, dog, car", or cifar10 / imagenet1k.
+        method: attack: pgd, pgd-l2, fgsm, apgd-ce, apgd-dlr, apgd-t, autoattack, ...
+        norm: linf or l2 (picks the eps ladder).
+        threat: what the attacker differentiates: transfer, paper, bpda or full, ...
+        steps: attack iterations (1 to 1000).
+        defenses: comma-separated defence names (e.g. clipure_cos); empty for none.
+        true_label: the photo's class (one of the labels); empty: CLIP's clean prediction.
+        seed: random seed (0 to 4294967295); the same inputs and seed give the same curve.
+
+    Returns:
+        The curve JSON: eps, and per model true_probability, prediction and correct.
+    """
+    if true_label is not None and not isinstance(true_label, str):
+        raise InputError(f"true label must be text, got {true_label!r}.")
+    fields = dict(image=image, labels=labels, method=method, norm=norm, threat=threat)
+    values = handlers.api_values(defenses, **fields, steps=steps, true_label=true_label, seed=seed)
+    return curve_json(context, values, reporter(progress), cancel)
+
+
 @dataclass(frozen=True)
 class Endpoint:
     function: Callable[..., dict]
@@ -113,6 +156,7 @@ class Endpoint:
 ENDPOINTS = {
     "playground": Endpoint(playground, "", "result"),
     "audit": Endpoint(audit, "audit ", "audit"),
+    "curve": Endpoint(curve, "curve ", "curve"),
 }
 
 

@@ -75,6 +75,8 @@ class Layout:
     stop: gr.Button
     compare: gr.Button
     matrix: gr.HTML
+    curve: gr.Button
+    eps_curve: gr.Plot
     talk: gr.Checkbox
     preset: gr.Radio
     threat_help: gr.Markdown
@@ -236,11 +238,14 @@ def build_layout(
     outputs = result_outputs()
     talk = top_bar()
     banner = gr.Markdown(RANDOM_BANNER, visible=config_random, elem_id="banner")
-    run, stop, compare, examples_slot = main_row(controls, outputs)
+    run, stop, compare, curve, examples_slot = main_row(controls, outputs)
     matrix = gr.HTML(
         '<div class="ready">Press <b>Threat matrix for this photo</b> to attack it under every '
         "threat model at once.</div>",
         elem_id="threat-matrix",
+    )
+    eps_curve = gr.Plot(
+        label="Robustness curve: the true class's probability against eps", elem_id="eps-curve"
     )
     with gr.Tabs(elem_classes=TALK_HIDDEN):
         threat_help = attack_tab(controls)
@@ -257,6 +262,8 @@ def build_layout(
         stop=stop,
         compare=compare,
         matrix=matrix,
+        curve=curve,
+        eps_curve=eps_curve,
         talk=talk,
         preset=preset,
         threat_help=threat_help,
@@ -279,7 +286,7 @@ def photo_controls(choices: list[ModelChoice]) -> dict[str, gr.Component]:
         "image": gr.Image(
             type="filepath",
             image_mode=None,
-            sources=["upload", "clipboard"],
+            sources=["upload", "webcam", "clipboard"],
             label="Photo",
             height=170,
             elem_id="photo",
@@ -309,9 +316,9 @@ def top_bar() -> gr.Checkbox:
 
 def main_row(
     controls: dict[str, gr.Component], outputs: dict[str, gr.Component]
-) -> tuple[gr.Button, gr.Button, gr.Button, gr.Column]:
+) -> tuple[gr.Button, gr.Button, gr.Button, gr.Button, gr.Column]:
     """Photo, examples, labels and buttons on the left; the comparison on the right.
-    Returns Run, Stop, the threat-matrix button and the examples' slot."""
+    Returns Run, Stop, the threat-matrix and curve buttons and the examples' slot."""
     with gr.Row(equal_height=False):
         with gr.Column(scale=4, min_width=340, elem_id="inputs"):
             controls["image"].render()
@@ -320,7 +327,11 @@ def main_row(
             with gr.Row():
                 run = gr.Button("Run: attack and purify", variant="primary", elem_id="run")
                 stop = gr.Button("Stop", variant="stop", elem_id="stop", scale=0, min_width=80)
-            compare = gr.Button("Threat matrix for this photo", elem_id="compare")
+            with gr.Row():
+                compare = gr.Button(
+                    "Threat matrix for this photo", elem_id="compare", scale=3, min_width=0
+                )
+                curve = gr.Button("Robustness curve", elem_id="curve", scale=2, min_width=0)
         with gr.Column(scale=7, elem_id="results"):
             outputs["verdict"].render()
             with gr.Row(equal_height=True):
@@ -329,7 +340,7 @@ def main_row(
                 with gr.Column(scale=2, min_width=180):
                     outputs["perturbation"].render()
             outputs["perturbation_note"].render()
-    return run, stop, compare, examples_slot
+    return run, stop, compare, curve, examples_slot
 
 
 def attack_tab(controls: dict[str, gr.Component]) -> gr.Markdown:

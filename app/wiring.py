@@ -15,12 +15,14 @@ from typing import Any
 
 import gradio as gr
 
-from clipure_core import THREATS
+from clipure_core import THREATS, curve_figure
 from clipure_core.purifiers import PURIFIERS
 
 from . import handlers
 from .api import GPU_QUEUE, add_endpoints
+from .curve import SCROLL_TO_CURVE, SCROLL_TO_DRAWN_CURVE, curve_json, device_task
 from .errors import friendly_errors
+from .gpu import zero_gpu
 from .handlers import Context
 from .jobs import StopRegistry, cancellable, reporter, session_of
 from .layout import PRESETS, Layout, use_key
@@ -105,6 +107,22 @@ class Page:
             self.stops.finish(session, cancel)
         return matrix_html(audit, self.context.service.audit_backend.conditions)
 
+    def curve(
+        self,
+        data: dict[gr.Component, Any],
+        http: gr.Request,
+        progress: gr.Progress = gr.Progress(),
+        cancel: Event | None = None,
+    ) -> Any:
+        """The robustness curve of the page's photo, as a figure (Stop ends it)."""
+        session = session_of(http)
+        cancel = self.stops.start(session, cancel)
+        try:
+            values, on_progress = self.named(data), reporter(progress)
+            return curve_figure(curve_json(self.context, values, on_progress, cancel))
+        finally:
+            self.stops.finish(session, cancel)
+
     def load_model(self, label: str, progress: gr.Progress = gr.Progress()) -> tuple:
         """Switch the backbone: its status, the random-weights banner, the defence switches."""
         progress(0.1, desc=f"loading {label}")
@@ -151,7 +169,27 @@ def wire_run(layout: Layout, page: Page) -> None:
         api_name="threat_matrix",
         api_visibility="undocumented",
     )
-    layout.stop.click(page.stop, None, None, cancels=[run_event, audit_event], **UI_ONLY)
+    curve_event = wire_curve(layout, page)
+    cancels = [run_event, audit_event, curve_event]
+    layout.stop.click(page.stop, None, None, cancels=cancels, **UI_ONLY)
+
+
+def wire_curve(layout: Layout, page: Page) -> Any:
+    """The robustness curve's button: scroll to the plot, draw it, scroll again once drawn.
+    Returns the drawing event (for Stop's `cancels`)."""
+    if zero_gpu():
+        device_task(page.context)  # its ZeroGPU task is made at start-up, before the launch
+    layout.curve.click(None, None, None, js=SCROLL_TO_CURVE, **UI_ONLY)
+    event = layout.curve.click(
+        queued(page.curve),
+        set(layout.controls.values()),
+        layout.eps_curve,
+        concurrency_id=GPU_QUEUE,
+        api_name="robustness_curve",
+        api_visibility="undocumented",
+    )
+    event.success(None, None, None, js=SCROLL_TO_DRAWN_CURVE, **UI_ONLY)
+    return event
 
 
 def wire_controls(demo: gr.Blocks, layout: Layout, page: Page) -> None:

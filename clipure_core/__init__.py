@@ -18,6 +18,7 @@ from .attacks import (
 )
 from .backbone import Backbone, BackboneInfo
 from .classifier import DefendedClassifier, ZeroShotClassifier
+from .curve import check_curve, robustness_curve
 from .defaults import DEFAULT_MODEL, DEFAULT_WEIGHTS
 from .errors import InputError, WeightsUnavailableError
 from .images import MAX_FILE_BYTES, open_image
@@ -45,7 +46,7 @@ from .text_embeddings import (
 from .threats import THREATS, attacked_model
 
 # Plot builders import plotly: loaded on first use, so the command line starts without it.
-_PLOTS = ("model_title", "probability_figure", "trajectory_figure")
+_PLOTS = ("curve_figure", "model_title", "probability_figure", "trajectory_figure")
 
 
 def __getattr__(name: str) -> Any:
@@ -88,10 +89,12 @@ __all__ = [
     "attacked_model",
     "build_attack",
     "build_purifier",
+    "check_curve",
     "class_prompt_groups",
     "clear_backbone_cache",
     "cos_purify",
     "craft_attack",
+    "curve_figure",
     "load_backbone",
     "measured_rate",
     "missing_prompts",
@@ -102,6 +105,7 @@ __all__ = [
     "probability_figure",
     "prompt_group_embeddings",
     "resolve_templates",
+    "robustness_curve",
     "text_progress",
     "trajectory_figure",
 ]
