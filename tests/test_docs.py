@@ -222,6 +222,8 @@ NOT_RUN_BLOCKS = {
     ("docs/benchmarks.md", "python app.py --model ViT-B-32 --pretrained random --device cpu"),
     ("docs/benchmarks.md", "bash bench/gpu_check.sh"),
     ("docs/custom-defenses.md", "python app.py --defense-module my_defense:NullBlend"),
+    ("docs/development.md", "pip install pre-commit"),
+    ("docs/development.md", "python -m pytest -q tests/test_codebase.py"),
     ("docs/webcam-and-curve.md", "from gradio_client import Client, handle_file"),
     (
         "docs/benchmarks.md",
