@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     predict.add_argument(
-        "--precision", default=None, help="fp32 (default), bf16 or fp16 (slow on CPU)"
+        "--precision", default=None, help="fp32 (default), fp16 or bf16 (run on CPU too, slower)"
     )
     predict.add_argument("--templates", default="ensemble", help="ensemble (80 CLIP) or single")
     predict.add_argument("--attack", default="pgd", choices=sorted(METHODS))

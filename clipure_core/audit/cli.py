@@ -14,9 +14,10 @@ from ..evaluate.data import DataUnavailableError, load_dataset
 from ..images import open_image
 from ..loading import load_backbone
 from ..pipeline import Playground
+from ..purifiers import add_defense_flags
 from ..resolution import ATTACK_RESOLUTIONS
 from .checks import CHECKS
-from .conditions import CONDITIONS
+from .conditions import CONDITIONS, check_checks_runnable
 from .dataset import DatasetAudit, audit_dataset
 from .result import AuditResult
 from .runner import SQUARE_QUERIES, run_audit
@@ -43,7 +44,9 @@ def add_audit_parser(commands: argparse._SubParsersAction) -> None:
         "--pretrained", default=DEFAULT_WEIGHTS, help="open_clip tag, checkpoint, or 'random'"
     )
     audit.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
-    audit.add_argument("--precision", default=None, help="fp32 (default), fp16 or bf16 (GPU)")
+    audit.add_argument(
+        "--precision", default=None, help="fp32 (default), fp16 or bf16 (run on CPU too, slower)"
+    )
     audit.add_argument("--templates", default="ensemble", help="ensemble (80 CLIP) or single")
     audit.add_argument("--norm", default="linf", choices=["linf", "l2"])
     audit.add_argument(
@@ -62,11 +65,7 @@ def add_audit_parser(commands: argparse._SubParsersAction) -> None:
     audit.add_argument(
         "--defense", default="clipure_cos", help="comma-separated defences ('' for none)"
     )
-    audit.add_argument("--cos-steps", type=int, default=10)
-    audit.add_argument("--cos-step-size", type=float, default=30.0)
-    audit.add_argument("--diff-steps", type=int, default=10)
-    audit.add_argument("--diff-step-size", type=float, default=30.0)
-    audit.add_argument("--prior", default=None, help="CLIPure-Diff prior checkpoint")
+    add_defense_flags(audit)
     audit.add_argument(
         "--conditions", default=None, help=f"comma-separated subset of {', '.join(CONDITIONS)}"
     )
@@ -91,6 +90,7 @@ def audit_command(args: argparse.Namespace) -> int:
         raise InputError("--labels is required with IMAGE (e.g. --labels 'cat,dog').")
     if args.data is not None and (args.labels or args.true_label):
         raise InputError("with --data the labels are the data set's classes; drop --labels.")
+    check_checks_runnable(args.checks, args.conditions)  # before the weights are loaded
     image = open_image(args.image) if args.image is not None else None
     dataset = None
     if image is None:  # read before the weights are loaded

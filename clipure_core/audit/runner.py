@@ -42,6 +42,7 @@ from .conditions import (
     UNDEFENDED,
     WHITE_BOX_CONDITIONS,
     attack_key,
+    check_checks_runnable,
     check_conditions,
     gradient_attack,
     noise_attack,
@@ -92,6 +93,7 @@ def run_audit(
     restarts; see checklist_runs).
     """
     resolution = check_attack_resolution(attack_resolution)
+    check_checks_runnable(checks, conditions)
     audit = _Audit(
         playground, labels, eps, norm, steps, defenses, defense_settings or {}, seed,
         check_conditions(conditions), pick_names(checks, list(CHECKS), "check"),
@@ -529,6 +531,7 @@ class _Audit(ChecklistRuns):
             "model": info.name,
             "pretrained": info.pretrained,
             "weights_id": info.weights_id,
+            "weights": info.weights,
             "random_weights": info.random_weights,
             "device": info.device,
             "precision": info.precision,

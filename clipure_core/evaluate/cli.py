@@ -61,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--pretrained", default="openai", help="open_clip tag, checkpoint file, hf-hub:ID, random"
     )
     model.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
-    model.add_argument("--precision", default=None, help="fp32 (default), fp16 or bf16 (GPU)")
+    model.add_argument(
+        "--precision", default=None, help="fp32 (default), fp16 or bf16 (run on CPU too, slower)"
+    )
     model.add_argument("--templates", default=None, help="ensemble (80 CLIP, default) or single")
     protocol = parser.add_argument_group("protocol")
     protocol.add_argument(
