@@ -180,9 +180,9 @@ class _Audit(ChecklistRuns):
             self.notices.append("random weights: the predictions are meaningless.")
         if "release" in self.conditions and self.backbone.device.type == "cpu":
             self.notices.append(
-                "'as released' runs the model in half precision, which CPUs run slowly (ViT-B-32: "
-                "~9x a float32 gradient, 7-25 s each): this audit takes minutes on CPU; leave "
-                "'release' out of the conditions for a quick look."
+                "'as released' runs the model in half precision, which CPUs run many times "
+                "slower than float32 (bench/audit_latency.py measures the ratio on this machine); "
+                "leave 'release' out of the conditions for a quick look."
             )
         y = self.given_y
         pixels = self._pixels(image, resolution)
