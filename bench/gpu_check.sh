@@ -3,8 +3,10 @@
 #   - the CUDA tests (pytest -m cuda: the text path, fp16/bf16 and a whole request on CUDA,
 #     determinism with deterministic algorithms);
 #   - a command-line request in fp16 and in bf16 on CUDA;
-#   - every benchmark in bench/: latency, text embeddings, CLIPure-Diff latency, and batch
-#     evaluation throughput with the release's setting (batch 2, fp16) beside ours.
+#   - every benchmark in bench/ (tests/test_docs_cli.py checks that a step runs each
+#     bench/*.py script but timing.py, the shared helper): latency, text embeddings, CLIPure-Diff latency, the
+#     audit's latency, and batch evaluation throughput with the release's setting (batch 2,
+#     fp16) beside ours.
 #
 #   bash bench/gpu_check.sh          # on a machine with CUDA (run from anywhere)
 #   bash bench/gpu_check.sh --cpu    # the same steps on CPU with small settings: checks the
@@ -45,6 +47,7 @@ if [ "$mode" = cuda ]; then
   latency=(--device cuda)
   text=(--device cuda)
   diff=(--device cuda)
+  audit=(--device cuda)
   throughput=(--device cuda --steps "$steps")
   [ "$gpus" -ge 2 ] || throughput+=(--skip-scaling)  # 2 processes need one GPU each
 else
@@ -53,6 +56,7 @@ else
   latency=(--device cpu --repeats 1)
   text=(--device cpu --repeats 1 --labels 1 --imagenet-sample 2)
   diff=(--device cpu --model ViT-B-32 --repeats 1)
+  audit=(--device cpu --steps 1 --square-queries 2 --conditions clean,transfer)
   throughput=(--device cpu --steps 1 --n 2 --batch-sizes 1,2 --scaling-n 2 --skip-scaling)
 fi
 
@@ -96,6 +100,8 @@ fi
 step "latency" "ratio" "$PYTHON" bench/latency.py "${latency[@]}"
 step "text embeddings" "faster|ratio|ImageNet" "$PYTHON" bench/text_embeddings.py "${text[@]}"
 step "Diff latency" "ratio" "$PYTHON" bench/diff_latency.py "${diff[@]}"
+step "audit latency" "audit of one photo|unit costs|fp16 gradient" "$PYTHON" \
+  bench/audit_latency.py "${audit[@]}"
 step "eval throughput" "batch|setting|processes" "$PYTHON" bench/eval_throughput.py \
   "${throughput[@]}"
 

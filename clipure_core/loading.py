@@ -283,14 +283,13 @@ def hub_reachable(url: str) -> bool:
 
 
 def _unavailable(what: str, tried: list[str]) -> WeightsUnavailableError:
-    lines = "\n".join(f"  - {attempt}" for attempt in tried)
+    """One line of what was tried, one `hint:` line of the ways out."""
     return WeightsUnavailableError(
-        f"Could not load {what}.\nTried:\n{lines}\nTo fix, do one of:\n"
-        "  - run once with internet access: the weights are then cached for offline use;\n"
-        "  - copy the Hugging Face cache (~/.cache/huggingface/hub, or HF_HUB_CACHE) from a "
-        "machine that has the weights, and set HF_HUB_OFFLINE=1;\n"
-        "  - pass a local checkpoint (--pretrained /path/to/weights.safetensors; .pt/.bin/.pth);\n"
-        "  - use --pretrained random for an offline check (predictions are meaningless)."
+        f"could not load {what}: tried {'; '.join(tried)}.\nhint: run once with internet "
+        "access (the weights are then cached), or copy the Hugging Face cache "
+        "(~/.cache/huggingface/hub, or HF_HUB_CACHE) and set HF_HUB_OFFLINE=1, or pass a local "
+        "checkpoint (--pretrained FILE.safetensors; .pt/.bin/.pth), or use --pretrained random "
+        "for an offline check (predictions are meaningless)."
     )
 
 

@@ -82,5 +82,9 @@ def test_no_internet_startup_exits_nonzero_with_the_options(tmp_path):
     args = ["-m", "clipure_core", "predict", str(ASSETS / "chelsea.png"), "--labels", "cat,dog"]
     completed = run_without_weights(args, tmp_path)
     assert completed.returncode == 2
-    assert "Could not load weights 'openai' for ViT-B-32" in completed.stderr
-    assert "--pretrained random" in completed.stderr and "Traceback" not in completed.stderr
+    # one `error:` line and one `hint:` line, as docs/cli.md says
+    error, hint = completed.stderr.splitlines()
+    assert error.startswith("error: could not load weights 'openai' for ViT-B-32: tried ")
+    assert "HF_HUB_OFFLINE is set" in error
+    assert hint.startswith("hint: run once with internet access")
+    assert "--pretrained random" in hint
