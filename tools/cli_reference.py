@@ -97,6 +97,13 @@ Do not edit by hand: change the parser's help and run the command above.
 `CLIPURE_DEVICE`, `CLIPURE_HOST` (else `GRADIO_SERVER_NAME`), `CLIPURE_PORT`, `CLIPURE_SHARE`,
 `CLIPURE_QUEUE_SIZE`, `CLIPURE_MCP` and `CLIPURE_EXAMPLES`; the table shows the defaults with
 none of them set.
+
+Bad input and missing weights end a command with exit code 2 and one `error: ...` line on
+stderr; the missing-weights error adds one `hint: ...` line with the ways out (run once with
+internet access, copy the Hugging Face cache, a local checkpoint, or `--pretrained random`).
+`--model local-dir:FOLDER` loads a folder with `open_clip_config.json` and its weights;
+`--pretrained` is then not read, and the results record the folder with the sha256 of its
+files (`settings.weights`, see [output-fields.md](output-fields.md)).
 """
 
 

@@ -39,7 +39,9 @@ def add_audit_parser(commands: argparse._SubParsersAction) -> None:
     audit.add_argument(
         "--num-images", type=int, default=None, help="with --data: a stratified subset"
     )
-    audit.add_argument("--model", default=DEFAULT_MODEL, help="open_clip architecture")
+    audit.add_argument(
+        "--model", default=DEFAULT_MODEL, help="open_clip architecture, or local-dir:FOLDER"
+    )
     audit.add_argument(
         "--pretrained", default=DEFAULT_WEIGHTS, help="open_clip tag, checkpoint, or 'random'"
     )
@@ -60,7 +62,9 @@ def add_audit_parser(commands: argparse._SubParsersAction) -> None:
         help="native: perturb the image's own pixels, resized inside the model; model: the "
         "model-size pixels (default: native for images smaller than the model's input)",
     )
-    audit.add_argument("--square-queries", type=int, default=SQUARE_QUERIES)
+    audit.add_argument(
+        "--square-queries", type=int, default=SQUARE_QUERIES, help="Square attack query budget"
+    )
     audit.add_argument("--eot", type=int, default=1, help="EOT samples for random models")
     audit.add_argument(
         "--defense", default="clipure_cos", help="comma-separated defences ('' for none)"
@@ -77,7 +81,7 @@ def add_audit_parser(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="run the checklist checks' expensive settings in full (every eps rung, restarts)",
     )
-    audit.add_argument("--seed", type=int, default=0)
+    audit.add_argument("--seed", type=int, default=0, help="seed of the attacks and defences")
     audit.add_argument("--json", action="store_true", help="print the result as JSON")
     audit.add_argument("--quiet", action="store_true", help="no progress bar")
     audit.set_defaults(handler=audit_command)

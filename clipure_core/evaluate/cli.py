@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.add_argument("--seed", type=int, default=0, help="subset and attack seed")
     model = parser.add_argument_group("model")
-    model.add_argument("--model", default="ViT-B-32", help="open_clip architecture")
+    model.add_argument(
+        "--model", default="ViT-B-32", help="open_clip architecture, or local-dir:FOLDER"
+    )
     model.add_argument(
         "--pretrained", default="openai", help="open_clip tag, checkpoint file, hf-hub:ID, random"
     )
