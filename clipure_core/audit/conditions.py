@@ -130,6 +130,17 @@ CHECK_NEEDS: dict[str, tuple[tuple[str, ...], ...]] = {
 }
 
 
+def unfed_checks(checks: Sequence[str], conditions: Sequence[str]) -> dict[str, str]:
+    """{check: what it still needs} for the checks whose conditions are not among these."""
+    unfed = {}
+    for check in checks:
+        for group in CHECK_NEEDS.get(check, ()):
+            if not set(group) & set(conditions):
+                unfed[check] = f"'{group[0]}'" if len(group) == 1 else f"one of {', '.join(group)}"
+                break
+    return unfed
+
+
 def check_checks_runnable(
     checks: Iterable[str] | str | None, conditions: Iterable[str] | str | None
 ) -> None:
@@ -137,15 +148,12 @@ def check_checks_runnable(
     conditions cannot feed are refused, not dropped."""
     if checks is None:
         return
-    chosen = check_conditions(conditions)
-    for check in pick_names(checks, list(CHECKS), "check"):
-        for group in CHECK_NEEDS.get(check, ()):
-            if not set(group) & set(chosen):
-                need = f"'{group[0]}'" if len(group) == 1 else f"one of {', '.join(group)}"
-                raise InputError(
-                    f"audit check {check!r} compares conditions that are not run: add {need} "
-                    "to the conditions, or leave the check out."
-                )
+    unfed = unfed_checks(pick_names(checks, list(CHECKS), "check"), check_conditions(conditions))
+    for check, need in unfed.items():
+        raise InputError(
+            f"audit check {check!r} compares conditions that are not run: add {need} "
+            "to the conditions, or leave the check out."
+        )
 
 
 def attack_key(condition: str, model: str) -> tuple[str, str]:

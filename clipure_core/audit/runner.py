@@ -49,6 +49,7 @@ from .conditions import (
     pick_names,
     single_step_attack,
     square_attack,
+    unfed_checks,
 )
 from .gradients import GradientStats, compare, pixel_gradient, pixels_seen
 from .progress import Progress, ProgressCallback, Timer
@@ -178,6 +179,13 @@ class _Audit(ChecklistRuns):
         timer = Timer(self.backbone.device)
         if self.backbone.info.random_weights:
             self.notices.append("random weights: the predictions are meaningless.")
+        unfed = unfed_checks(self.checks, self.conditions)
+        if unfed:
+            self.notices.append(
+                "checks not run, their conditions are not in this audit: "
+                + "; ".join(f"{check} (needs {need})" for check, need in unfed.items())
+                + "."
+            )
         if "release" in self.conditions and self.backbone.device.type == "cpu":
             self.notices.append(
                 "'as released' runs the model in half precision, which CPUs run many times "
