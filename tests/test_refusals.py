@@ -363,6 +363,6 @@ def test_audit_checks_left_to_default_say_which_could_not_run(playground, cat_ph
     assert "noise_control" not in {check.name for check in result.checks}
     assert result.notices[-1] == (
         "checks not run, their conditions are not in this audit: bpda_validity (needs "
-        "'bpda'); white_box_vs_black_box (needs 'square'); noise_control (needs one of transfer, release, paper, bpda, full); "
-        "single_step_vs_iterative (needs 'full')."
+        "'bpda'); white_box_vs_black_box (needs 'square'); noise_control (needs one of "
+        "transfer, release, paper, bpda, full); single_step_vs_iterative (needs 'full')."
     )
