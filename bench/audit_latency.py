@@ -23,7 +23,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import device_name, median_ms
+from timing import device_name, median_ms, print_flags
 
 from clipure_core import Playground, load_backbone
 from clipure_core.audit import SQUARE_QUERIES, run_audit
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = build_parser().parse_args()
+    print_flags(args)
 
     backbone = load_backbone(args.model, "random", device=args.device)
     device = backbone.device

@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import device_name, median_ms
+from timing import device_name, median_ms, print_flags
 
 from clipure_core import load_backbone
 from clipure_core.prior import LatentPrior, PriorConfig
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = build_parser().parse_args()
+    print_flags(args)
 
     backbone = load_backbone(args.model, "random", args.device, args.precision)
     device = backbone.device

@@ -30,6 +30,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from timing import print_flags
 
 from clipure_core import ZeroShotClassifier, build_purifier, load_backbone
 from clipure_core.evaluate import EvalConfig, run_evaluation
@@ -132,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = build_parser().parse_args()
+    print_flags(args)
     batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
     device_type = "cuda" if (args.device or "").startswith("cuda") else "cpu"
     if args.device is None and torch.cuda.is_available():

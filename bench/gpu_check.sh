@@ -4,9 +4,10 @@
 #     determinism with deterministic algorithms);
 #   - a command-line request in fp16 and in bf16 on CUDA;
 #   - every benchmark in bench/ (tests/test_docs_cli.py checks that a step runs each
-#     bench/*.py script but timing.py, the shared helper): latency, text embeddings, CLIPure-Diff latency, the
-#     audit's latency, and batch evaluation throughput with the release's setting (batch 2,
-#     fp16) beside ours.
+#     bench/*.py script but timing.py, the shared helper): latency, text embeddings,
+#     CLIPure-Diff latency, the audit's latency, and batch evaluation throughput with the
+#     release's setting (batch 2, fp16) beside ours. Each benchmark prints the flags it ran
+#     with first ("flags: ..."), and the table keeps that line beside the figures.
 #
 #   bash bench/gpu_check.sh          # on a machine with CUDA (run from anywhere)
 #   bash bench/gpu_check.sh --cpu    # the same steps on CPU with small settings: checks the
@@ -97,12 +98,12 @@ else
   not_here "request fp16"
   not_here "request bf16"
 fi
-step "latency" "ratio" "$PYTHON" bench/latency.py "${latency[@]}"
-step "text embeddings" "faster|ratio|ImageNet" "$PYTHON" bench/text_embeddings.py "${text[@]}"
-step "Diff latency" "ratio" "$PYTHON" bench/diff_latency.py "${diff[@]}"
-step "audit latency" "audit of one photo|unit costs|fp16 gradient" "$PYTHON" \
+step "latency" "flags:|ratio" "$PYTHON" bench/latency.py "${latency[@]}"
+step "text embeddings" "flags:|faster|ratio|ImageNet" "$PYTHON" bench/text_embeddings.py "${text[@]}"
+step "Diff latency" "flags:|ratio" "$PYTHON" bench/diff_latency.py "${diff[@]}"
+step "audit latency" "flags:|audit of one photo|unit costs|fp16 gradient" "$PYTHON" \
   bench/audit_latency.py "${audit[@]}"
-step "eval throughput" "batch|setting|processes" "$PYTHON" bench/eval_throughput.py \
+step "eval throughput" "flags:|batch|setting|processes" "$PYTHON" bench/eval_throughput.py \
   "${throughput[@]}"
 
 echo

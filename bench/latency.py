@@ -23,7 +23,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import device_name, median_ms
+from timing import device_name, median_ms, print_flags
 
 from clipure_core import AttackConfig, Playground, cos_purify, load_backbone
 
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = build_parser().parse_args()
+    print_flags(args)
 
     backbone = load_backbone(args.model, "random", device=args.device)
     device = backbone.device

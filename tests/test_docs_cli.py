@@ -3,6 +3,8 @@ the docs show after a command exists in it, and gpu_check.sh runs every benchmar
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import re
 
 from tools.cli_reference import COMMANDS, DOC, REGENERATE, ROOT, render
@@ -93,3 +95,18 @@ def test_every_benchmark_is_documented_and_run_by_gpu_check():
     steps = (ROOT / "bench" / "gpu_check.sh").read_text()
     run = set(re.findall(r"^step .*?bench/(\w+\.py)", re.sub(r"\\\n\s*", " ", steps), re.M))
     assert run == scripts
+
+
+def test_each_benchmark_prints_the_flags_it_ran_with():
+    spec = importlib.util.spec_from_file_location("bench_timing", ROOT / "bench" / "timing.py")
+    timing = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(timing)
+    args = argparse.Namespace(steps=2, n=64, batch_sizes="1,8,64", device=None, skip_scaling=True)
+    assert timing.flags_line("bench/eval_throughput.py", args) == (
+        "flags: python bench/eval_throughput.py --steps 2 --n 64 --batch-sizes 1,8,64 "
+        "--skip-scaling"
+    )
+    for script in (ROOT / "bench").glob("*.py"):
+        if script.name != "timing.py":  # each main prints it right after parsing its flags
+            text = script.read_text()
+            assert "args = build_parser().parse_args()\n    print_flags(args)\n" in text

@@ -104,6 +104,11 @@ internet access, copy the Hugging Face cache, a local checkpoint, or `--pretrain
 `--model local-dir:FOLDER` loads a folder with `open_clip_config.json` and its weights;
 `--pretrained` is then not read, and the results record the folder with the sha256 of its
 files (`settings.weights`, see [output-fields.md](output-fields.md)).
+
+The benchmarks (`python bench/...`) print `flags: ...`, the command with the value of every
+flag as it ran, as their first line, so a figure copied from their output carries the settings
+that produced it; `bash bench/gpu_check.sh` runs each of them (`--cpu`: small settings, a
+check of the script) and keeps that line in its table.
 """
 
 
