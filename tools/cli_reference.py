@@ -88,9 +88,10 @@ COMMANDS: dict[str, Callable[[], argparse.ArgumentParser]] = {
 
 HEADER = f"""# Command-line reference
 
-Every flag of every command, with its real default. Generated from the argparse parsers by
-`{REGENERATE}`; `tests/test_docs_cli.py` fails when this page differs from the code, and
-when a README or docs page shows a flag after a command that the command does not have.
+Every flag of every command, with its real default. Generated from the argparse parsers
+by `{REGENERATE}`; `tests/test_docs_cli.py` fails when this page differs from the
+code, and when a README or docs page shows a flag after a command that the command does not
+have.
 Do not edit by hand: change the parser's help and run the command above.
 
 `python app.py` reads its defaults from `CLIPURE_MODEL`, `CLIPURE_PRETRAINED`,
