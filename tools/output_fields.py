@@ -33,7 +33,7 @@ def documented_fields(text: str) -> dict[str, list[str]]:
     names: list[str] = []
     rows = 0
     for line in text.splitlines():
-        marker = _MARKER.search(line)
+        marker = _MARKER.fullmatch(line.strip())
         if marker:
             names, rows = marker.group(1).split(), 0
             for name in names:
