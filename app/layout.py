@@ -77,6 +77,8 @@ class Layout:
     stop: gr.Button
     compare: gr.Button
     matrix: gr.HTML
+    curve: gr.Button
+    eps_curve: gr.Plot
     talk: gr.Checkbox
     preset: gr.Radio
     threat_help: gr.Markdown
@@ -242,7 +244,7 @@ def build_layout(
         "image": gr.Image(
             type="filepath",
             image_mode=None,
-            sources=["upload", "clipboard"],
+            sources=["upload", "webcam", "clipboard"],
             label="Photo",
             height=170,
             elem_id="photo",
@@ -276,7 +278,11 @@ def build_layout(
             with gr.Row():
                 run = gr.Button("Run: attack and purify", variant="primary", elem_id="run")
                 stop = gr.Button("Stop", variant="stop", elem_id="stop", scale=0, min_width=80)
-            compare = gr.Button("Threat matrix for this photo", elem_id="compare")
+            with gr.Row():
+                compare = gr.Button(
+                    "Threat matrix for this photo", elem_id="compare", scale=3, min_width=0
+                )
+                curve = gr.Button("Robustness curve", elem_id="curve", scale=2, min_width=0)
         with gr.Column(scale=7, elem_id="results"):
             outputs["verdict"].render()
             with gr.Row(equal_height=True):
@@ -289,6 +295,9 @@ def build_layout(
         '<div class="ready">Press <b>Threat matrix for this photo</b> to attack it under every '
         "threat model at once.</div>",
         elem_id="threat-matrix",
+    )
+    eps_curve = gr.Plot(
+        label="Robustness curve: the true class's probability against eps", elem_id="eps-curve"
     )
     with gr.Tabs(elem_classes=ADVANCED):
         with gr.Tab("Attack"):
@@ -330,6 +339,8 @@ def build_layout(
         stop=stop,
         compare=compare,
         matrix=matrix,
+        curve=curve,
+        eps_curve=eps_curve,
         talk=talk,
         preset=preset,
         threat_help=threat_help,

@@ -18,6 +18,7 @@ from clipure_core import THREATS
 from clipure_core.purifiers import PURIFIERS
 
 from . import handlers
+from .curve import add_curve_endpoint, wire_curve
 from .errors import friendly_errors
 from .handlers import Context
 from .jobs import cancellable
@@ -158,7 +159,7 @@ def wire(demo: gr.Blocks, layout: Layout, context: Context, lazy_examples: bool)
             eps: attack size: L-inf in units of 1/255 (4 means 4/255), L2 in [0, 1] pixel units.
             steps: attack iterations (1 to 1000).
             threat: what the attacker differentiates: transfer, paper, bpda or full, ...
-            defenses: comma-separated defences: clipure_cos, clipure_diff; empty for none.
+            defenses: comma-separated defence names (e.g. clipure_cos); empty for none.
             seed: random seed (0 to 4294967295); the same inputs and seed give the same result.
 
         Returns:
@@ -204,7 +205,7 @@ def wire(demo: gr.Blocks, layout: Layout, context: Context, lazy_examples: bool)
             norm: linf or l2.
             eps: attack size: L-inf in units of 1/255 (4 means 4/255), L2 in [0, 1] pixel units.
             steps: iterations of each attack (Square: its query budget).
-            defenses: comma-separated defences: clipure_cos, clipure_diff.
+            defenses: comma-separated defence names, e.g. clipure_cos.
             seed: random seed (0 to 4294967295).
             conditions: comma-separated subset of the conditions; empty for all of them.
 
@@ -254,7 +255,9 @@ def wire(demo: gr.Blocks, layout: Layout, context: Context, lazy_examples: bool)
         api_name="threat_matrix",
         api_visibility="undocumented",
     )
-    layout.stop.click(stop, None, None, cancels=[run_event, audit_event], **UI_ONLY)
+    curve_event = wire_curve(layout, context, stops, named, reporter, session_of, GPU_QUEUE)
+    cancels = [run_event, audit_event, curve_event]
+    layout.stop.click(stop, None, None, cancels=cancels, **UI_ONLY)
 
     labels, true_label, target = (controls[k] for k in ("labels", "true_label", "target_label"))
     layout.preset.change(lambda p: PRESETS.get(p, gr.skip()), layout.preset, labels, **UI_ONLY)
@@ -279,6 +282,7 @@ def wire(demo: gr.Blocks, layout: Layout, context: Context, lazy_examples: bool)
     for name, endpoint in (("playground", playground), ("audit", audit)):
         api_inputs, api_output, trigger = layout.api[name]
         trigger.click(endpoint, api_inputs, api_output, api_name=name, concurrency_id=GPU_QUEUE)
+    add_curve_endpoint(context, reporter, GPU_QUEUE)
 
 
 def add_examples(layout: Layout, run_example, lazy: bool) -> gr.Examples:

@@ -70,12 +70,16 @@ def test_start_model_is_offered_first():
     assert len(custom) == len(CATALOG) + 1
 
 
-def test_only_the_playground_and_audit_endpoints_are_documented(client):
+def test_only_the_playground_audit_and_curve_endpoints_are_documented(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert list(endpoints) == ["/playground", "/audit"]
+    assert list(endpoints) == ["/playground", "/audit", "/curve"]
     parameters = [p["parameter_name"] for p in endpoints["/audit"]["parameters"]]
     assert parameters == [
         "image", "labels", "true_label", "norm", "eps", "steps", "defenses", "seed", "conditions"
+    ]  # fmt: skip
+    parameters = [p["parameter_name"] for p in endpoints["/curve"]["parameters"]]
+    assert parameters == [
+        "image", "labels", "method", "norm", "threat", "steps", "defenses", "true_label", "seed"
     ]  # fmt: skip
 
 
@@ -582,7 +586,7 @@ def test_bad_audit_requests_are_readable_errors_and_the_server_keeps_serving(
     assert {cell["condition"] for cell in data["matrix"]} == {"clean", "noise"}
 
 
-def test_mcp_serves_the_playground_and_the_audit_as_tools(tiny_checkpoint):
+def test_mcp_serves_the_playground_the_audit_and_the_curve_as_tools(tiny_checkpoint):
     """`python app.py --mcp`: gradio's MCP server, with the endpoints' docstrings as the
     tools' descriptions (needs gradio[mcp], in requirements-dev.txt)."""
     import httpx
@@ -599,8 +603,9 @@ def test_mcp_serves_the_playground_and_the_audit_as_tools(tiny_checkpoint):
     finally:
         demo.close()
     by_name = {tool["name"]: tool for tool in tools}
-    assert sorted(by_name) == ["audit", "playground"]
+    assert sorted(by_name) == ["audit", "curve", "playground"]
     assert "with and without CLIPure" in by_name["playground"]["description"]
+    assert "robustness curve of a photo" in by_name["curve"]["description"]
     assert "threat matrix" in by_name["audit"]["description"]
     eps = by_name["playground"]["inputSchema"]["properties"]["eps"]
     assert "units of 1/255" in eps["description"]
