@@ -59,7 +59,7 @@ def test_the_flag_checker_reads_synopses_and_catches_a_removed_flag(tmp_path):
         "```\n"
         "Run `python -m clipure_core audit IMAGE --labels a` and `--nproc-per-node` alone.\n"
     )
-    flags = sorted(documented_flags(page.read_text()))
+    flags = sorted(flag[:2] for flag in documented_flags(page.read_text()))
     assert flags == [
         ("python -m clipure_core audit", "--labels"),
         ("python -m clipure_core predict", "--cos-steps"),
@@ -110,3 +110,14 @@ def test_each_benchmark_prints_the_flags_it_ran_with():
         if script.name != "timing.py":  # each main prints it right after parsing its flags
             text = script.read_text()
             assert "args = build_parser().parse_args()\n    print_flags(args)\n" in text
+
+
+def test_a_defence_of_ones_own_brings_its_flags_to_the_command_line_that_names_it(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(
+        "`python -m clipure_core predict x.png --defense clipure_cos,mine:Blend --blend-weight 1`"
+        "\nits flags: `--blend-steps`, `--blend-weight`; not `--other-thing`.\n"
+        "`python -m clipure_core predict x.png --defense clipure_cos --blend-weight 1`\n"
+    )
+    assert unknown_flags([page]) == [f"{page}: python -m clipure_core predict --blend-weight"]
+    assert stray_flags([page]) == [f"{page}: --other-thing"]

@@ -3,25 +3,27 @@ key, no documented key that the code no longer makes (see tools/output_fields.py
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 
 import pytest
 
 from app.outputs import result_payload
 from clipure_core import AttackConfig, Playground
-from clipure_core.audit import run_audit
 from clipure_core.audit.dataset import audit_dataset
+from clipure_core.cli import main as predict_main
 from clipure_core.evaluate.cli import main as evaluate_main
 from clipure_core.evaluate.data import load_dataset
 from clipure_core.train_prior import main as train_prior_main
 from tools.output_fields import DOC, compare, documented_fields
 
-from .conftest import LABELS
+from .conftest import ASSETS, LABELS
 
 # fast settings: every key appears, the numbers do not matter here
 DEFENSES = ("clipure_cos", "clipure_diff")
-AUDIT = {"eps": 4 / 255, "steps": 1, "square_queries": 2, "defenses": DEFENSES}
+AUDIT = {"eps": 4 / 255, "steps": 1, "square_queries": 2, "defenses": DEFENSES}  # data set
 QUICK_CHECKS = (
     "zero_gradients,bpda_validity,white_box_vs_black_box,single_step_vs_iterative,randomness"
 )
@@ -47,6 +49,18 @@ def settings_for(prior) -> dict:
     return {"clipure_diff": {"prior": str(prior), "steps": 1}, "clipure_cos": {"steps": 2}}
 
 
+def audit_json(model_dir, prior) -> dict:
+    """`python -m clipure_core audit IMAGE ... --curve --json`, as printed."""
+    args = ["audit", str(ASSETS / "chelsea.png"), "--labels", ",".join(LABELS), "--model"]
+    args += [f"local-dir:{model_dir}", "--templates", "single", "--steps", "1"]
+    args += ["--square-queries", "2", "--defense", ",".join(DEFENSES), "--prior", str(prior)]
+    args += ["--diff-steps", "1", "--cos-steps", "2", "--checks", QUICK_CHECKS, "--curve"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert predict_main([*args, "--quiet", "--json"]) == 0
+    return json.loads(printed.getvalue())
+
+
 def as_json(value: object) -> object:
     return json.loads(json.dumps(value))
 
@@ -65,15 +79,7 @@ def outputs(playground, prior, image_folder, tiny_model_dir, tmp_path_factory, c
     )
     made["playground"] = [as_json(result.to_dict())]
     made["app-api"] = [as_json(result_payload(result, ", ".join(LABELS), None))]
-    audit = run_audit(
-        playground,
-        cat_photo,
-        LABELS,
-        defense_settings=settings_for(prior),
-        checks=QUICK_CHECKS,  # the keys do not depend on the checklist's longer runs
-        **AUDIT,
-    )
-    made["audit"] = [as_json(audit.to_dict())]
+    made["audit"] = [audit_json(tiny_model_dir, prior)]  # the CLI's: with --curve
     dataset = load_dataset(str(image_folder), None, None)
     report = audit_dataset(
         playground,
