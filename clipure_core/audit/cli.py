@@ -9,14 +9,14 @@ import sys
 from tqdm import tqdm
 
 from ..attacks import AttackConfig
-from ..cli import DEFAULT_MODEL, DEFAULT_WEIGHTS, defense_settings
 from ..curve import eps_ladder, robustness_curve
+from ..defaults import DEFAULT_MODEL, DEFAULT_WEIGHTS
 from ..errors import InputError
 from ..evaluate.data import DataUnavailableError, load_dataset
 from ..images import open_image
 from ..loading import load_backbone
 from ..pipeline import Playground
-from ..purifiers import add_defense_flags, check_defense
+from ..purifiers import add_defense_flags, check_defense, defense_settings_from_args
 from ..resolution import ATTACK_RESOLUTIONS
 from ..threats import check_threat
 from .checks import CHECKS
@@ -129,7 +129,7 @@ def audit_command(args: argparse.Namespace) -> int:
         "norm": args.norm,
         "steps": args.steps,
         "defenses": args.defense,
-        "defense_settings": defense_settings(args),
+        "defense_settings": defense_settings_from_args(args),
         "conditions": args.conditions,
         "checks": args.checks,
         "square_queries": args.square_queries,
@@ -187,7 +187,7 @@ def _curve(playground: Playground, image, args: argparse.Namespace, attack) -> d
             defenses=args.defense.split(","),
             seed=args.seed,
             true_label=args.true_label,
-            defense_settings=defense_settings(args),
+            defense_settings=defense_settings_from_args(args),
             on_progress=on_progress,
         )
 
