@@ -9,6 +9,7 @@ from pathlib import Path
 from ..attacks import AUTOATTACK_STEPS, SQUARE_QUERIES, AttackConfig, check_classes
 from ..defaults import DEFAULT_MODEL, DEFAULT_WEIGHTS
 from ..errors import InputError
+from ..loading import effective_pretrained
 from ..prompts import resolve_templates
 from ..purifiers import check_defense
 from ..resolution import check_attack_resolution
@@ -254,7 +255,7 @@ class EvalConfig:
         a resume is refused on them before any model work)."""
         return {
             "model": self.model,
-            "pretrained": self.pretrained,
+            "pretrained": effective_pretrained(self.model, self.pretrained),
             "templates": self.templates,
             "seed": self.seed,
             "batch_size": self.batch_size,
