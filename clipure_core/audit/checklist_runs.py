@@ -232,7 +232,13 @@ class ChecklistRuns:
                     progress.report(progress.done, "binarization")
                     continue
                 threat = CONDITIONS[condition].threat
-                module = attacked_model(head, purifier, threat, resize_input=True)
+                module = attacked_model(
+                    head,
+                    purifier,
+                    threat,
+                    resize_input=True,
+                    release_precision=self.release_precision,
+                )
                 config = gradient_attack(self.norm, self.eps, steps, self.model_eot[model])
                 with progress.stage("binarization", budget - 1) as on_query:
                     raw = craft_attack(

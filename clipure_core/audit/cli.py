@@ -78,6 +78,12 @@ def add_audit_parser(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="run the checklist checks' expensive settings in full (every eps rung, restarts)",
     )
+    audit.add_argument(
+        "--release-precision",
+        default=None,
+        help="how the 'release' condition's float16 model runs: emulated (float32 kernels, "
+        "float16 rounding; the default on CPU) or float16 (the default on CUDA)",
+    )
     audit.add_argument("--seed", type=int, default=0)
     audit.add_argument("--json", action="store_true", help="print the result as JSON")
     audit.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -112,6 +118,7 @@ def audit_command(args: argparse.Namespace) -> int:
         "eot": args.eot,
         "attack_resolution": args.attack_resolution,
         "thorough": args.thorough,
+        "release_precision": args.release_precision,
     }
     if dataset is not None:
         report = _audit_set(playground, dataset, args, options)

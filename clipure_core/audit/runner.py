@@ -29,6 +29,7 @@ from ..lattice import round_attack
 from ..pipeline import Playground
 from ..prompts import label_index, parse_labels
 from ..purifiers import Purifier
+from ..release import check_release_precision
 from ..resolution import attack_pixels, check_attack_resolution, upsampled
 from ..seeding import derive_seed, seeded
 from ..threats import attacked_model
@@ -76,6 +77,7 @@ def run_audit(
     on_progress: ProgressCallback | None = None,
     attack_resolution: str | None = "model",
     thorough: bool = False,
+    release_precision: str | None = None,
 ) -> AuditResult:
     """Audit one photo: the threat matrix (each condition x each model), the pixel gradient
     under each gradient condition, and the sanity checks.
@@ -89,13 +91,15 @@ def run_audit(
     model-size pixels (the playground's), 'native' the photo's own pixels, resized inside the
     attacked model; None picks native for a photo smaller than the model's input. `thorough`
     runs the checklist checks' expensive settings in full (every rung of the eps ladder,
-    restarts; see checklist_runs).
+    restarts; see checklist_runs). `release_precision` ("emulated" or "float16"; None: emulated
+    on CPU, float16 on CUDA) is how the `release` condition's float16 model runs
+    (docs/release-precision.md).
     """
     resolution = check_attack_resolution(attack_resolution)
     audit = _Audit(
         playground, labels, eps, norm, steps, defenses, defense_settings or {}, seed,
         check_conditions(conditions), pick_names(checks, list(CHECKS), "check"),
-        square_queries, eot, true_label, thorough,
+        square_queries, eot, true_label, thorough, release_precision,
     )  # fmt: skip
     return audit.run(image, on_progress, resolution)
 
@@ -125,6 +129,7 @@ class _Audit(ChecklistRuns):
         eot: int,
         true_label: str | int | None,
         thorough: bool = False,
+        release_precision: str | None = None,
     ) -> None:
         if norm not in ("linf", "l2"):
             raise InputError(f"norm must be 'linf' or 'l2', got {norm!r}.")
@@ -140,6 +145,7 @@ class _Audit(ChecklistRuns):
         if "square" in conditions:
             square_attack(norm, eps, square_queries)  # validates the query budget
         self.playground, self.backbone = playground, playground.backbone
+        self.release_precision = check_release_precision(release_precision, self.backbone.device)
         self.eps, self.norm, self.steps, self.seed = eps, norm, steps, seed
         self.conditions, self.checks, self.square_queries = conditions, checks, square_queries
         self.labels, self.notices = parse_labels(labels)
@@ -176,11 +182,12 @@ class _Audit(ChecklistRuns):
         timer = Timer(self.backbone.device)
         if self.backbone.info.random_weights:
             self.notices.append("random weights: the predictions are meaningless.")
-        if "release" in self.conditions and self.backbone.device.type == "cpu":
+        slow = self.backbone.device.type == "cpu" and self.release_precision == "float16"
+        if "release" in self.conditions and slow:
             self.notices.append(
-                "'as released' runs the model in half precision, which CPUs run slowly (ViT-B-32: "
-                "~9x a float32 gradient, 7-25 s each): this audit takes minutes on CPU; leave "
-                "'release' out of the conditions for a quick look."
+                "'as released' runs the model in float16, which CPUs run slowly (ViT-B-32: "
+                "~30x a float32 gradient, 5-16 s each): this audit takes minutes on CPU; "
+                "release precision 'emulated' (the default on CPU) is quick."
             )
         y = self.given_y
         pixels = self._pixels(image, resolution)
@@ -294,7 +301,11 @@ class _Audit(ChecklistRuns):
             condition, model = key
             threat = CONDITIONS[condition].threat or "transfer"
             self.modules[key] = attacked_model(
-                self.classifier, self.purifiers.get(model), threat, resize_input=True
+                self.classifier,
+                self.purifiers.get(model),
+                threat,
+                resize_input=True,
+                release_precision=self.release_precision,
             )
         return self.modules[key]
 
@@ -435,8 +446,15 @@ class _Audit(ChecklistRuns):
         single: dict[str, bool],
         sweeps: dict[str, list[tuple[float, bool]]],
     ) -> list[Check]:
-        titles = {name: c.title for name, c in CONDITIONS.items()}
+        found = self._gradient_checks(stats)
         correct = {(cell.condition, cell.model): cell.correct for cell in matrix}
+        for model in self.models:
+            found += self._model_checks(model, correct, differences, single, sweeps)
+        return found + self._checklist_checks(matrix, differences, stats)
+
+    def _gradient_checks(self, stats: list[GradientStats]) -> list[Check]:
+        """zero_gradients and gradient_direction per measured gradient, bpda_validity per
+        defence."""
         found: list[Check] = []
         for row in stats:
             same_as_full = attack_key(row.condition, row.model) == attack_key("full", row.model)
@@ -457,60 +475,49 @@ class _Audit(ChecklistRuns):
                     (turn,) = audit_checks.angles_between(purifier(clean), clean)
                 bpda = next(r for r in stats if (r.condition, r.model) == ("bpda", model))
                 found.append(audit_checks.bpda_validity(bpda, self.models[model], turn, self.norm))
-        for model, title in self.models.items():
-            clean_ok = correct[("clean", model)]
-            fooled = {
-                c: not correct[(c, model)] for c in self.conditions if c in GRADIENT_CONDITIONS
-            }
-            white_box = {c: f for c, f in fooled.items() if c in WHITE_BOX_CONDITIONS}
-            if (
-                "white_box_vs_black_box" in self.checks
-                and "square" in self.conditions
-                and white_box
-            ):
-                found.append(
-                    audit_checks.white_box_vs_black_box(
-                        model,
-                        title,
-                        clean_ok,
-                        not correct[("square", model)],
-                        white_box,
-                        titles,
-                        self.square_queries,
-                    )
+        return found
+
+    def _model_checks(
+        self,
+        model: str,
+        correct: dict[Key, bool],
+        differences: dict[str, float],
+        single: dict[str, bool],
+        sweeps: dict[str, list[tuple[float, bool]]],
+    ) -> list[Check]:
+        """The per-model checks (controls, randomness, softmax output, optimisation)."""
+        titles = {name: c.title for name, c in CONDITIONS.items()}
+        title, clean_ok, found = self.models[model], correct[("clean", model)], []
+        fooled = {c: not correct[(c, model)] for c in self.conditions if c in GRADIENT_CONDITIONS}
+        white_box = {c: f for c, f in fooled.items() if c in WHITE_BOX_CONDITIONS}
+        if "white_box_vs_black_box" in self.checks and "square" in self.conditions and white_box:
+            square = not correct[("square", model)]
+            found.append(
+                audit_checks.white_box_vs_black_box(
+                    model, title, clean_ok, square, white_box, titles, self.square_queries
                 )
-            if "noise_control" in self.checks and "noise" in self.conditions and fooled:
-                found.append(
-                    audit_checks.noise_control(
-                        model, title, clean_ok, not correct[("noise", model)], fooled, titles
-                    )
+            )
+        if "noise_control" in self.checks and "noise" in self.conditions and fooled:
+            noise = not correct[("noise", model)]
+            found.append(audit_checks.noise_control(model, title, clean_ok, noise, fooled, titles))
+        if single:
+            found.append(
+                audit_checks.single_step_vs_iterative(
+                    model, title, clean_ok, single[model], fooled["full"]
                 )
-            if single:
-                found.append(
-                    audit_checks.single_step_vs_iterative(
-                        model, title, clean_ok, single[model], fooled["full"]
-                    )
-                )
-            if sweeps:
-                found.append(
-                    audit_checks.eps_sweep(model, title, clean_ok, sweeps[model], self.norm)
-                )
-            if "randomness" in self.checks:
-                found.append(audit_checks.randomness(model, title, differences[model], self.eot))
-            if "softmax_output" in self.checks:
-                found.append(audit_checks.softmax_output(model, title, self.clean_logits[model]))
-            if "inference_time_optimisation" in self.checks:
-                purifier = self.purifiers.get(model)
-                found.append(
-                    audit_checks.inference_time_optimisation(
-                        model,
-                        title,
-                        self.autograd_calls[model],
-                        0 if purifier is None else purifier.steps,
-                        "full" in self.conditions,
-                    )
-                )
-        return found + self._checklist_checks(matrix, differences, stats)
+            )
+        if sweeps:
+            found.append(audit_checks.eps_sweep(model, title, clean_ok, sweeps[model], self.norm))
+        if "randomness" in self.checks:
+            found.append(audit_checks.randomness(model, title, differences[model], self.eot))
+        if "softmax_output" in self.checks:
+            found.append(audit_checks.softmax_output(model, title, self.clean_logits[model]))
+        if "inference_time_optimisation" in self.checks:
+            purifier = self.purifiers.get(model)
+            steps = 0 if purifier is None else purifier.steps
+            calls, full = self.autograd_calls[model], "full" in self.conditions
+            found.append(audit_checks.inference_time_optimisation(model, title, calls, steps, full))
+        return found
 
     def _subject(self, condition: str, model: str) -> str:
         """How a check names (condition, model): 'as released' for the first defence,
@@ -548,6 +555,7 @@ class _Audit(ChecklistRuns):
             "checklist": self._checklist_settings(),
             "defenses": {name: p.settings() for name, p in self.purifiers.items()},
             "conditions": self.conditions,
+            "release_precision": self.release_precision if "release" in self.conditions else None,
             "checks": self.checks,
             "seed": self.seed,
             "versions": {

@@ -97,6 +97,7 @@ class BatchEvaluator:
         seed: int,
         eot: Mapping[str, int] | None = None,
         draws: Mapping[str, int] | None = None,
+        release_precision: str | None = None,
     ) -> None:
         missing = [name for name in models if name != UNDEFENDED and name not in purifiers]
         if missing:
@@ -109,6 +110,7 @@ class BatchEvaluator:
         self.seed = seed
         self.eot = dict(eot or {})
         self.draws = {model: 1 for model in self.models} | dict(draws or {})
+        self.release_precision = release_precision
 
     @property
     def device(self) -> torch.device:
@@ -186,7 +188,11 @@ class BatchEvaluator:
         if source in self.eot and config.method in EOT_METHODS:
             config = replace(config, eot_samples=self.eot[source])
         target = attacked_model(
-            self.classifier, self.purifiers.get(source), condition.threat, resize_input=True
+            self.classifier,
+            self.purifiers.get(source),
+            condition.threat,
+            resize_input=True,
+            release_precision=self.release_precision,
         )
         seed = attack_seed(seed, condition.seed_index)
         with stages("attack"):

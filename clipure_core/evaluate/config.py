@@ -10,6 +10,7 @@ from ..attacks import AUTOATTACK_STEPS, SQUARE_QUERIES, AttackConfig, check_clas
 from ..errors import InputError
 from ..prompts import resolve_templates
 from ..purifiers import check_defense
+from ..release import check_release_precision
 from ..resolution import check_attack_resolution
 from ..threats import check_threat
 from .protocols import (
@@ -58,7 +59,9 @@ class EvalConfig:
     model (an image is robust only if every draw is right); `attack_seeds`: every attack is
     run with this many seeds (robust accuracy per seed, and its spread). `attack_resolution`
     ('native', 'model'; None: native for images of one size smaller than the model's input,
-    decided by the runner) is which pixels the attacks perturb (see resolution.py)."""
+    decided by the runner) is which pixels the attacks perturb (see resolution.py).
+    `release_precision` ('emulated', 'float16'; None: emulated on CPU, float16 on CUDA) is how
+    the release threat's float16 model runs (docs/release-precision.md)."""
 
     data: str
     out: Path
@@ -89,6 +92,7 @@ class EvalConfig:
     attack_seeds: int | None = None
     square_queries: int = SQUARE_QUERIES
     attack_resolution: str | None = None
+    release_precision: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
@@ -125,6 +129,7 @@ class EvalConfig:
             object.__setattr__(self, "eval_draws", default)
         self._resolve_templates()
         self._resolve_attack_resolution()
+        check_release_precision(self.release_precision, "cpu")  # None: the device's default
         _integer("batch size", self.batch_size, 1)
         _integer("seed", self.seed, 0)
         _integer("evaluation draws", self.eval_draws, 1, MAX_EVAL_DRAWS)

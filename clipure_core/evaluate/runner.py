@@ -22,6 +22,7 @@ from ..backbone import Backbone
 from ..classifier import ZeroShotClassifier
 from ..loading import load_backbone
 from ..purifiers import Purifier, build_purifier, check_defense
+from ..release import check_release_precision
 from ..resolution import Size, attack_pixels, default_attack_resolution, one_size
 from ..text_embeddings import tqdm_progress
 from .batch import BatchEvaluator
@@ -136,7 +137,11 @@ class _Run:
         """The release protocol: its stages in order, then the same outputs as a batch run."""
         config, cluster = self.config, self.cluster
         evaluator = ReleaseEvaluator(
-            setup.classifier, setup.purifiers, config.threats[0], config.seed
+            setup.classifier,
+            setup.purifiers,
+            config.threats[0],
+            config.seed,
+            release_precision=self._release_precision(),
         )
         bar = self._bar(None, "release protocol (images clean, then attacked)")
         run = ReleaseRun(config, evaluator, cluster, settings, self._loader(setup), bar.update)
@@ -269,6 +274,7 @@ class _Run:
                 "n": len(setup.subset),
                 "subset_sha256": digest,
             },
+            **({"release_precision": p} if (p := self._release_precision()) else {}),
             "attack_resolution": setup.resolution,
             "attack_image_size": {"width": setup.attack_size[0], "height": setup.attack_size[1]},
             "evaluation": {
@@ -283,6 +289,12 @@ class _Run:
                 for name, purifier in setup.purifiers.items()
             },
         }
+
+    def _release_precision(self) -> str | None:
+        """How the release's float16 model runs (None: no release threat in this run)."""
+        if "release" not in self.config.threats:
+            return None
+        return check_release_precision(self.config.release_precision, self.device)
 
     def _eot(self, setup: _Setup) -> dict[str, int]:
         """EOT samples of the run's gradient attack against each model."""
@@ -304,6 +316,7 @@ class _Run:
             config.seed,
             eot=self._eot(setup),
             draws=self._draws(setup),
+            release_precision=self._release_precision(),
         )
 
     def _loop(
