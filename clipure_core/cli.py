@@ -11,12 +11,14 @@ import time
 from collections.abc import Sequence
 
 from .attacks import METHODS, AttackConfig
+from .audit.cli import add_audit_parser
+from .defaults import DEFAULT_MODEL, DEFAULT_WEIGHTS
 from .errors import InputError, WeightsUnavailableError
 from .images import open_image
 from .loading import load_backbone
 from .pipeline import Playground, check_request
 from .prompts import null_prompts, parse_labels, resolve_templates
-from .purifiers import add_defense_flags, defense_settings_from_args
+from .purifiers import add_defense_flags, defense_settings_from_args, parser_for
 from .text_embeddings import (
     cache_root,
     class_prompt_groups,
@@ -25,9 +27,6 @@ from .text_embeddings import (
     tqdm_progress,
 )
 from .threats import THREATS
-
-DEFAULT_MODEL = "ViT-B-32"
-DEFAULT_WEIGHTS = "openai"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--restarts", type=int, default=1, help="restarts (APGD variants)")
     predict.add_argument("--threat", default="transfer", choices=list(THREATS))
     predict.add_argument(
-        "--defense", default="clipure_cos", help="comma-separated defences ('' for none)"
+        "--defense",
+        default="clipure_cos",
+        help="comma-separated defences ('' for none); package.module:Class for your own",
     )
     add_defense_flags(predict)
     predict.add_argument("--seed", type=int, default=0)
@@ -83,9 +84,6 @@ def build_parser() -> argparse.ArgumentParser:
     text.add_argument("--precision", default=None, help="fp32 (default), bf16 or fp16")
     text.add_argument("--templates", default="ensemble", help="ensemble (80 CLIP) or single")
     text.set_defaults(handler=cache_text)
-    # imported here: the audit's command module imports this one (defaults, defence flags)
-    from .audit.cli import add_audit_parser
-
     add_audit_parser(commands)
     return parser
 
@@ -122,14 +120,12 @@ def predict(args: argparse.Namespace) -> int:
         "true_label": args.true_label,
         "target_label": args.target,
     }
-    check_request(args.labels, **request)  # refused before the weights are loaded
+    labels = check_request(args.labels, **request).labels  # refused before loading weights
     resolve_templates(args.templates)
     backbone = load_backbone(args.model, args.pretrained, args.device, args.precision)
     playground = Playground(backbone, args.templates)
     with tqdm_progress():  # text embeddings not cached yet: prompts done / total on stderr
-        result = playground.run(
-            image, args.labels, **request, defense_settings=defense_settings(args)
-        )
+        result = playground.run(image, labels, **request, defense_settings=defense_settings(args))
     if args.save_adversarial:
         try:
             result.adversarial_image.save(args.save_adversarial, format="PNG")
@@ -178,7 +174,13 @@ def cache_text(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:  # the defences of one's own named in argv first: their flags join the parser
+        parser = parser_for(argv, build_parser)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     try:
         return getattr(args, "handler", predict)(args)
     except (InputError, WeightsUnavailableError) as error:

@@ -124,7 +124,7 @@ def test_emulated_tower_holds_float16_values_and_leaves_the_backbone_alone(backb
 
 @pytest.mark.parametrize("bad", ["fp16", "Float16", "", "half"])
 def test_bad_release_precision_is_refused(classifier, bad, backbone, tmp_path):
-    with pytest.raises(InputError, match="release precision .*emulated, float16"):
+    with pytest.raises(InputError, match=r"release precision .*emulated, float16"):
         ReleaseClassifier(classifier, precision=bad)
     with pytest.raises(InputError, match="release precision"):
         run_audit(Playground(backbone, "single"), None, LABELS, release_precision=bad)

@@ -13,8 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..attacks import METHODS, SQUARE_QUERIES
+from ..defaults import DEFAULT_MODEL, DEFAULT_WEIGHTS
 from ..errors import InputError, WeightsUnavailableError
-from ..purifiers import add_defense_flags, defense_settings_from_args
+from ..purifiers import (
+    PURIFIERS,
+    add_defense_flags,
+    defense_settings_from_args,
+    parser_for,
+)
 from ..resolution import ATTACK_RESOLUTIONS
 from ..threats import THREATS
 from .compare import compare_main
@@ -56,9 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.add_argument("--seed", type=int, default=0, help="subset and attack seed")
     model = parser.add_argument_group("model")
-    model.add_argument("--model", default="ViT-B-32", help="open_clip architecture")
+    model.add_argument("--model", default=DEFAULT_MODEL, help="open_clip architecture")
     model.add_argument(
-        "--pretrained", default="openai", help="open_clip tag, checkpoint file, hf-hub:ID, random"
+        "--pretrained",
+        default=DEFAULT_WEIGHTS,
+        help="open_clip tag, checkpoint file, hf-hub:ID, random",
     )
     model.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     model.add_argument("--precision", default=None, help="fp32 (default), fp16 or bf16 (GPU)")
@@ -137,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--defense",
         type=_names,
         default=("none", "clipure_cos"),
-        help="comma-separated models: none (undefended CLIP), clipure_cos, clipure_diff",
+        help=f"comma-separated models: none (undefended CLIP), {', '.join(PURIFIERS)}, or "
+        "package.module:Class (a defence of your own)",
     )
     add_defense_flags(defense)
     defense.add_argument(
@@ -204,7 +213,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["compare"]:
         return compare_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    try:  # the defences of one's own named in argv first: their flags join the parser
+        parser = parser_for(argv, build_parser)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     try:
         outcome = run_evaluation(config_from_args(args))
     except KeyboardInterrupt:
@@ -243,7 +257,9 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def _names(text: str) -> tuple[str, ...]:
-    return tuple(part.strip().lower() for part in text.split(",") if part.strip())
+    """Comma-separated names, lower-cased except a `package.module:Class`."""
+    parts = (part.strip() for part in text.split(","))
+    return tuple(part if ":" in part else part.lower() for part in parts if part)
 
 
 def _count(text: str) -> int | None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..attacks import AUTOATTACK_STEPS, SQUARE_QUERIES, AttackConfig, check_classes
+from ..defaults import DEFAULT_MODEL, DEFAULT_WEIGHTS
 from ..errors import InputError
 from ..prompts import resolve_templates
 from ..purifiers import check_defense
@@ -68,8 +69,8 @@ class EvalConfig:
     data_root: str | None = None
     class_names: str | None = None
     val_labels: str | None = None
-    model: str = "ViT-B-32"
-    pretrained: str = "openai"
+    model: str = DEFAULT_MODEL
+    pretrained: str = DEFAULT_WEIGHTS
     device: str | None = None
     precision: str | None = None
     templates: str | tuple[str, ...] | None = None
