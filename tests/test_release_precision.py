@@ -82,9 +82,7 @@ def test_emulated_predicts_as_float16_does(classifier, images, backbone):
     assert torch.equal(half.argmax(dim=-1), emulated.argmax(dim=-1))
 
 
-def test_emulated_gradient_agrees_with_float16s_within_the_documented_tolerance(
-    classifier, images
-):
+def test_emulated_gradient_agrees_with_float16s_within_the_documented_tolerance(classifier, images):
     labels = release(classifier, "float16")(images).argmax(dim=-1)
     for i in range(len(images)):
         x, y = images[i : i + 1], labels[i : i + 1]
