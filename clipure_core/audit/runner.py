@@ -449,7 +449,7 @@ class _Audit(ChecklistRuns):
         found = self._gradient_checks(stats)
         correct = {(cell.condition, cell.model): cell.correct for cell in matrix}
         for model in self.models:
-            found += self._model_checks(model, correct, differences, single, sweeps)
+            found += self._per_model_checks(model, correct, differences, single, sweeps)
         return found + self._checklist_checks(matrix, differences, stats)
 
     def _gradient_checks(self, stats: list[GradientStats]) -> list[Check]:
@@ -477,7 +477,7 @@ class _Audit(ChecklistRuns):
                 found.append(audit_checks.bpda_validity(bpda, self.models[model], turn, self.norm))
         return found
 
-    def _model_checks(
+    def _per_model_checks(
         self,
         model: str,
         correct: dict[Key, bool],
