@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 
 from .attacks import METHODS, AttackConfig
+from .columns import home_ref
 from .errors import InputError, WeightsUnavailableError
 from .images import open_image
 from .loading import load_backbone
@@ -64,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--restarts", type=int, default=1, help="restarts (APGD variants)")
     predict.add_argument("--threat", default="transfer", choices=list(THREATS))
     predict.add_argument(
-        "--defense", default="clipure_cos", help="comma-separated defences ('' for none)"
+        "--defense",
+        default="clipure_cos",
+        help="comma-separated columns: DEFENSE or DEFENSE@BACKBONE (none@fare2-l14); '' for none",
     )
     add_defense_flags(predict)
     predict.add_argument("--seed", type=int, default=0)
@@ -122,7 +125,8 @@ def predict(args: argparse.Namespace) -> int:
         "true_label": args.true_label,
         "target_label": args.target,
     }
-    check_request(args.labels, **request)  # refused before the weights are loaded
+    home = home_ref(args.model, args.pretrained)
+    check_request(args.labels, **request, home=home)  # refused before the weights are loaded
     resolve_templates(args.templates)
     backbone = load_backbone(args.model, args.pretrained, args.device, args.precision)
     playground = Playground(backbone, args.templates)

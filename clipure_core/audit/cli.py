@@ -9,6 +9,7 @@ import sys
 from tqdm import tqdm
 
 from ..cli import DEFAULT_MODEL, DEFAULT_WEIGHTS, defense_settings
+from ..columns import home_ref, parse_columns
 from ..errors import InputError
 from ..evaluate.data import DataUnavailableError, load_dataset
 from ..images import open_image
@@ -60,7 +61,9 @@ def add_audit_parser(commands: argparse._SubParsersAction) -> None:
     audit.add_argument("--square-queries", type=int, default=SQUARE_QUERIES)
     audit.add_argument("--eot", type=int, default=1, help="EOT samples for random models")
     audit.add_argument(
-        "--defense", default="clipure_cos", help="comma-separated defences ('' for none)"
+        "--defense",
+        default="clipure_cos",
+        help="comma-separated columns: DEFENSE or DEFENSE@BACKBONE (none@fare2-l14); '' for none",
     )
     audit.add_argument("--cos-steps", type=int, default=10)
     audit.add_argument("--cos-step-size", type=float, default=30.0)
@@ -98,6 +101,7 @@ def audit_command(args: argparse.Namespace) -> int:
             dataset = load_dataset(args.data, args.data_root, args.class_names)
         except DataUnavailableError as error:
             raise InputError(str(error)) from error
+    parse_columns(args.defense, home_ref(args.model, args.pretrained))  # before the weights
     backbone = load_backbone(args.model, args.pretrained, args.device, args.precision)
     playground = Playground(backbone, args.templates)
     options = {
