@@ -16,6 +16,7 @@ from clipure_core.prompts import CIFAR10_CLASSNAMES
 from clipure_core.purifiers import PURIFIERS, Purifier, Setting
 
 from .catalog import ModelChoice
+from .columns import COLUMNS, columns_control
 from .results import READY
 
 RESULT_HEIGHT = 250
@@ -251,6 +252,7 @@ def build_layout(
         ),
         **attack_controls(),
         **defense_controls(unavailable),
+        COLUMNS: columns_control(),
     }
     outputs = result_outputs()
 
@@ -311,6 +313,7 @@ def build_layout(
                     controls[use_key(name)].render()
                     for setting in ui_settings(purifier):
                         controls[setting_key(name, setting)].render()
+            controls[COLUMNS].render()
         with gr.Tab("Model"):
             controls["model"].render()
             model_status = gr.Markdown(f"Start-up model: **{start.label}**")

@@ -158,7 +158,8 @@ def wire(demo: gr.Blocks, layout: Layout, context: Context, lazy_examples: bool)
             eps: attack size: L-inf in units of 1/255 (4 means 4/255), L2 in [0, 1] pixel units.
             steps: attack iterations (1 to 1000).
             threat: what the attacker differentiates: transfer, paper, bpda or full, ...
-            defenses: comma-separated defences: clipure_cos, clipure_diff; empty for none.
+            defenses: comma-separated columns: a defence (clipure_cos, clipure_diff) or
+                DEFENSE@BACKBONE (none@fare4-b32 is FARE itself); empty for none.
             seed: random seed (0 to 4294967295); the same inputs and seed give the same result.
 
         Returns:
@@ -204,7 +205,7 @@ def wire(demo: gr.Blocks, layout: Layout, context: Context, lazy_examples: bool)
             norm: linf or l2.
             eps: attack size: L-inf in units of 1/255 (4 means 4/255), L2 in [0, 1] pixel units.
             steps: iterations of each attack (Square: its query budget).
-            defenses: comma-separated defences: clipure_cos, clipure_diff.
+            defenses: comma-separated columns: clipure_cos, clipure_diff, DEFENSE@BACKBONE.
             seed: random seed (0 to 4294967295).
             conditions: comma-separated subset of the conditions; empty for all of them.
 
