@@ -22,10 +22,10 @@ from PIL import Image
 from clipure_core import AttackConfig, InputError, Playground, PlaygroundResult, load_backbone
 from clipure_core.attacks import MAX_EOT_SAMPLES, MAX_EPS, MAX_SQUARE_QUERIES, MAX_STEPS
 from clipure_core.backbone import Backbone
+from clipure_core.columns import home_ref, parse_columns
 from clipure_core.images import open_image
 from clipure_core.prior import prior_for
 from clipure_core.prompts import LABEL_PRESETS, null_prompts, parse_labels, resolve_templates
-from clipure_core.columns import home_ref, parse_columns
 from clipure_core.purifiers import PURIFIERS, check_defense
 from clipure_core.text_embeddings import (
     class_prompt_groups,
