@@ -231,3 +231,30 @@ def client_for_columns(running_app):
     from gradio_client import Client
 
     return Client(running_app, verbose=False)
+
+
+def test_evaluate_reports_every_column(tiny_model_dir, other_dir, image_folder, tmp_path):
+    from clipure_core.evaluate.cli import main as evaluate
+
+    other = f"local-dir:{other_dir}"
+
+    def run(model_dir, defenses: str, out) -> dict:
+        args = ["--data", str(image_folder), "--model", f"local-dir:{model_dir}", "--n", "8"]
+        args += ["--templates", "single", "--batch-size", "4", "--attack", "pgd"]
+        args += ["--steps", "2", "--eps", "4", "--threat", "transfer,bpda", "--no-progress"]
+        assert evaluate([*args, "--defense", defenses, "--out", str(out)]) == 0
+        return json.loads((out / "results.json").read_text())
+
+    names = ["undefended", f"none@{other}", f"clipure_cos@{other}"]
+    results = run(tiny_model_dir, ",".join(["none", *names[1:]]), tmp_path / "columns")
+    assert results["settings"]["models"] == names
+    assert list(results["clean"]) == names
+    assert {(e["model"], e["threat"]) for e in results["robust"]} == {
+        (name, threat) for name in names for threat in ("transfer", "bpda")
+    }
+    column = results["settings"]["columns"][f"none@{other}"]
+    assert column["defense"] == "none" and column["backbone"]["spec"] == other
+    # the FARE-style column is the other model itself: the same clean accuracy as a run on it
+    alone = run(other_dir, "none", tmp_path / "alone")
+    assert results["clean"][f"none@{other}"]["correct"] == alone["clean"]["undefended"]["correct"]
+    assert "CLIPure-Cos @ " in (tmp_path / "columns" / "report.html").read_text()
