@@ -258,3 +258,23 @@ def test_evaluate_reports_every_column(tiny_model_dir, other_dir, image_folder, 
     alone = run(other_dir, "none", tmp_path / "alone")
     assert results["clean"][f"none@{other}"]["correct"] == alone["clean"]["undefended"]["correct"]
     assert "CLIPure-Cos @ " in (tmp_path / "columns" / "report.html").read_text()
+
+
+def test_a_backbone_that_does_not_fit_is_refused_before_loading(backbone, large_dir, monkeypatch):
+    from clipure_core import pipeline
+    from clipure_core.columns import estimated_bytes
+
+    ref = parse_column(f"none@local-dir:{large_dir}").backbone
+    loaded = load_backbone(ref.name, ref.pretrained, device="cpu")
+    weights = sum(p.numel() * p.element_size() for p in loaded.parameters())
+    assert estimated_bytes(ref, "fp32") == weights  # read from the config alone
+    assert estimated_bytes(ref, "bf16") == weights // 2
+    monkeypatch.setattr(pipeline, "available_bytes", lambda device: weights - 1)
+    playground = Playground(backbone)
+    with pytest.raises(
+        InputError, match=r"needs about \d+ MiB for its weights \(fp32\) but cpu has \d+ MiB free"
+    ):
+        playground.run(Image.open(PHOTO), LABELS, defenses=[f"none@local-dir:{large_dir}"])
+    monkeypatch.setattr(pipeline, "available_bytes", lambda device: weights)
+    result = playground.run(Image.open(PHOTO), LABELS, defenses=[f"none@local-dir:{large_dir}"])
+    assert len(result.models) == 2
