@@ -175,3 +175,13 @@ def available_bytes(device: torch.device) -> int | None:
     except OSError:
         return None
     return None
+
+
+def check_fits(ref: BackboneRef, device: torch.device, precision: str) -> None:
+    """Refuse (InputError) a backbone whose weights do not fit in `device`'s free memory."""
+    need, free = estimated_bytes(ref, precision), available_bytes(device)
+    if free is not None and need > free:
+        raise InputError(
+            f"backbone {ref.spec!r} needs about {need / 2**20:.0f} MiB for its weights "
+            f"({precision}) but {device} has {free / 2**20:.0f} MiB free."
+        )

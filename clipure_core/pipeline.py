@@ -21,8 +21,7 @@ from .columns import (
     UNDEFENDED,
     BackboneRef,
     Column,
-    available_bytes,
-    estimated_bytes,
+    check_fits,
     home_ref,
     parse_columns,
 )
@@ -194,12 +193,7 @@ class Playground:
             if ref.key in self._others:
                 return self._others[ref.key]
         info = self.backbone.info
-        need, free = estimated_bytes(ref, info.precision), available_bytes(self.backbone.device)
-        if free is not None and need > free:
-            raise InputError(
-                f"backbone {ref.spec!r} needs about {need / 2**20:.0f} MiB for its weights "
-                f"({info.precision}) but {info.device} has {free / 2**20:.0f} MiB free."
-            )
+        check_fits(ref, self.backbone.device, info.precision)
         backbone = load_backbone(ref.name, ref.pretrained, info.device, info.precision)
         with self._lock:
             return self._others.setdefault(ref.key, Playground(backbone, self.templates))

@@ -261,7 +261,7 @@ def test_evaluate_reports_every_column(tiny_model_dir, other_dir, image_folder, 
 
 
 def test_a_backbone_that_does_not_fit_is_refused_before_loading(backbone, large_dir, monkeypatch):
-    from clipure_core import pipeline
+    from clipure_core import columns
     from clipure_core.columns import estimated_bytes
 
     ref = parse_column(f"none@local-dir:{large_dir}").backbone
@@ -269,12 +269,37 @@ def test_a_backbone_that_does_not_fit_is_refused_before_loading(backbone, large_
     weights = sum(p.numel() * p.element_size() for p in loaded.parameters())
     assert estimated_bytes(ref, "fp32") == weights  # read from the config alone
     assert estimated_bytes(ref, "bf16") == weights // 2
-    monkeypatch.setattr(pipeline, "available_bytes", lambda device: weights - 1)
+    monkeypatch.setattr(columns, "available_bytes", lambda device: weights - 1)
     playground = Playground(backbone)
     with pytest.raises(
         InputError, match=r"needs about \d+ MiB for its weights \(fp32\) but cpu has \d+ MiB free"
     ):
         playground.run(Image.open(PHOTO), LABELS, defenses=[f"none@local-dir:{large_dir}"])
-    monkeypatch.setattr(pipeline, "available_bytes", lambda device: weights)
+    monkeypatch.setattr(columns, "available_bytes", lambda device: weights)
     result = playground.run(Image.open(PHOTO), LABELS, defenses=[f"none@local-dir:{large_dir}"])
     assert len(result.models) == 2
+
+
+def test_evaluate_refuses_bad_columns_before_any_work(tmp_path, capsys):
+    from clipure_core.evaluate.cli import main as evaluate
+
+    out = tmp_path / "out"
+    release = ["--data", "cifar10", "--protocol", "release", "--out", str(out)]
+    assert evaluate([*release, "--defense", "none,none@fare2-l14"]) == 2
+    assert "--protocol release runs one backbone" in capsys.readouterr().err
+    assert evaluate(["--data", "cifar10", "--defense", "none,none@fare9", "--out", str(out)]) == 2
+    assert "unknown backbone 'fare9'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_evaluate_refuses_a_backbone_that_does_not_fit(
+    tiny_model_dir, other_dir, image_folder, tmp_path, monkeypatch, capsys
+):
+    from clipure_core import columns
+    from clipure_core.evaluate.cli import main as evaluate
+
+    monkeypatch.setattr(columns, "available_bytes", lambda device: 0)
+    args = ["--data", str(image_folder), "--model", f"local-dir:{tiny_model_dir}", "--n", "4"]
+    args += ["--defense", f"none,none@local-dir:{other_dir}", "--out", str(tmp_path / "out")]
+    assert evaluate([*args, "--templates", "single", "--no-progress"]) == 2
+    assert "needs about" in capsys.readouterr().err

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from ..attacks import check_pixel_shape
 from ..backbone import Backbone
 from ..classifier import ZeroShotClassifier
-from ..columns import Column
+from ..columns import Column, check_fits
 from ..loading import load_backbone
 from ..purifiers import Purifier, build_purifier, check_defense
 from ..resolution import Size, attack_pixels, default_attack_resolution, one_size
@@ -276,6 +276,7 @@ class _Run:
         if column.backbone is None:
             return home
         ref, info = column.backbone, home.info
+        check_fits(ref, self.device, info.precision)
         return load_backbone(ref.name, ref.pretrained, self.device, info.precision)
 
     def _settings(self, setup: _Setup) -> dict:
