@@ -135,11 +135,6 @@ class CheckedRequest:
     columns: list[Column]  # the models besides the undefended start-up one
     true_index: int | None  # None: the undefended model's clean prediction
 
-    @property
-    def defenses(self) -> list[str]:
-        """The columns' names (today's defence names for those on the start-up backbone)."""
-        return [column.name for column in self.columns]
-
 
 def check_request(
     labels: str | Sequence[str],
