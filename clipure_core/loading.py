@@ -110,6 +110,16 @@ def load_backbone(
         return _CACHE[key]
 
 
+def is_loaded(
+    name: str, pretrained: str | None, device: str | torch.device, precision: str
+) -> bool:
+    """Whether `load_backbone(name, pretrained, device, precision)` would find it loaded."""
+    pretrained = pretrained or RANDOM_WEIGHTS
+    key = (name, pretrained, _file_stamp(pretrained), str(torch.device(device)), precision, None)
+    with _CACHE_LOCK:
+        return key in _CACHE
+
+
 def clear_backbone_cache() -> None:
     """Forget every loaded backbone (frees memory once no one else holds them)."""
     with _CACHE_LOCK:

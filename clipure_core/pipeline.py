@@ -27,7 +27,7 @@ from .columns import (
 )
 from .errors import InputError
 from .lattice import round_attack
-from .loading import load_backbone, precision_notice
+from .loading import is_loaded, load_backbone, precision_notice
 from .pixels import perturbation_norms, pil_to_pixels, pixels_to_pil
 from .prompts import label_index, parse_labels
 from .purifiers import Purifier, TrajectoryRecorder, build_purifier, check_defense
@@ -181,14 +181,15 @@ class Playground:
 
     def on_backbone(self, ref: BackboneRef | None) -> Playground:
         """The playground of a column's backbone (None: this one). A backbone not loaded yet
-        is refused when its weights do not fit in the device's free memory."""
+        (in this process) is refused when its weights do not fit in the device's free memory."""
         if ref is None or ref.key == self.home.key:
             return self
         with self._lock:
             if ref.key in self._others:
                 return self._others[ref.key]
         info = self.backbone.info
-        check_fits(ref, self.backbone.device, info.precision)
+        if not is_loaded(ref.name, ref.pretrained, info.device, info.precision):
+            check_fits(ref, self.backbone.device, info.precision)
         backbone = load_backbone(ref.name, ref.pretrained, info.device, info.precision)
         with self._lock:
             return self._others.setdefault(ref.key, Playground(backbone, self.templates))

@@ -260,24 +260,30 @@ def test_evaluate_reports_every_column(tiny_model_dir, other_dir, image_folder, 
     assert "CLIPure-Cos @ " in (tmp_path / "columns" / "report.html").read_text()
 
 
-def test_a_backbone_that_does_not_fit_is_refused_before_loading(backbone, large_dir, monkeypatch):
+def test_a_backbone_that_does_not_fit_is_refused_before_loading(
+    backbone, tmp_path_factory, monkeypatch
+):
     from clipure_core import columns
     from clipure_core.columns import estimated_bytes
 
-    ref = parse_column(f"none@local-dir:{large_dir}").backbone
-    loaded = load_backbone(ref.name, ref.pretrained, device="cpu")
-    weights = sum(p.numel() * p.element_size() for p in loaded.parameters())
-    assert estimated_bytes(ref, "fp32") == weights  # read from the config alone
-    assert estimated_bytes(ref, "bf16") == weights // 2
+    spec = f"none@local-dir:{_model_dir(tmp_path_factory, 'unloaded', seed=11, image_size=40)}"
+    ref = parse_column(spec).backbone
+    weights = estimated_bytes(ref, "fp32")  # read from the config alone
     monkeypatch.setattr(columns, "available_bytes", lambda device: weights - 1)
     playground = Playground(backbone)
-    with pytest.raises(
-        InputError, match=r"needs about \d+ MiB for its weights \(fp32\) but cpu has \d+ MiB free"
-    ):
-        playground.run(Image.open(PHOTO), LABELS, defenses=[f"none@local-dir:{large_dir}"])
+    refusal = r"needs about \d+ MiB for its weights \(fp32\) but cpu has \d+ MiB free"
+    with pytest.raises(InputError, match=refusal):
+        playground.run(Image.open(PHOTO), LABELS, defenses=[spec])
     monkeypatch.setattr(columns, "available_bytes", lambda device: weights)
-    result = playground.run(Image.open(PHOTO), LABELS, defenses=[f"none@local-dir:{large_dir}"])
-    assert len(result.models) == 2
+    result = playground.run(Image.open(PHOTO), LABELS, defenses=[spec])
+    assert result.models == ["undefended", spec]
+    loaded = load_backbone(ref.name, ref.pretrained, device="cpu")
+    assert sum(p.numel() * p.element_size() for p in loaded.parameters()) == weights
+    assert estimated_bytes(ref, "bf16") == weights // 2
+    # once loaded it is not measured again (it takes no more memory)
+    monkeypatch.setattr(columns, "available_bytes", lambda device: 0)
+    again = Playground(backbone).run(Image.open(PHOTO), LABELS, defenses=[spec])
+    assert again.models == result.models
 
 
 def test_evaluate_refuses_bad_columns_before_any_work(tmp_path, capsys):

@@ -321,7 +321,7 @@ class _Audit(ChecklistRuns):
         cells = []
         for model in self.models:
             key = ("clean", UNDEFENDED) if condition == "clean" else attack_key(condition, model)
-            if key not in self.embeddings:
+            if key not in self.images:
                 config = self._config(*key)
                 self._craft(key, pixels, progress, condition, config, self._traced(key[0]))
             z = self._embedding(model, key)
@@ -366,8 +366,8 @@ class _Audit(ChecklistRuns):
             lattice = round_attack(self._module(key), pixels, raw, self.y, config)
         self.rounding.append({"attack": key[0], "model": key[1], **lattice.image(0)})
         self.images[key] = lattice.adversarial
-        with progress.stage(stage, 1), torch.no_grad():
-            self.embeddings[key] = self._encode(lattice.adversarial)
+        with progress.stage(stage, 1), torch.no_grad():  # on the attacked model's backbone
+            self._embedding(key[1], key)
 
     def _pixels(self, image: Image.Image, resolution: str | None) -> torch.Tensor:
         """(1, 3, H, W): the pixels the attacks perturb (see run_audit's attack_resolution),
@@ -388,12 +388,12 @@ class _Audit(ChecklistRuns):
     def _embedding(self, model: str, key: Key) -> torch.Tensor:
         """The embedding of the image of `key` on `model`'s backbone (encoded once)."""
         backbone = self.served[model].backbone
-        if backbone is self.backbone:
-            return self.embeddings[key]
-        if (key, id(backbone)) not in self.encoded:
+        store = self.embeddings if backbone is self.backbone else self.encoded
+        index = key if backbone is self.backbone else (key, id(backbone))
+        if index not in store:
             with torch.no_grad():
-                self.encoded[(key, id(backbone))] = self._encode(self.images[key], model)
-        return self.encoded[(key, id(backbone))]
+                store[index] = self._encode(self.images[key], model)
+        return store[index]
 
     def _config(self, condition: str, model: str) -> AttackConfig:
         if condition == "noise":
