@@ -226,6 +226,24 @@ def test_playground_api_takes_columns(client_for_columns, other_dir):
         )
 
 
+def test_page_more_columns_box_adds_cards(client_for_columns, running_app, other_dir):
+    from gradio_client import handle_file
+
+    from .page import page_inputs, page_outputs
+
+    other = f"local-dir:{other_dir}"
+    inputs = page_inputs(
+        running_app,
+        Photo=handle_file(PHOTO),
+        **{"Labels (comma-separated)": LABELS, "Attack steps": 2},
+        **{"More columns (DEFENSE@BACKBONE)": f"none@{other}, clipure_cos@{other}"},
+    )
+    outputs = page_outputs(running_app, client_for_columns.predict(*inputs, api_name="/run"))
+    verdict = outputs["verdict"]
+    assert verdict.count('class="card ') == 4
+    assert f"Undefended CLIP @ {other}" in verdict and f"CLIPure-Cos @ {other}" in verdict
+
+
 @pytest.fixture(scope="module")
 def client_for_columns(running_app):
     from gradio_client import Client
