@@ -2,7 +2,7 @@
 
 python app.py [--model ViT-B-32] [--pretrained openai|FILE|hf-hub:org/repo|random]
               [--device cpu|cuda] [--host 127.0.0.1] [--port 7860] [--share] [--queue-size 32]
-              [--examples eager|lazy] [--mcp]
+              [--examples eager|lazy] [--mcp] [--defense-module package.module:Class ...]
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import sys
 
 from app.config import parse_config
 from clipure_core import InputError, WeightsUnavailableError, load_backbone
+from clipure_core.purifiers import load_defenses
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     if config.mcp and importlib.util.find_spec("mcp") is None:
         print('error: --mcp needs gradio\'s MCP extra: pip install "gradio[mcp]"', file=sys.stderr)
         return 2
-    try:  # load the start-up model first: fail in seconds with the options, not in the UI
+    try:  # the defences and the start-up model first: fail in seconds, not in the UI
+        load_defenses(config.defense_modules)
         load_backbone(config.model, config.pretrained, device=config.device)
     except (InputError, WeightsUnavailableError) as error:
         print(f"error: cannot start the playground.\n{error}", file=sys.stderr)

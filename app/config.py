@@ -31,6 +31,7 @@ class AppConfig:
     queue_size: int = 32
     mcp: bool = False
     examples: str = "eager"
+    defense_modules: tuple[str, ...] = ()  # package.module:Class defences the app adds
 
     @property
     def random_weights(self) -> bool:
@@ -105,6 +106,14 @@ def parse_config(
         help="compute the examples' results at start-up (eager, default) or at their first "
         "click (lazy; always lazy under ZeroGPU)",
     )
+    parser.add_argument(
+        "--defense-module",
+        action="append",
+        default=[],
+        metavar="PACKAGE.MODULE:CLASS",
+        help="add a defence of your own: a Purifier subclass from an importable module "
+        "(repeatable; the page can only pick defences named here)",
+    )
     args = parser.parse_args(argv)
     return AppConfig(
         args.model,
@@ -116,4 +125,5 @@ def parse_config(
         args.queue_size,
         args.mcp,
         args.examples,
+        tuple(args.defense_module),
     )

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from clipure_core import InputError
 from clipure_core.prompts import parse_labels
+from clipure_core.purifiers import PURIFIERS
 
 from .service import PlaygroundRequest, attacked_models, estimated_queries
 
@@ -28,20 +29,23 @@ def zero_gpu() -> bool:
 
 
 def requested_seconds(choice: object, image: object, request: PlaygroundRequest) -> int:
-    """A GPU lease that fits the request: the model queries its progress bar counts, where
-    each query through an attacked CLIPure-Diff also runs its prior `diff_steps` times. A
-    request the engine will refuse gets the base lease (it fails in seconds, with its
-    message)."""
+    """A GPU lease that fits the request: the model queries its progress bar counts, each
+    weighed by what a query through its model costs (`Purifier.query_cost`: a query
+    through CLIPure-Diff also runs its prior once per step). A request the engine will
+    refuse gets the base lease (it fails in seconds, with its message)."""
     try:
         config = request.attack_config()
         labels = len(parse_labels(request.labels)[0])
-        steps = int(request.purifier_settings().get("clipure_diff", {}).get("steps", 10))
+        settings = request.purifier_settings()
     except InputError:
         return BASE_SECONDS
-    attacked = attacked_models(request.threat, request.defenses)
-    queries = estimated_queries(config, attacked, labels)
-    if "clipure_diff" in attacked:
-        queries *= 1 + steps
+    queries = 0.0
+    for name in attacked_models(request.threat, request.defenses):
+        defense = name.partition("@")[0]  # a column on another backbone: DEFENSE@BACKBONE
+        purifier = PURIFIERS.get(defense)
+        chosen = settings.get(name, settings.get(defense, {}))
+        cost = 1.0 if purifier is None else purifier.query_cost(chosen)
+        queries += cost * estimated_queries(config, [name], labels)
     return int(min(MAX_SECONDS, BASE_SECONDS + SECONDS_PER_QUERY * queries))
 
 

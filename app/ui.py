@@ -6,7 +6,7 @@ from __future__ import annotations
 import gradio as gr
 
 from clipure_core.images import MAX_FILE_BYTES
-from clipure_core.purifiers import PURIFIERS
+from clipure_core.purifiers import PURIFIERS, load_defenses
 
 from .catalog import model_choices
 from .config import AppConfig
@@ -76,6 +76,7 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
     """The playground's Blocks, queued. Every job that runs a model goes through one queue
     (one job at a time, at most `config.queue_size` waiting) and stops at its next model
     query when Stop is pressed, its client cancels it or its client disconnects."""
+    load_defenses(config.defense_modules)  # only here: never from a request
     service = service or PlaygroundService(config.device)
     context = Context(service, model_choices(config.model, config.pretrained))
     backbone = service.backbone(context.start)

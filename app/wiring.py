@@ -158,7 +158,7 @@ def wire(demo: gr.Blocks, layout: Layout, context: Context, lazy_examples: bool)
             eps: attack size: L-inf in units of 1/255 (4 means 4/255), L2 in [0, 1] pixel units.
             steps: attack iterations (1 to 1000).
             threat: what the attacker differentiates: transfer, paper, bpda or full, ...
-            defenses: comma-separated columns: a defence (clipure_cos, clipure_diff) or
+            defenses: comma-separated columns: a defence (clipure_cos; package.module:Class) or
                 DEFENSE@BACKBONE (none@fare4-b32 is FARE itself); empty for none.
             seed: random seed (0 to 4294967295); the same inputs and seed give the same result.
 
@@ -205,7 +205,7 @@ def wire(demo: gr.Blocks, layout: Layout, context: Context, lazy_examples: bool)
             norm: linf or l2.
             eps: attack size: L-inf in units of 1/255 (4 means 4/255), L2 in [0, 1] pixel units.
             steps: iterations of each attack (Square: its query budget).
-            defenses: comma-separated columns: clipure_cos, clipure_diff, DEFENSE@BACKBONE.
+            defenses: comma-separated columns: defence names (e.g. clipure_cos) or DEFENSE@BACKBONE.
             seed: random seed (0 to 4294967295).
             conditions: comma-separated subset of the conditions; empty for all of them.
 

@@ -17,7 +17,7 @@ from .images import open_image
 from .loading import load_backbone
 from .pipeline import Playground, check_request
 from .prompts import null_prompts, parse_labels, resolve_templates
-from .purifiers import add_defense_flags, defense_settings_from_args
+from .purifiers import add_defense_flags, defense_settings_from_args, parser_for
 from .text_embeddings import (
     cache_root,
     class_prompt_groups,
@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--defense",
         default="clipure_cos",
-        help="comma-separated columns: DEFENSE or DEFENSE@BACKBONE (none@fare2-l14); '' for none",
+        help="comma-separated columns: DEFENSE or DEFENSE@BACKBONE (none@fare2-l14); "
+        "package.module:Class for your own; '' for none",
     )
     add_defense_flags(predict)
     predict.add_argument("--seed", type=int, default=0)
@@ -182,7 +183,13 @@ def cache_text(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:  # the defences of one's own named in argv first: their flags join the parser
+        parser = parser_for(argv, build_parser)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     try:
         return getattr(args, "handler", predict)(args)
     except (InputError, WeightsUnavailableError) as error:

@@ -9,12 +9,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .columns import column_title
-
-MODEL_TITLES = {
-    "undefended": "Undefended CLIP",
-    "clipure_cos": "CLIPure-Cos",
-    "clipure_diff": "CLIPure-Diff",
-}
+from .purifiers import registry
 
 CONDITION_COLORS = {"clean": "#1f77b4", "adversarial": "#d62728"}
 CURVE_COLORS = {"cos_to_null": "#1f77b4", "cos_to_start": "#ff7f0e"}
@@ -24,8 +19,9 @@ _MAX_LABELLED_STEPS = 15
 
 
 def model_title(name: str) -> str:
-    """Display title of a model ('clipure_cos' -> 'CLIPure-Cos'); unknown names unchanged."""
-    return MODEL_TITLES.get(name, name)
+    """Display title of a model ('clipure_cos' -> 'CLIPure-Cos', a loaded defence's own
+    `title`; from the defence registry); unknown names unchanged."""
+    return registry.model_title(name)
 
 
 def _true_index(result: dict) -> int | None:

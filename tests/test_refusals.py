@@ -163,7 +163,8 @@ def test_a_resume_with_other_flags_is_refused_before_the_model(
         ),
         (
             ["--defense", "none,jpeg"],
-            "unknown defence 'jpeg': use one of clipure_cos, clipure_diff.",
+            "unknown defence 'jpeg': use one of clipure_cos, clipure_diff, or "
+            "package.module:Class.",
         ),
         (
             ["--attack", "square", "--eot", "2"],
@@ -217,7 +218,8 @@ def predict(capsys, *extra) -> tuple[int, str]:
         ),
         (
             ["--labels", "cat, dog", "--defense", "clipure_cos,jpeg"],
-            "unknown defence 'jpeg': use one of clipure_cos, clipure_diff.",
+            "unknown defence 'jpeg': use one of clipure_cos, clipure_diff, or "
+            "package.module:Class.",
         ),
         (
             ["--labels", "cat, dog", "--seed", "-1"],

@@ -15,6 +15,7 @@ from ..evaluate.data import DataUnavailableError, load_dataset
 from ..images import open_image
 from ..loading import load_backbone
 from ..pipeline import Playground
+from ..purifiers import add_defense_flags
 from ..resolution import ATTACK_RESOLUTIONS
 from .checks import CHECKS
 from .conditions import CONDITIONS
@@ -63,13 +64,10 @@ def add_audit_parser(commands: argparse._SubParsersAction) -> None:
     audit.add_argument(
         "--defense",
         default="clipure_cos",
-        help="comma-separated columns: DEFENSE or DEFENSE@BACKBONE (none@fare2-l14); '' for none",
+        help="comma-separated columns: DEFENSE or DEFENSE@BACKBONE (none@fare2-l14); "
+        "package.module:Class for your own; '' for none",
     )
-    audit.add_argument("--cos-steps", type=int, default=10)
-    audit.add_argument("--cos-step-size", type=float, default=30.0)
-    audit.add_argument("--diff-steps", type=int, default=10)
-    audit.add_argument("--diff-step-size", type=float, default=30.0)
-    audit.add_argument("--prior", default=None, help="CLIPure-Diff prior checkpoint")
+    add_defense_flags(audit)
     audit.add_argument(
         "--conditions", default=None, help=f"comma-separated subset of {', '.join(CONDITIONS)}"
     )
@@ -94,6 +92,7 @@ def audit_command(args: argparse.Namespace) -> int:
         raise InputError("--labels is required with IMAGE (e.g. --labels 'cat,dog').")
     if args.data is not None and (args.labels or args.true_label):
         raise InputError("with --data the labels are the data set's classes; drop --labels.")
+    parse_columns(args.defense, home_ref(args.model, args.pretrained))  # before the weights
     image = open_image(args.image) if args.image is not None else None
     dataset = None
     if image is None:  # read before the weights are loaded
@@ -101,7 +100,6 @@ def audit_command(args: argparse.Namespace) -> int:
             dataset = load_dataset(args.data, args.data_root, args.class_names)
         except DataUnavailableError as error:
             raise InputError(str(error)) from error
-    parse_columns(args.defense, home_ref(args.model, args.pretrained))  # before the weights
     backbone = load_backbone(args.model, args.pretrained, args.device, args.precision)
     playground = Playground(backbone, args.templates)
     options = {

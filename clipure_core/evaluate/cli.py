@@ -14,7 +14,12 @@ from pathlib import Path
 
 from ..attacks import METHODS, SQUARE_QUERIES
 from ..errors import InputError, WeightsUnavailableError
-from ..purifiers import add_defense_flags, defense_settings_from_args
+from ..purifiers import (
+    PURIFIERS,
+    add_defense_flags,
+    defense_settings_from_args,
+    parser_for,
+)
 from ..resolution import ATTACK_RESOLUTIONS
 from ..threats import THREATS
 from .compare import compare_main
@@ -131,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--defense",
         type=_names,
         default=("none", "clipure_cos"),
-        help="comma-separated models: none (undefended CLIP), clipure_cos, clipure_diff",
+        help=f"comma-separated models: none (undefended CLIP), {', '.join(PURIFIERS)}, or "
+        "package.module:Class (a defence of your own)",
     )
     add_defense_flags(defense)
     defense.add_argument(
@@ -197,7 +203,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["compare"]:
         return compare_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    try:  # the defences of one's own named in argv first: their flags join the parser
+        parser = parser_for(argv, build_parser)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     try:
         outcome = run_evaluation(config_from_args(args))
     except KeyboardInterrupt:
@@ -236,7 +247,9 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def _names(text: str) -> tuple[str, ...]:
-    return tuple(part.strip().lower() for part in text.split(",") if part.strip())
+    """Comma-separated names, lower-cased except a `package.module:Class`."""
+    parts = (part.strip() for part in text.split(","))
+    return tuple(part if ":" in part else part.lower() for part in parts if part)
 
 
 def _count(text: str) -> int | None:

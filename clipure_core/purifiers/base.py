@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +11,8 @@ from torch import nn
 
 from ..backbone import Backbone
 from ..errors import InputError
+from ..prompts import null_prompts, resolve_templates
+from ..text_embeddings import prompt_group_embeddings
 from .polar import check_gradient_mode
 
 # on_step(step, z, denoising_loss=None): called for z_0 ... z_steps
@@ -65,8 +67,20 @@ BATCH_COUPLED = Setting(
 )
 
 
+def null_prompt_embedding(backbone: Backbone, templates: str | Sequence[str]) -> torch.Tensor:
+    """The (D,) null prompt: the templates with an empty class name, encoded and averaged."""
+    prompts = null_prompts(resolve_templates(templates))
+    return prompt_group_embeddings(backbone, [prompts])[0]
+
+
 class Purifier(nn.Module):
-    """Maps (B, D) image embeddings to purified ones. Subclasses implement `purify`."""
+    """Maps (B, D) image embeddings to purified ones. Subclasses implement `purify` and hold
+    a `null_embedding` buffer (the trajectory's diagnostics measure against it).
+
+    The class is the defence's one description: its registry name, title, CLI flag prefix,
+    settings with their defaults (`settings_spec`; the constructor's defaults are those
+    Settings' `default`), whether it is random, and what a query through it costs (`query_cost`).
+    """
 
     name: str = ""
     title: str = ""
@@ -87,7 +101,15 @@ class Purifier(nn.Module):
         self.eval()  # inference only (a prior's dropout stays off)
 
     def settings(self) -> dict:
-        return {"steps": self.steps, "step_size": self.step_size}
+        """The values the result records: each setting of `settings_spec`, read from the
+        attribute of its name (a class storing one under another name overrides this)."""
+        return {setting.name: getattr(self, setting.name) for setting in self.settings_spec}
+
+    @classmethod
+    def query_cost(cls, settings: Mapping) -> float:
+        """A model query through this defence, in image-encoder queries (a GPU lease's
+        unit); latent steps as CLIPure-Cos's cost next to nothing."""
+        return 1.0
 
     @classmethod
     def unavailable(cls, backbone: Backbone) -> str | None:

@@ -8,9 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from ..backbone import Backbone
-from ..prompts import null_prompts, resolve_templates
-from ..text_embeddings import prompt_group_embeddings
-from .base import BATCH_COUPLED, STEP_SIZE, STEPS, Purifier, StepCallback
+from .base import (
+    BATCH_COUPLED,
+    STEP_SIZE,
+    STEPS,
+    Purifier,
+    StepCallback,
+    null_prompt_embedding,
+)
 from .polar import check_gradient_mode, polar_step
 
 
@@ -25,10 +30,10 @@ def neg_cos_gradient(z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def cos_purify(
     z: torch.Tensor,
     null_embedding: torch.Tensor,
-    steps: int = 10,
-    step_size: float = 30.0,
+    steps: int = STEPS.default,
+    step_size: float = STEP_SIZE.default,
     *,
-    batch_coupled: bool = False,
+    batch_coupled: bool = BATCH_COUPLED.default,
     gradient: str = "full",
     on_step: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
@@ -64,17 +69,13 @@ class CosPurifier(Purifier):
         self,
         backbone: Backbone,
         templates: str | Sequence[str] = "ensemble",
-        steps: int = 10,
-        step_size: float = 30.0,
-        batch_coupled: bool = False,
+        steps: int = STEPS.default,
+        step_size: float = STEP_SIZE.default,
+        batch_coupled: bool = BATCH_COUPLED.default,
     ) -> None:
         super().__init__(steps=steps, step_size=step_size)
         self.batch_coupled = bool(batch_coupled)
-        prompts = null_prompts(resolve_templates(templates))
-        self.register_buffer("null_embedding", prompt_group_embeddings(backbone, [prompts])[0])
-
-    def settings(self) -> dict:
-        return {**super().settings(), "batch_coupled": self.batch_coupled}
+        self.register_buffer("null_embedding", null_prompt_embedding(backbone, templates))
 
     def purify(
         self, z: torch.Tensor, gradient: str, on_step: StepCallback | None = None

@@ -8,7 +8,7 @@ come from the global torch RNG, which the attack and the pipeline seed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,33 @@ from ..prior import LatentPrior, cached_prior, null_condition, prior_for, priors
 from .base import BATCH_COUPLED, STEP_SIZE, STEPS, Purifier, Setting, StepCallback
 from .polar import polar_step
 
-TIMESTEP_RANGE = (900, 999)
+PRIOR = Setting(
+    "prior",
+    "prior",
+    None,
+    "prior checkpoint (default: the one found for the model)",
+    advanced=True,
+    flag="--prior",
+)
+T_MIN = Setting("t_min", "lowest timestep", 900, "", minimum=0, advanced=True)
+T_MAX = Setting("t_max", "highest timestep", 999, "", minimum=0, advanced=True)
+TEXT_ENCODINGS = Setting(
+    "text_encodings",
+    "text encodings",
+    "tokens",
+    "per-token encodings, or the pooled embedding at every position (reference)",
+    choices=("tokens", "pooled"),
+    advanced=True,
+)
+COND_DROP_PROB = Setting(
+    "cond_drop_prob",
+    "condition drop probability",
+    0.0,
+    "the reference still dropped the condition 10 % of the time",
+    minimum=0.0,
+    maximum=1.0,
+    advanced=True,
+)
 
 
 class DiffPurifier(Purifier):
@@ -37,33 +63,11 @@ class DiffPurifier(Purifier):
     settings_spec = (
         STEPS,
         STEP_SIZE,
-        Setting(
-            "prior",
-            "prior",
-            None,
-            "prior checkpoint (default: the one found for the model)",
-            advanced=True,
-            flag="--prior",
-        ),
-        Setting("t_min", "lowest timestep", TIMESTEP_RANGE[0], "", minimum=0, advanced=True),
-        Setting("t_max", "highest timestep", TIMESTEP_RANGE[1], "", minimum=0, advanced=True),
-        Setting(
-            "text_encodings",
-            "text encodings",
-            "tokens",
-            "per-token encodings, or the pooled embedding at every position (reference)",
-            choices=("tokens", "pooled"),
-            advanced=True,
-        ),
-        Setting(
-            "cond_drop_prob",
-            "condition drop probability",
-            0.0,
-            "the reference still dropped the condition 10 % of the time",
-            minimum=0.0,
-            maximum=1.0,
-            advanced=True,
-        ),
+        PRIOR,
+        T_MIN,
+        T_MAX,
+        TEXT_ENCODINGS,
+        COND_DROP_PROB,
         BATCH_COUPLED,
     )
 
@@ -71,14 +75,14 @@ class DiffPurifier(Purifier):
         self,
         backbone: Backbone,
         templates: str | Sequence[str] = "ensemble",
-        prior: LatentPrior | str | None = None,
-        steps: int = 10,
-        step_size: float = 30.0,
-        t_min: int = TIMESTEP_RANGE[0],
-        t_max: int = TIMESTEP_RANGE[1],
-        text_encodings: str = "tokens",
-        cond_drop_prob: float = 0.0,
-        batch_coupled: bool = False,
+        prior: LatentPrior | str | None = PRIOR.default,
+        steps: int = STEPS.default,
+        step_size: float = STEP_SIZE.default,
+        t_min: int = T_MIN.default,
+        t_max: int = T_MAX.default,
+        text_encodings: str = TEXT_ENCODINGS.default,
+        cond_drop_prob: float = COND_DROP_PROB.default,
+        batch_coupled: bool = BATCH_COUPLED.default,
     ) -> None:
         super().__init__(steps=steps, step_size=step_size)
         self.prior, self.prior_source = self._resolve_prior(backbone, prior)
@@ -121,6 +125,11 @@ class DiffPurifier(Purifier):
         return None
 
     @classmethod
+    def query_cost(cls, settings: Mapping) -> float:
+        """Each query also runs the prior once per purification step."""
+        return 1.0 + int(settings.get("steps", STEPS.default))
+
+    @classmethod
     def resolve_settings(cls, backbone: Backbone, settings: dict) -> dict:
         if isinstance(settings.get("prior"), LatentPrior | str):
             return dict(settings)
@@ -146,7 +155,8 @@ class DiffPurifier(Purifier):
 
     def settings(self) -> dict:
         return {
-            **super().settings(),
+            "steps": self.steps,
+            "step_size": self.step_size,
             "prior": self.prior_source,
             "t_min": self.t_min,
             "t_max": self.t_max,

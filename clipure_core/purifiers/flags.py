@@ -1,11 +1,19 @@
 """Command-line flags for every purifier's settings, built from the registry (`PURIFIERS`):
-a new defence class brings its flags to `predict`, `audit` and `evaluate` by itself."""
+a new defence class brings its flags to `predict`, `audit` and `evaluate` by itself.
+
+A command line is parsed in two passes: `defense_arguments` finds the `--defense` lists
+first, `load_defenses` registers the `package.module:Class` defences named there, and only
+then is the parser built, with their flags."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Sequence
 
+from ..errors import InputError
 from .base import Purifier, Setting
+
+DEFENSE_FLAG = "--defense"
 
 
 def flag_name(purifier: type[Purifier], setting: Setting) -> str:
@@ -17,29 +25,71 @@ def _dest(purifier: type[Purifier], setting: Setting) -> str:
     return flag_name(purifier, setting).removeprefix("--").replace("-", "_")
 
 
-def add_defense_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """One flag per setting of every registered purifier, with its default and help."""
-    from . import PURIFIERS
+def defense_arguments(argv: Sequence[str]) -> list[str]:
+    """Every entry of the `--defense` lists in `argv` (`--defense a,b` or `--defense=a,b`)."""
+    values = []
+    for index, arg in enumerate(argv):
+        if arg == DEFENSE_FLAG and index + 1 < len(argv):
+            values.append(argv[index + 1])
+        elif arg.startswith(DEFENSE_FLAG + "="):
+            values.append(arg.partition("=")[2])
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
 
-    for purifier in PURIFIERS.values():
+
+def parser_for(
+    argv: Sequence[str], build_parser: Callable[[], argparse.ArgumentParser]
+) -> argparse.ArgumentParser:
+    """The parser of a command line that may name defences of one's own: those in its
+    `--defense` lists are loaded first, so `build_parser` adds their flags (an InputError,
+    e.g. a flag the parser has already, leaves none of them registered)."""
+    from .registry import PURIFIERS, load_defenses
+
+    before = dict(PURIFIERS)
+    try:
+        load_defenses(defense_arguments(argv))
+        return build_parser()
+    except InputError:
+        for name in set(PURIFIERS) - set(before):
+            del PURIFIERS[name]
+        raise
+
+
+def add_defense_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """One flag per setting of every registered purifier, with its default and help (a
+    loaded defence whose flag the parser has already is refused)."""
+    from .registry import PURIFIERS
+
+    for name, purifier in PURIFIERS.items():
         for setting in purifier.settings_spec:
-            text = f"{purifier.title} {setting.title}"
-            if setting.help:
-                text += f": {setting.help}"
-            if setting.kind is bool:
-                parser.add_argument(
-                    flag_name(purifier, setting), action="store_true", help=_escaped(text)
-                )
-                continue
-            if setting.default is not None:
-                text += f" (default {setting.default})"
-            parser.add_argument(
-                flag_name(purifier, setting),
-                type=setting.kind,
-                default=setting.default,
-                choices=setting.choices or None,
-                help=_escaped(text),
-            )
+            try:
+                _add_flag(parser, purifier, setting)
+            except argparse.ArgumentError as error:
+                raise InputError(
+                    f"defence {name!r}: its flag {flag_name(purifier, setting)} is taken "
+                    "already; change its flag_prefix or the setting's flag."
+                ) from error
+
+
+def _add_flag(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    purifier: type[Purifier],
+    setting: Setting,
+) -> None:
+    text = f"{purifier.title} {setting.title}"
+    if setting.help:
+        text += f": {setting.help}"
+    if setting.kind is bool:
+        parser.add_argument(flag_name(purifier, setting), action="store_true", help=_escaped(text))
+        return
+    if setting.default is not None:
+        text += f" (default {setting.default})"
+    parser.add_argument(
+        flag_name(purifier, setting),
+        type=setting.kind,
+        default=setting.default,
+        choices=setting.choices or None,
+        help=_escaped(text),
+    )
 
 
 def _escaped(text: str) -> str:
@@ -50,7 +100,7 @@ def _escaped(text: str) -> str:
 def defense_settings_from_args(args: argparse.Namespace) -> dict[str, dict]:
     """{defence: {setting: value}} from flags added by `add_defense_flags` (unset ones, and
     any a parser did not declare, left out: the purifier picks its own default)."""
-    from . import PURIFIERS
+    from .registry import PURIFIERS
 
     settings = {}
     for name, purifier in PURIFIERS.items():
