@@ -65,6 +65,9 @@ def test_column_specs_name_the_defence_and_the_backbone(tmp_path):
     assert column_title("clipure_cos@fare2-l14") == "CLIPure-Cos @ fare2-l14"
     assert column_title("none@fare2-l14") == "Undefended CLIP @ fare2-l14"
     assert column_title("clipure_cos") == "CLIPure-Cos"
+    # the defence half goes whole to the registry: a defence of one's own has a colon and dots
+    with pytest.raises(InputError, match=r"defence 'no_such\.module:Thing' is not loaded"):
+        parse_column("no_such.module:Thing@fare2-l14")
 
 
 @pytest.mark.parametrize(
@@ -327,3 +330,31 @@ def test_evaluate_refuses_a_backbone_that_does_not_fit(
     args += ["--defense", f"none,none@local-dir:{other_dir}", "--out", str(tmp_path / "out")]
     assert evaluate([*args, "--templates", "single", "--no-progress"]) == 2
     assert "needs about" in capsys.readouterr().err
+
+
+@pytest.fixture
+def own_defense(tmp_path, monkeypatch):
+    """docs/custom-defenses.md's example as my_defense.py on sys.path (unregistered after)."""
+    import sys
+
+    from clipure_core.purifiers import PURIFIERS
+
+    from .test_custom_defense import example_code
+
+    (tmp_path / "my_defense.py").write_text(example_code())
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = dict(PURIFIERS)
+    yield "my_defense:NullBlend"
+    PURIFIERS.clear()
+    PURIFIERS.update(before)
+    sys.modules.pop("my_defense", None)
+
+
+def test_a_defence_of_ones_own_on_another_backbone(own_defense, tiny_model_dir, other_dir, capsys):
+    column = f"{own_defense}@local-dir:{other_dir}"
+    args = ["predict", PHOTO, "--labels", LABELS, "--model", f"local-dir:{tiny_model_dir}"]
+    assert main([*args, "--defense", column, "--steps", "2", "--device", "cpu", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert list(data["probabilities"]["clean"]) == ["undefended", column]
+    assert data["settings"]["columns"][column]["defense"] == own_defense
+    assert column_title(column) == f"Null blend @ local-dir:{other_dir}"
