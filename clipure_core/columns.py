@@ -65,11 +65,6 @@ class Column:
     defense: str | None
     backbone: BackboneRef | None
 
-    @property
-    def title_parts(self) -> tuple[str, str | None]:
-        """(defence name or 'undefended', the backbone's spec or None) for titles."""
-        return (self.defense or UNDEFENDED, self.backbone.spec if self.backbone else None)
-
 
 def home_ref(name: str, pretrained: str | None) -> BackboneRef:
     """The start-up backbone (`--model`, `--pretrained`) as a `BackboneRef`."""
