@@ -7,10 +7,9 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from clipure_core.loading import RANDOM_WEIGHTS
+from clipure_core import DEFAULT_MODEL, DEFAULT_WEIGHTS, RANDOM_WEIGHTS
 
-DEFAULT_MODEL = "ViT-B-32"
-DEFAULT_PRETRAINED = "openai"
+DEFAULT_PRETRAINED = DEFAULT_WEIGHTS
 ENV_PREFIX = "CLIPURE_"
 EXAMPLE_CACHING = ("eager", "lazy")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from clipure_core.images import MAX_FILE_BYTES
+from clipure_core import MAX_FILE_BYTES
 from clipure_core.purifiers import PURIFIERS, load_defenses
 
 from .catalog import model_choices
@@ -48,12 +48,14 @@ CSS = """
 #threat-matrix .checks .fail .mark {color: #b42318;}
 #threat-matrix .checks .warn .mark {color: #b54708;}
 #threat-matrix .checks .pass .mark {color: #067647;}
+#compare, #curve {white-space: nowrap; padding-left: 10px; padding-right: 10px;}
+#eps-curve:not(:hover) .modebar {opacity: 0 !important;}
 #perturbation img {width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated;}
 #threat-matrix .knew {font-weight: 400; font-size: 0.85rem; opacity: 0.8;}
 #threat-matrix .cell.right {background: #dcfae6; color: #054f31;}
 #threat-matrix .cell.wrong {background: #fee4e2; color: #7a271a;}
 #threat-matrix .checks {margin-top: 10px; line-height: 1.5;}
-body.talk .advanced {display: none !important;}
+body.talk .talk-hidden {display: none !important;}
 body.talk, body.talk gradio-app, body.talk .gradio-container, body.talk .main {
   background: #000 !important; color: #fff !important;
   --body-background-fill: #000; --background-fill-primary: #000;
@@ -67,6 +69,7 @@ body.talk #verdict .card .change {font-size: 1.6rem !important;}
 body.talk #verdict .facts, body.talk #verdict .ready {font-size: 1.3rem !important;
   color: #fff !important;}
 body.talk #threat-matrix .matrix {font-size: 1.35rem !important;}
+body.talk #eps-curve {--block-label-text-color: #1f2937; --block-label-background-fill: #e5e7eb;}
 body.talk #threat-matrix .cell.right {background: #067647 !important; color: #fff !important;}
 body.talk #threat-matrix .cell.wrong {background: #b42318 !important; color: #fff !important;}
 """

@@ -11,7 +11,9 @@ import time
 from collections.abc import Sequence
 
 from .attacks import METHODS, AttackConfig
+from .audit.cli import add_audit_parser
 from .columns import home_ref
+from .defaults import DEFAULT_MODEL, DEFAULT_WEIGHTS
 from .errors import InputError, WeightsUnavailableError
 from .images import open_image
 from .loading import load_backbone
@@ -26,9 +28,6 @@ from .text_embeddings import (
     tqdm_progress,
 )
 from .threats import THREATS
-
-DEFAULT_MODEL = "ViT-B-32"
-DEFAULT_WEIGHTS = "openai"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,9 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
     text.add_argument("--precision", default=None, help="fp32 (default), bf16 or fp16")
     text.add_argument("--templates", default="ensemble", help="ensemble (80 CLIP) or single")
     text.set_defaults(handler=cache_text)
-    # imported here: the audit's command module imports this one (defaults, defence flags)
-    from .audit.cli import add_audit_parser
-
     add_audit_parser(commands)
     return parser
 
@@ -126,15 +122,13 @@ def predict(args: argparse.Namespace) -> int:
         "true_label": args.true_label,
         "target_label": args.target,
     }
-    home = home_ref(args.model, args.pretrained)
-    check_request(args.labels, **request, home=home)  # refused before the weights are loaded
+    home = home_ref(args.model, args.pretrained)  # refused before loading weights:
+    labels = check_request(args.labels, **request, home=home).labels
     resolve_templates(args.templates)
     backbone = load_backbone(args.model, args.pretrained, args.device, args.precision)
     playground = Playground(backbone, args.templates)
     with tqdm_progress():  # text embeddings not cached yet: prompts done / total on stderr
-        result = playground.run(
-            image, args.labels, **request, defense_settings=defense_settings(args)
-        )
+        result = playground.run(image, labels, **request, defense_settings=defense_settings(args))
     if args.save_adversarial:
         try:
             result.adversarial_image.save(args.save_adversarial, format="PNG")

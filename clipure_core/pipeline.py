@@ -135,6 +135,11 @@ class CheckedRequest:
     columns: list[Column]  # the models besides the undefended start-up one
     true_index: int | None  # None: the undefended model's clean prediction
 
+    @property
+    def defenses(self) -> list[str]:
+        """The columns' names, each a spec `Playground.run` takes again (see columns.py)."""
+        return [column.name for column in self.columns]
+
 
 def check_request(
     labels: str | Sequence[str],

@@ -200,3 +200,64 @@ def _add_denoising_loss(figure: go.Figure, trajectory: list[dict]) -> None:
     figure.update_layout(
         yaxis2={"title": "denoising loss", "overlaying": "y", "side": "right", "showgrid": False}
     )
+
+
+MODEL_COLORS = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
+VERDICT_MARKERS = {True: "circle", False: "x"}
+
+
+def curve_figure(curve: dict) -> go.Figure:
+    """Each model's true-class probability against eps (from `robustness_curve`'s JSON): one
+    line per model, each thinner than the one before so that equal lines stay visible; a
+    circle where the model is right, a cross where it is wrong."""
+    ticks = curve["eps_text"]
+    figure = go.Figure()
+    for index, (model, series) in enumerate(curve["models"].items()):
+        color = MODEL_COLORS[index % len(MODEL_COLORS)]
+        width = max(2, 8 - 2 * index)
+        verdicts = ["right" if ok else "fooled" for ok in series["correct"]]
+        figure.add_trace(
+            go.Scatter(
+                x=ticks,
+                y=series["true_probability"],
+                name=model_title(model),
+                mode="lines+markers",
+                line={"color": color, "width": width},
+                marker={
+                    "symbol": [VERDICT_MARKERS[ok] for ok in series["correct"]],
+                    "size": 10 + 2 * width,
+                    "line": {"width": 2, "color": color},
+                },
+                customdata=list(zip(series["prediction"], verdicts, strict=True)),
+                hovertemplate=(
+                    "eps %{x}: %{y:.0%}<br>predicts %{customdata[0]} (%{customdata[1]})"
+                    f"<extra>{model_title(model)}</extra>"
+                ),
+            )
+        )
+    for ok, name in ((True, "right"), (False, "wrong (fooled)")):
+        figure.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                name=name,
+                mode="markers",
+                marker={"symbol": VERDICT_MARKERS[ok], "size": 14, "color": "#444"},
+                hoverinfo="skip",
+            )
+        )
+    unit = "L-inf" if curve["norm"] == "linf" else "L2, pixel units in [0, 1]"
+    figure.update_xaxes(title_text=f"eps ({unit})", type="category")
+    figure.update_yaxes(title_text=f"P({curve['true_label']})", range=[-0.03, 1.03])
+    figure.update_yaxes(tickformat=".0%", dtick=0.25)
+    figure.update_layout(
+        title_text=(
+            f"P({curve['true_label']}) under {curve['method']}, {curve['steps']} steps, "
+            f"threat {curve['threat']}"
+        ),
+        font_size=FONT_SIZE,
+        height=420,
+        legend={"orientation": "h", "yanchor": "top", "y": -0.24, "x": 0},
+        margin={"t": 60, "b": 110},
+    )
+    return figure

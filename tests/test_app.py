@@ -70,12 +70,16 @@ def test_start_model_is_offered_first():
     assert len(custom) == len(CATALOG) + 1
 
 
-def test_only_the_playground_and_audit_endpoints_are_documented(client):
+def test_only_the_playground_audit_and_curve_endpoints_are_documented(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert list(endpoints) == ["/playground", "/audit"]
+    assert list(endpoints) == ["/playground", "/audit", "/curve"]
     parameters = [p["parameter_name"] for p in endpoints["/audit"]["parameters"]]
     assert parameters == [
         "image", "labels", "true_label", "norm", "eps", "steps", "defenses", "seed", "conditions"
+    ]  # fmt: skip
+    parameters = [p["parameter_name"] for p in endpoints["/curve"]["parameters"]]
+    assert parameters == [
+        "image", "labels", "method", "norm", "threat", "steps", "defenses", "true_label", "seed"
     ]  # fmt: skip
 
 
@@ -169,6 +173,30 @@ def test_stop_really_stops_the_attack(tiny_checkpoint):
     with pytest.raises(Cancelled):
         service.run(choice, Image.open(ASSETS / "chelsea.png"), request, on_progress, cancel)
     assert seen == [1, 2, 3]
+
+
+def test_a_request_parses_its_labels_once(tiny_checkpoint, monkeypatch):
+    """The service parses at its entry; the pipeline and the classifier get the parsed
+    labels and pass them on (before: the service, pipeline and classifier each parsed)."""
+    from PIL import Image
+
+    from clipure_core import Labels, prompts
+
+    calls = []
+
+    def counted(labels):
+        calls.append(labels)
+        return prompts.parse_labels(labels)
+
+    for module in ("app.service", "clipure_core.pipeline", "clipure_core.classifier"):
+        monkeypatch.setattr(f"{module}.parse_labels", counted)
+    service = PlaygroundService(device="cpu")
+    choice = model_choices(TINY_MODEL, str(tiny_checkpoint))[0]
+    request = PlaygroundRequest(labels="cat, dog, cat", steps=1)
+    result = service.run(choice, Image.open(ASSETS / "chelsea.png"), request)
+    assert [labels for labels in calls if not isinstance(labels, Labels)] == ["cat, dog, cat"]
+    assert result.labels == ["cat", "dog"]
+    assert result.notices == ["1 duplicate label(s) removed."]
 
 
 def test_missing_image_and_units():
@@ -582,7 +610,7 @@ def test_bad_audit_requests_are_readable_errors_and_the_server_keeps_serving(
     assert {cell["condition"] for cell in data["matrix"]} == {"clean", "noise"}
 
 
-def test_mcp_serves_the_playground_and_the_audit_as_tools(tiny_checkpoint):
+def test_mcp_serves_the_playground_the_audit_and_the_curve_as_tools(tiny_checkpoint):
     """`python app.py --mcp`: gradio's MCP server, with the endpoints' docstrings as the
     tools' descriptions (needs gradio[mcp], in requirements-dev.txt)."""
     import httpx
@@ -599,8 +627,9 @@ def test_mcp_serves_the_playground_and_the_audit_as_tools(tiny_checkpoint):
     finally:
         demo.close()
     by_name = {tool["name"]: tool for tool in tools}
-    assert sorted(by_name) == ["audit", "playground"]
+    assert sorted(by_name) == ["audit", "curve", "playground"]
     assert "with and without CLIPure" in by_name["playground"]["description"]
+    assert "robustness curve of a photo" in by_name["curve"]["description"]
     assert "threat matrix" in by_name["audit"]["description"]
     eps = by_name["playground"]["inputSchema"]["properties"]["eps"]
     assert "units of 1/255" in eps["description"]

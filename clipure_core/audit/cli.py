@@ -8,15 +8,18 @@ import sys
 
 from tqdm import tqdm
 
-from ..cli import DEFAULT_MODEL, DEFAULT_WEIGHTS, defense_settings
+from ..attacks import AttackConfig
 from ..columns import home_ref, parse_columns
+from ..curve import eps_ladder, robustness_curve
+from ..defaults import DEFAULT_MODEL, DEFAULT_WEIGHTS
 from ..errors import InputError
 from ..evaluate.data import DataUnavailableError, load_dataset
 from ..images import open_image
 from ..loading import load_backbone
 from ..pipeline import Playground
-from ..purifiers import add_defense_flags
+from ..purifiers import add_defense_flags, defense_settings_from_args
 from ..resolution import ATTACK_RESOLUTIONS
+from ..threats import check_threat
 from .checks import CHECKS
 from .conditions import CONDITIONS
 from .dataset import DatasetAudit, audit_dataset
@@ -79,6 +82,15 @@ def add_audit_parser(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="run the checklist checks' expensive settings in full (every eps rung, restarts)",
     )
+    audit.add_argument(
+        "--curve",
+        action="store_true",
+        help="also the robustness curve: PGD (PGD-L2 with --norm l2) with --steps at eps "
+        "0, 1, 2, 4, 8, 16/255 (L2: 0, 0.125, 0.25, 0.5, 1, 2), under --curve-threat",
+    )
+    audit.add_argument(
+        "--curve-threat", default="full", help="the curve's threat model (default: full)"
+    )
     audit.add_argument("--seed", type=int, default=0)
     audit.add_argument("--json", action="store_true", help="print the result as JSON")
     audit.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -92,6 +104,9 @@ def audit_command(args: argparse.Namespace) -> int:
         raise InputError("--labels is required with IMAGE (e.g. --labels 'cat,dog').")
     if args.data is not None and (args.labels or args.true_label):
         raise InputError("with --data the labels are the data set's classes; drop --labels.")
+    if args.data is not None and args.curve:
+        raise InputError("--curve draws one photo's curve: give IMAGE instead of --data.")
+    curve_attack = audit_curve_attack(args) if args.curve else None
     parse_columns(args.defense, home_ref(args.model, args.pretrained))  # before the weights
     image = open_image(args.image) if args.image is not None else None
     dataset = None
@@ -107,7 +122,7 @@ def audit_command(args: argparse.Namespace) -> int:
         "norm": args.norm,
         "steps": args.steps,
         "defenses": args.defense,
-        "defense_settings": defense_settings(args),
+        "defense_settings": defense_settings_from_args(args),
         "conditions": args.conditions,
         "checks": args.checks,
         "square_queries": args.square_queries,
@@ -135,8 +150,39 @@ def audit_command(args: argparse.Namespace) -> int:
             on_progress=on_progress,
             **options,
         )
-    print(json.dumps(result.to_dict(), indent=2) if args.json else _text(result))
+    data = result.to_dict()
+    if curve_attack is not None:
+        data["curve"] = _curve(playground, image, args, curve_attack)
+    print(json.dumps(data, indent=2) if args.json else _text(result, data.get("curve")))
     return 0
+
+
+def audit_curve_attack(args: argparse.Namespace) -> AttackConfig:
+    """The curve's attack (checked before the weights are loaded, with its threat)."""
+    check_threat(args.curve_threat)
+    method = "pgd" if args.norm == "linf" else "pgd-l2"
+    return AttackConfig(method, args.norm, eps_ladder(args.norm)[-1], args.steps)
+
+
+def _curve(playground: Playground, image, args: argparse.Namespace, attack) -> dict:
+    with tqdm(total=1, desc="curve", unit="query", disable=args.quiet, file=sys.stderr) as bar:
+
+        def on_progress(done: int, total: int, stage: str) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        return robustness_curve(
+            playground,
+            image,
+            args.labels,
+            attack,
+            threat=args.curve_threat,
+            defenses=args.defense.split(","),
+            seed=args.seed,
+            true_label=args.true_label,
+            defense_settings=defense_settings_from_args(args),
+            on_progress=on_progress,
+        )
 
 
 def _audit_set(playground, dataset, args: argparse.Namespace, options: dict) -> DatasetAudit:
@@ -159,8 +205,8 @@ def _mark(correct: bool) -> str:
     return "ok" if correct else "x "
 
 
-def _text(result: AuditResult) -> str:
-    """The threat matrix, the gradients and the checks as plain text."""
+def _text(result: AuditResult, curve: dict | None = None) -> str:
+    """The threat matrix, the gradients, the checks and the curve as plain text."""
     lines = [f"note: {notice}" for notice in result.notices]
     lines.append(f"true label: {result.true_label}")
     width = 22
@@ -187,8 +233,22 @@ def _text(result: AuditResult) -> str:
             )
     lines.append("checks:")
     lines += [f"  {c.status.upper():4} {c.name}: {c.explanation}" for c in result.checks]
+    lines += _curve_text(curve) if curve else []
     lines.append(f"time: {result.timings_ms['total'] / 1000:.1f} s")
     return "\n".join(lines)
+
+
+def _curve_text(curve: dict) -> list[str]:
+    """The curve as rows of P(true label) per eps, one per model."""
+    lines = [f"robustness curve ({curve['method']}, threat {curve['threat']}), P(true label):"]
+    lines.append("  eps".ljust(18) + "".join(text.rjust(9) for text in curve["eps_text"]))
+    for model, series in curve["models"].items():
+        cells = (
+            f"{_mark(ok)}{p:4.0%}".rjust(9)
+            for p, ok in zip(series["true_probability"], series["correct"], strict=True)
+        )
+        lines.append(f"  {model[:14]:16}" + "".join(cells))
+    return lines
 
 
 def _set_text(report: DatasetAudit) -> str:

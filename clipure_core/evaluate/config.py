@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..attacks import AUTOATTACK_STEPS, SQUARE_QUERIES, AttackConfig, check_classes
 from ..columns import Column, home_ref, parse_column
+from ..defaults import DEFAULT_MODEL, DEFAULT_WEIGHTS
 from ..errors import InputError
 from ..prompts import resolve_templates
 from ..resolution import check_attack_resolution
@@ -65,8 +66,8 @@ class EvalConfig:
     data_root: str | None = None
     class_names: str | None = None
     val_labels: str | None = None
-    model: str = "ViT-B-32"
-    pretrained: str = "openai"
+    model: str = DEFAULT_MODEL
+    pretrained: str = DEFAULT_WEIGHTS
     device: str | None = None
     precision: str | None = None
     templates: str | tuple[str, ...] | None = None
