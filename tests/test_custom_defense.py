@@ -348,6 +348,6 @@ def test_the_app_refuses_a_bad_module_at_start_up(modules):
     )
     assert done.returncode == 2
     assert done.stderr == (
-        "error: cannot start the playground.\ndefence 'bad_defenses:Plain': Plain is not a "
+        "error: cannot start the playground: defence 'bad_defenses:Plain': Plain is not a "
         "subclass of clipure_core.purifiers.Purifier.\n"
     )

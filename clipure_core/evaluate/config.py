@@ -10,6 +10,7 @@ from ..attacks import AUTOATTACK_STEPS, SQUARE_QUERIES, AttackConfig, check_clas
 from ..columns import Column, home_ref, parse_column
 from ..defaults import DEFAULT_MODEL, DEFAULT_WEIGHTS
 from ..errors import InputError
+from ..loading import effective_pretrained
 from ..prompts import resolve_templates
 from ..resolution import check_attack_resolution
 from ..threats import check_threat
@@ -266,7 +267,7 @@ class EvalConfig:
         a resume is refused on them before any model work)."""
         return {
             "model": self.model,
-            "pretrained": self.pretrained,
+            "pretrained": effective_pretrained(self.model, self.pretrained),
             "templates": self.templates,
             "seed": self.seed,
             "batch_size": self.batch_size,
