@@ -171,7 +171,7 @@ def test_audit_checklist_runs_each_column_on_its_backbone(backbone, other_dir):
         LABELS,
         steps=2,
         defenses=["clipure_cos", f"clipure_cos@{other}"],
-        conditions="clean,full",
+        conditions="clean,bpda,full",
         checks="binarization,batch_coupling,bpda_validity",
     )
     subjects = {check.model for check in result.checks}
