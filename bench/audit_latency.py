@@ -30,7 +30,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import device_name, interleaved_medians_ms
+from timing import device_name, interleaved_medians_ms, print_flags
 
 from clipure_core import Playground, load_backbone
 from clipure_core.audit import SQUARE_QUERIES, run_audit
@@ -40,19 +40,30 @@ ASSET = Path(__file__).resolve().parents[1] / "assets" / "chelsea.png"
 LABELS = "cat, dog, car, airplane, coffee mug, rocket, astronaut, bird, ship, truck"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="ViT-B-32")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--square-queries", type=int, default=SQUARE_QUERIES)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python bench/audit_latency.py", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--model", default="ViT-B-32", help="open_clip architecture (random weights)"
+    )
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    parser.add_argument("--repeats", type=int, default=1, help="timed audits after the warm-up")
+    parser.add_argument("--steps", type=int, default=10, help="PGD steps of gradient conditions")
+    parser.add_argument(
+        "--square-queries", type=int, default=SQUARE_QUERIES, help="Square attack query budget"
+    )
     parser.add_argument("--conditions", default=None, help="comma-separated (default: all)")
     parser.add_argument("--release-precision", default=None, help="emulated or float16")
     parser.add_argument(
         "--float16-unit", action="store_true", help="also time the real float16 model's pass"
     )
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    print_flags(args)
 
     backbone = load_backbone(args.model, "random", device=args.device)
     device = backbone.device
@@ -129,6 +140,10 @@ def main() -> None:
     print(
         f"audit = {audit_ms / unit_ms['fp32']:.0f} float32 forward+backward passes "
         f"(release precision {precision}; target <= 180 on a 2-core CPU)"
+    )
+    print(
+        f"release ({precision}) gradient / fp32 gradient: "
+        f"x{unit_ms['release'] / unit_ms['fp32']:.1f}"
     )
 
 

@@ -137,9 +137,9 @@ def test_audit_json_shows_its_own_title(modules, tiny_checkpoint, capsys):
     args += ["--checks", "zero_gradients,inference_time_optimisation", "--steps", "2"]
     assert cli_main([*args, "--json", "--quiet"]) == 0, capsys.readouterr().err
     data = json.loads(capsys.readouterr().out)
-    assert data["models"] == [
-        {"name": "undefended", "title": "undefended CLIP"},
-        {"name": SPEC, "title": "Null blend"},
+    assert [(model["name"], model["title"], model["defense"]) for model in data["models"]] == [
+        ("undefended", "undefended CLIP", "none"),
+        (SPEC, "Null blend", SPEC),
     ]
     assert data["settings"]["defenses"] == {SPEC: {"steps": 3, "weight": 0.25}}
     cells = {(cell["condition"], cell["model"]) for cell in data["matrix"]}
@@ -348,6 +348,6 @@ def test_the_app_refuses_a_bad_module_at_start_up(modules):
     )
     assert done.returncode == 2
     assert done.stderr == (
-        "error: cannot start the playground.\ndefence 'bad_defenses:Plain': Plain is not a "
+        "error: cannot start the playground: defence 'bad_defenses:Plain': Plain is not a "
         "subclass of clipure_core.purifiers.Purifier.\n"
     )

@@ -9,6 +9,7 @@ import sys
 from tqdm import tqdm
 
 from ..attacks import AttackConfig
+from ..columns import home_ref, parse_columns
 from ..curve import eps_ladder, robustness_curve
 from ..defaults import DEFAULT_MODEL, DEFAULT_WEIGHTS
 from ..errors import InputError
@@ -16,11 +17,11 @@ from ..evaluate.data import DataUnavailableError, load_dataset
 from ..images import open_image
 from ..loading import load_backbone
 from ..pipeline import Playground
-from ..purifiers import add_defense_flags, check_defense, defense_settings_from_args
+from ..purifiers import add_defense_flags, defense_settings_from_args
 from ..resolution import ATTACK_RESOLUTIONS
 from ..threats import check_threat
 from .checks import CHECKS
-from .conditions import CONDITIONS
+from .conditions import CONDITIONS, check_checks_runnable
 from .dataset import DatasetAudit, audit_dataset
 from .result import AuditResult
 from .runner import SQUARE_QUERIES, run_audit
@@ -42,12 +43,16 @@ def add_audit_parser(commands: argparse._SubParsersAction) -> None:
     audit.add_argument(
         "--num-images", type=int, default=None, help="with --data: a stratified subset"
     )
-    audit.add_argument("--model", default=DEFAULT_MODEL, help="open_clip architecture")
+    audit.add_argument(
+        "--model", default=DEFAULT_MODEL, help="open_clip architecture, or local-dir:FOLDER"
+    )
     audit.add_argument(
         "--pretrained", default=DEFAULT_WEIGHTS, help="open_clip tag, checkpoint, or 'random'"
     )
     audit.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
-    audit.add_argument("--precision", default=None, help="fp32 (default), fp16 or bf16 (GPU)")
+    audit.add_argument(
+        "--precision", default=None, help="fp32 (default), fp16 or bf16 (run on CPU too, slower)"
+    )
     audit.add_argument("--templates", default="ensemble", help="ensemble (80 CLIP) or single")
     audit.add_argument("--norm", default="linf", choices=["linf", "l2"])
     audit.add_argument(
@@ -61,12 +66,15 @@ def add_audit_parser(commands: argparse._SubParsersAction) -> None:
         help="native: perturb the image's own pixels, resized inside the model; model: the "
         "model-size pixels (default: native for images smaller than the model's input)",
     )
-    audit.add_argument("--square-queries", type=int, default=SQUARE_QUERIES)
+    audit.add_argument(
+        "--square-queries", type=int, default=SQUARE_QUERIES, help="Square attack query budget"
+    )
     audit.add_argument("--eot", type=int, default=1, help="EOT samples for random models")
     audit.add_argument(
         "--defense",
         default="clipure_cos",
-        help="comma-separated defences ('' for none); package.module:Class for your own",
+        help="comma-separated columns: DEFENSE or DEFENSE@BACKBONE (none@fare2-l14); "
+        "package.module:Class for your own; '' for none",
     )
     add_defense_flags(audit)
     audit.add_argument(
@@ -95,7 +103,7 @@ def add_audit_parser(commands: argparse._SubParsersAction) -> None:
     audit.add_argument(
         "--curve-threat", default="full", help="the curve's threat model (default: full)"
     )
-    audit.add_argument("--seed", type=int, default=0)
+    audit.add_argument("--seed", type=int, default=0, help="seed of the attacks and defences")
     audit.add_argument("--json", action="store_true", help="print the result as JSON")
     audit.add_argument("--quiet", action="store_true", help="no progress bar")
     audit.set_defaults(handler=audit_command)
@@ -108,12 +116,11 @@ def audit_command(args: argparse.Namespace) -> int:
         raise InputError("--labels is required with IMAGE (e.g. --labels 'cat,dog').")
     if args.data is not None and (args.labels or args.true_label):
         raise InputError("with --data the labels are the data set's classes; drop --labels.")
+    check_checks_runnable(args.checks, args.conditions)  # before the weights are loaded
     if args.data is not None and args.curve:
         raise InputError("--curve draws one photo's curve: give IMAGE instead of --data.")
     curve_attack = audit_curve_attack(args) if args.curve else None
-    for name in args.defense.split(","):  # refused before the weights are loaded
-        if name.strip():
-            check_defense(name.strip().partition("@")[0])
+    parse_columns(args.defense, home_ref(args.model, args.pretrained))  # before the weights
     image = open_image(args.image) if args.image is not None else None
     dataset = None
     if image is None:  # read before the weights are loaded

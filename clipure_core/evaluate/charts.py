@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import plotly.graph_objects as go
 
-from ..plots import model_title
+from ..columns import column_title
 from .labels import condition_label
 
 CLEAN_COLOR = "#1f77b4"
@@ -41,7 +41,7 @@ def _eps_text(results: dict, eps: float) -> str:
 def accuracy_figure(results: dict, eps: float) -> go.Figure:
     """Clean and robust accuracy (95 % intervals) per model, one bar per threat model."""
     models = results["settings"]["models"]
-    titles = [model_title(model) for model in models]
+    titles = [column_title(model) for model in models]
     clean = [results["clean"][model] for model in models]
     figure = go.Figure(
         go.Bar(
@@ -98,7 +98,7 @@ def eps_figure(results: dict) -> go.Figure:
                     y=[entry["accuracy"] for entry in entries],
                     error_y=_error_bars(entries),
                     mode="lines+markers",
-                    name=f"{model_title(model)} ({condition_label(entries[1], results)})",
+                    name=f"{column_title(model)} ({condition_label(entries[1], results)})",
                     line={
                         "color": THREAT_COLORS.get(threat) if _single_attack(results) else None,
                         "width": 3,
@@ -184,7 +184,8 @@ def _settings_table(results: dict) -> str:
     protocol = settings["evaluation"]
     rows = [
         ("protocol", settings["protocol"]),
-        ("model", f"{settings['model']} ({settings['pretrained']}, {settings['precision']})"),
+        ("model", settings["model"]),
+        ("weights", f"{settings['weights']}, {settings['precision']}"),
         (
             "data",
             f"{settings['data']['source']}: {results['subset']['n']} images, seed "
@@ -193,7 +194,7 @@ def _settings_table(results: dict) -> str:
         (
             "attack",
             f"{attack['method']}, {attack['norm']}, eps {attack['eps']} "
-            f"({attack['eps_units']}), {attack['steps']} steps, EOT {attack['eot_samples']}",
+            f"({attack['eps_units']}), {attack['steps']} steps, {_eot(attack, protocol)}",
         ),
         ("threat models", ", ".join(settings["threats"])),
         ("attack resolution", _attack_resolution(settings)),
@@ -204,6 +205,13 @@ def _settings_table(results: dict) -> str:
         ("versions", ", ".join(f"{k} {v}" for k, v in results["versions"].items())),
     ]
     return "<h2>Settings</h2>" + html_table(("setting", "value"), rows)
+
+
+def _eot(attack: dict, protocol: dict) -> str:
+    """One EOT count, or the per-model counts where the protocol sets them per model."""
+    if attack["eot_samples"] is not None:
+        return f"EOT {attack['eot_samples']}"
+    return f"EOT per model: {_per_model(protocol.get('eot_samples'))}"
 
 
 def _attack_resolution(settings: dict) -> str:

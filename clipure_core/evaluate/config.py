@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..attacks import AUTOATTACK_STEPS, SQUARE_QUERIES, AttackConfig, check_classes
+from ..columns import Column, home_ref, parse_column
 from ..defaults import DEFAULT_MODEL, DEFAULT_WEIGHTS
 from ..errors import InputError
+from ..loading import effective_pretrained
 from ..prompts import resolve_templates
-from ..purifiers import check_defense
 from ..release import check_release_precision
 from ..resolution import check_attack_resolution
 from ..threats import check_threat
@@ -140,8 +141,15 @@ class EvalConfig:
         if self.max_batches is not None:
             _integer("max batches", self.max_batches, 1)
         _unique_non_empty("models (--defense)", models)
-        for name in self.defenses:
-            check_defense(name)
+        columns = self.columns()  # DEFENSE@BACKBONE: refused here, before any weights load
+        names = [columns[m].name if m in columns else m for m in models]
+        object.__setattr__(self, "models", tuple(names))
+        _unique_non_empty("models (--defense)", self.models)
+        if self.protocol == "release" and any(c.backbone for c in columns.values()):
+            raise InputError(
+                "--protocol release runs one backbone: use DEFENSE@BACKBONE columns with "
+                "--protocol custom or adaptive."
+            )
         _unique_non_empty("threat models", self.threats)
         _unique_non_empty("eps values", self.eps)
         for threat in self.threats:
@@ -229,6 +237,11 @@ class EvalConfig:
     def defenses(self) -> tuple[str, ...]:
         return tuple(name for name in self.models if name != UNDEFENDED)
 
+    def columns(self) -> dict[str, Column]:
+        """Every model but the undefended start-up one, as a column (see columns.py)."""
+        home = home_ref(self.model, self.pretrained)
+        return {name: parse_column(name, home) for name in self.defenses}
+
     @property
     def resolved_steps(self) -> int:
         if self.steps is not None:
@@ -259,7 +272,7 @@ class EvalConfig:
         a resume is refused on them before any model work)."""
         return {
             "model": self.model,
-            "pretrained": self.pretrained,
+            "pretrained": effective_pretrained(self.model, self.pretrained),
             "templates": self.templates,
             "seed": self.seed,
             "batch_size": self.batch_size,
