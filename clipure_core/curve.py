@@ -55,11 +55,13 @@ def curve_queries(
     own estimate for each attacked model (undefended CLIP, and each defence unless the
     threat is `transfer`) at each non-zero eps."""
     attacked = [None, *(defenses if threat != "transfer" else [])]
+    # a column on another backbone is DEFENSE@BACKBONE, `none` for no defence
+    defended = [None if n is None else n.partition("@")[0] for n in attacked]
     per_eps = sum(
         attack.estimated_queries(
-            num_labels, stochastic=name is not None and check_defense(name).stochastic
+            num_labels, stochastic=name not in (None, "none") and check_defense(name).stochastic
         )
-        for name in attacked
+        for name in defended
     )
     return per_eps * (len(LADDERS[attack.norm]) - 1)
 

@@ -9,6 +9,7 @@ import sys
 from tqdm import tqdm
 
 from ..attacks import AttackConfig
+from ..columns import home_ref, parse_columns
 from ..curve import eps_ladder, robustness_curve
 from ..defaults import DEFAULT_MODEL, DEFAULT_WEIGHTS
 from ..errors import InputError
@@ -16,7 +17,7 @@ from ..evaluate.data import DataUnavailableError, load_dataset
 from ..images import open_image
 from ..loading import load_backbone
 from ..pipeline import Playground
-from ..purifiers import add_defense_flags, check_defense, defense_settings_from_args
+from ..purifiers import add_defense_flags, defense_settings_from_args
 from ..resolution import ATTACK_RESOLUTIONS
 from ..threats import check_threat
 from .checks import CHECKS
@@ -72,7 +73,8 @@ def add_audit_parser(commands: argparse._SubParsersAction) -> None:
     audit.add_argument(
         "--defense",
         default="clipure_cos",
-        help="comma-separated defences ('' for none); package.module:Class for your own",
+        help="comma-separated columns: DEFENSE or DEFENSE@BACKBONE (none@fare2-l14); "
+        "package.module:Class for your own; '' for none",
     )
     add_defense_flags(audit)
     audit.add_argument(
@@ -85,6 +87,12 @@ def add_audit_parser(commands: argparse._SubParsersAction) -> None:
         "--thorough",
         action="store_true",
         help="run the checklist checks' expensive settings in full (every eps rung, restarts)",
+    )
+    audit.add_argument(
+        "--release-precision",
+        default=None,
+        help="how the 'release' condition's float16 model runs: emulated (float32 kernels, "
+        "float16 rounding; the default on CPU) or float16 (the default on CUDA)",
     )
     audit.add_argument(
         "--curve",
@@ -112,9 +120,7 @@ def audit_command(args: argparse.Namespace) -> int:
     if args.data is not None and args.curve:
         raise InputError("--curve draws one photo's curve: give IMAGE instead of --data.")
     curve_attack = audit_curve_attack(args) if args.curve else None
-    for name in args.defense.split(","):  # refused before the weights are loaded
-        if name.strip():
-            check_defense(name.strip().partition("@")[0])
+    parse_columns(args.defense, home_ref(args.model, args.pretrained))  # before the weights
     image = open_image(args.image) if args.image is not None else None
     dataset = None
     if image is None:  # read before the weights are loaded
@@ -136,6 +142,7 @@ def audit_command(args: argparse.Namespace) -> int:
         "eot": args.eot,
         "attack_resolution": args.attack_resolution,
         "thorough": args.thorough,
+        "release_precision": args.release_precision,
     }
     if dataset is not None:
         report = _audit_set(playground, dataset, args, options)

@@ -56,7 +56,10 @@ class AuditResult:
         return {
             "labels": self.labels,
             "true_label": self.true_label,
-            "models": [{"name": name, "title": title} for name, title in self.models.items()],
+            "models": [
+                {"name": name, "title": title, **self.settings.get("columns", {}).get(name, {})}
+                for name, title in self.models.items()
+            ],
             "conditions": [
                 {
                     "name": name,
