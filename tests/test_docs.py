@@ -223,6 +223,17 @@ NOT_RUN_BLOCKS = {
     ("docs/benchmarks.md", "bash bench/gpu_check.sh"),
     ("docs/custom-defenses.md", "python app.py --defense-module my_defense:NullBlend"),
     ("docs/development.md", "pip install pre-commit"),
+    *(
+        ("docs/defenses-side-by-side.md", f"python -m clipure_core{command}")
+        for command in (
+            ' predict assets/chelsea.png --labels "cat, dog, car" '
+            "--defense clipure_cos,none@fare4-b32,clipure_cos@fare4-b32",
+            ' audit assets/chelsea.png --labels "cat, dog, car" '
+            "--defense clipure_cos,none@fare4-b32,clipure_cos@fare4-b32 --json",
+            ".evaluate --data cifar10 --n 100 --defense none,none@fare4-b32,clipure_cos@fare4-b32 "
+            "--out runs/fare",
+        )
+    ),
     ("docs/development.md", "python -m pytest -q tests/test_codebase.py"),
     ("docs/webcam-and-curve.md", "from gradio_client import Client, handle_file"),
     (
