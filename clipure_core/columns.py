@@ -146,16 +146,23 @@ def column_title(name: str) -> str:
     return f"{title} @ {backbone}" if at else title
 
 
-def estimated_bytes(ref: BackboneRef, precision: str) -> int:
+def estimated_bytes(ref: BackboneRef, precision: str) -> int | None:
     """Weights' size of `ref` in `precision`, from its architecture (built on the meta
-    device: nothing is allocated or read but the config)."""
+    device: nothing is allocated or read but the config); None when the architecture's text
+    tower is a Hugging Face model (its size is in a config on the hub)."""
     if ref.name.startswith(LOCAL_DIR):
         config_file = Path(ref.name.removeprefix(LOCAL_DIR)) / "open_clip_config.json"
         config = json.loads(config_file.read_text())["model_cfg"]
     else:
         config = open_clip.get_model_config(ref.name)
+    config = dict(config)
+    if "hf_model_name" in config.get("text_cfg", {}):
+        return None
+    model_class = open_clip.CLIP  # as open_clip's factory picks it
+    if config.pop("custom_text", False):
+        model_class = open_clip.CoCa if "multimodal_cfg" in config else open_clip.CustomTextCLIP
     with torch.device("meta"):
-        model = open_clip.model.CLIP(**config)
+        model = model_class(**config)
     return sum(p.numel() for p in model.parameters()) * _BYTES.get(precision, 4)
 
 
@@ -173,9 +180,10 @@ def available_bytes(device: torch.device) -> int | None:
 
 
 def check_fits(ref: BackboneRef, device: torch.device, precision: str) -> None:
-    """Refuse (InputError) a backbone whose weights do not fit in `device`'s free memory."""
+    """Refuse (InputError) a backbone whose weights do not fit in `device`'s free memory
+    (one whose size is unknown, `estimated_bytes` None, is not refused)."""
     need, free = estimated_bytes(ref, precision), available_bytes(device)
-    if free is not None and need > free:
+    if need is not None and free is not None and need > free:
         raise InputError(
             f"backbone {ref.spec!r} needs about {need / 2**20:.0f} MiB for its weights "
             f"({precision}) but {device} has {free / 2**20:.0f} MiB free."

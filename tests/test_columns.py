@@ -358,3 +358,16 @@ def test_a_defence_of_ones_own_on_another_backbone(own_defense, tiny_model_dir, 
     assert list(data["probabilities"]["clean"]) == ["undefended", column]
     assert data["settings"]["columns"][column]["defense"] == own_defense
     assert column_title(column) == f"Null blend @ local-dir:{other_dir}"
+
+
+def test_the_memory_estimate_builds_every_open_clip_model_class():
+    from clipure_core.columns import estimated_bytes, parse_backbone
+
+    # parameters of open_clip 3.3's ViT-B-16-SigLIP (a CustomTextCLIP) and coca_ViT-B-32 (CoCa)
+    siglip = parse_backbone("ViT-B-16-SigLIP:webli")
+    assert estimated_bytes(siglip, "fp32") == 203_155_970 * 4
+    coca = parse_backbone("coca_ViT-B-32:laion2b_s13b_b90k")
+    assert estimated_bytes(coca, "bf16") == 253_560_065 * 2
+    # a Hugging Face text tower's size is in its config on the hub: unknown, never refused
+    roberta = parse_backbone("xlm-roberta-base-ViT-B-32:laion5b_s13b_b90k")
+    assert estimated_bytes(roberta, "fp32") is None
