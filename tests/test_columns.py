@@ -371,3 +371,19 @@ def test_the_memory_estimate_builds_every_open_clip_model_class():
     # a Hugging Face text tower's size is in its config on the hub: unknown, never refused
     roberta = parse_backbone("xlm-roberta-base-ViT-B-32:laion5b_s13b_b90k")
     assert estimated_bytes(roberta, "fp32") is None
+
+
+def test_evaluate_measures_a_backbone_once_however_many_columns_use_it(
+    tiny_model_dir, image_folder, tmp_path_factory, tmp_path, monkeypatch
+):
+    from clipure_core import columns
+    from clipure_core.evaluate.cli import main as evaluate
+
+    other = f"local-dir:{_model_dir(tmp_path_factory, 'fits-once', seed=13)}"
+    weights = columns.estimated_bytes(parse_column(f"none@{other}").backbone, "fp32")
+    free = iter([weights])  # room for one copy; once it is loaded, none is left
+    monkeypatch.setattr(columns, "available_bytes", lambda device: next(free, 0))
+    args = ["--data", str(image_folder), "--model", f"local-dir:{tiny_model_dir}", "--n", "4"]
+    args += ["--templates", "single", "--attack", "pgd", "--steps", "1", "--eps", "4"]
+    args += ["--threat", "transfer", "--no-progress", "--out", str(tmp_path / "out")]
+    assert evaluate([*args, "--defense", f"none,none@{other},clipure_cos@{other}"]) == 0

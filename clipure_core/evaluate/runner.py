@@ -21,7 +21,7 @@ from ..attacks import check_pixel_shape
 from ..backbone import Backbone
 from ..classifier import ZeroShotClassifier
 from ..columns import Column, check_fits
-from ..loading import load_backbone
+from ..loading import is_loaded, load_backbone
 from ..purifiers import Purifier, build_purifier, check_defense
 from ..release import check_release_precision
 from ..resolution import Size, attack_pixels, default_attack_resolution, one_size
@@ -281,7 +281,8 @@ class _Run:
         if column.backbone is None:
             return home
         ref, info = column.backbone, home.info
-        check_fits(ref, self.device, info.precision)
+        if not is_loaded(ref.name, ref.pretrained, self.device, info.precision):
+            check_fits(ref, self.device, info.precision)  # a loaded one takes no more memory
         return load_backbone(ref.name, ref.pretrained, self.device, info.precision)
 
     def _settings(self, setup: _Setup) -> dict:
