@@ -31,6 +31,7 @@ from .loading import is_loaded, load_backbone, precision_notice
 from .pixels import perturbation_norms, pil_to_pixels, pixels_to_pil
 from .prompts import label_index, parse_labels
 from .purifiers import Purifier, TrajectoryRecorder, build_purifier, check_defense
+from .release import default_release_precision
 from .seeding import derive_seed, seeded
 from .served import ServedModel, serve_columns
 from .threats import check_threat
@@ -337,6 +338,10 @@ class Playground:
             "true_label": true_label,
             "attack": attack_settings,
             "threat": threat,
+            # how the release's float16 model ran (the device's default; null: no release)
+            "release_precision": default_release_precision(info.device)
+            if threat == "release"
+            else None,
             "defenses": {
                 name: model.purifier.settings()
                 for name, model in served.items()

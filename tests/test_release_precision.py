@@ -165,3 +165,13 @@ def test_emulated_gradient_underflows_partly_where_float16s_does(classifier, ima
         assert 0.4 < zeros["float16"] < 0.6
         assert abs(zeros["emulated"] - zeros["float16"]) < 0.02
         assert torch.count_nonzero(float32) == float32.numel()
+
+
+def test_a_playground_result_records_which_release_precision_ran(backbone, cat_photo):
+    from clipure_core import AttackConfig
+
+    playground, attack = Playground(backbone, "single"), AttackConfig(steps=1)
+    release_run = playground.run(cat_photo, LABELS, attack, threat="release", defenses=[])
+    assert release_run.to_dict()["settings"]["release_precision"] == "emulated"  # CPU default
+    transfer = playground.run(cat_photo, LABELS, attack, threat="transfer", defenses=[])
+    assert transfer.to_dict()["settings"]["release_precision"] is None
