@@ -175,3 +175,13 @@ def test_a_playground_result_records_which_release_precision_ran(backbone, cat_p
     assert release_run.to_dict()["settings"]["release_precision"] == "emulated"  # CPU default
     transfer = playground.run(cat_photo, LABELS, attack, threat="transfer", defenses=[])
     assert transfer.to_dict()["settings"]["release_precision"] is None
+
+
+def test_the_default_is_float16_on_cuda_and_emulated_elsewhere():
+    from clipure_core.release import check_release_precision
+
+    # the device is only read, never used: this runs without a GPU
+    assert check_release_precision(None, "cuda") == "float16"
+    assert check_release_precision(None, torch.device("cuda:1")) == "float16"
+    assert check_release_precision(None, "cpu") == "emulated"
+    assert check_release_precision("emulated", "cuda") == "emulated"  # asked for: kept
