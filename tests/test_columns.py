@@ -387,3 +387,22 @@ def test_evaluate_measures_a_backbone_once_however_many_columns_use_it(
     args += ["--templates", "single", "--attack", "pgd", "--steps", "1", "--eps", "4"]
     args += ["--threat", "transfer", "--no-progress", "--out", str(tmp_path / "out")]
     assert evaluate([*args, "--defense", f"none,none@{other},clipure_cos@{other}"]) == 0
+
+
+def test_audit_attacks_an_undefended_column_once_for_paper_bpda_and_full(backbone, other_dir):
+    column = f"none@local-dir:{other_dir}"
+    result = run_audit(
+        Playground(backbone),
+        Image.open(PHOTO),
+        LABELS,
+        steps=2,
+        defenses=[column],
+        conditions="clean,paper,bpda,full",
+        checks="randomness",
+    )
+    # without a purifier the three threats differentiate the same model: one attack each,
+    # as for the start-up undefended CLIP
+    crafted = [(entry["attack"], entry["model"]) for entry in result.rounding]
+    assert crafted == [("full", "undefended"), ("full", column)]
+    cells = {c.condition: c.prediction for c in result.matrix if c.model == column}
+    assert cells["paper"] == cells["bpda"] == cells["full"]

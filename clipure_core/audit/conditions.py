@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ..attacks import AttackConfig
+from ..columns import NONE
 from ..errors import InputError
 from .checks import CHECKS
 
@@ -158,15 +159,17 @@ def check_checks_runnable(
 
 def attack_key(condition: str, model: str) -> tuple[str, str]:
     """Which attack produced the image (condition, model) is evaluated on. Conditions that
-    attack the same module share one: undefended CLIP under transfer, paper, BPDA and full is
-    one white-box attack; noise and transfer images are crafted once for all models."""
+    attack the same module share one: an undefended model (CLIP, or a `none@BACKBONE`
+    column) under paper, BPDA and full is one white-box attack (under transfer, the start-up
+    CLIP's); noise and transfer images are crafted once for all models."""
     spec = CONDITIONS[condition]
     if condition == "noise":
         return ("noise", UNDEFENDED)
-    if condition == "transfer" or (
-        model == UNDEFENDED and spec.gradient and condition != "release"
-    ):
+    if condition == "transfer":
         return ("full", UNDEFENDED)
+    undefended = model == UNDEFENDED or model.startswith(f"{NONE}@")
+    if undefended and spec.gradient and condition != "release":
+        return ("full", model)
     return (condition, model)
 
 
