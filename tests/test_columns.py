@@ -320,11 +320,12 @@ def test_evaluate_refuses_bad_columns_before_any_work(tmp_path, capsys):
 
 
 def test_evaluate_refuses_a_backbone_that_does_not_fit(
-    tiny_model_dir, other_dir, image_folder, tmp_path, monkeypatch, capsys
+    tiny_model_dir, image_folder, tmp_path_factory, tmp_path, monkeypatch, capsys
 ):
     from clipure_core import columns
     from clipure_core.evaluate.cli import main as evaluate
 
+    other_dir = _model_dir(tmp_path_factory, "evaluate-unloaded", seed=17)  # not loaded yet
     monkeypatch.setattr(columns, "available_bytes", lambda device: 0)
     args = ["--data", str(image_folder), "--model", f"local-dir:{tiny_model_dir}", "--n", "4"]
     args += ["--defense", f"none,none@local-dir:{other_dir}", "--out", str(tmp_path / "out")]
