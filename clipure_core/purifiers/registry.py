@@ -9,6 +9,7 @@ so a name in a web request is looked up, never imported.
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 from collections.abc import Sequence
 
@@ -51,10 +52,11 @@ def build_purifier(
 ) -> Purifier:
     """A purifier by its name ('clipure_cos'), with its settings (steps, step_size, ...)."""
     purifier = check_defense(name)
-    try:
-        return purifier(backbone, templates, **settings)
+    try:  # only the call's arguments: a TypeError raised inside the constructor is a bug
+        inspect.signature(purifier).bind(backbone, templates, **settings)
     except TypeError as error:
         raise InputError(f"{name}: unsupported setting ({error}).") from error
+    return purifier(backbone, templates, **settings)
 
 
 def model_title(name: str) -> str:
