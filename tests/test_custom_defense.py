@@ -365,10 +365,22 @@ def test_bad_defences_are_refused_with_one_message(
         assert set(PURIFIERS) == {"clipure_cos", "clipure_diff"}  # nothing half-registered
 
 
-def test_the_app_refuses_a_bad_module_at_start_up(modules):
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        (
+            "bad_defenses:Plain",
+            "defence 'bad_defenses:Plain': Plain is not a subclass of "
+            "clipure_core.purifiers.Purifier.",
+        ),
+        # the class forgotten: refused, not started without the defence
+        ("my_defense", "defence 'my_defense': write it as package.module:ClassName."),
+    ],
+)
+def test_the_app_refuses_a_bad_module_at_start_up(modules, spec, message):
     env = {**os.environ, "PYTHONPATH": str(modules), "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(
-        [sys.executable, "app.py", "--defense-module", "bad_defenses:Plain"],
+        [sys.executable, "app.py", "--defense-module", spec],
         capture_output=True,
         text=True,
         env=env,
@@ -376,10 +388,7 @@ def test_the_app_refuses_a_bad_module_at_start_up(modules):
         timeout=120,
     )
     assert done.returncode == 2
-    assert done.stderr == (
-        "error: cannot start the playground.\ndefence 'bad_defenses:Plain': Plain is not a "
-        "subclass of clipure_core.purifiers.Purifier.\n"
-    )
+    assert done.stderr == f"error: cannot start the playground.\n{message}\n"
 
 
 @pytest.mark.parametrize(
