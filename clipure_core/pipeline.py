@@ -213,7 +213,7 @@ class Playground:
         reported numbers are exactly those of the PNG in the result; an attack the rounding
         undid is re-attacked on the 8-bit lattice (`round_onto_lattice`, `result.rounding`).
         """
-        total = _Stopwatch(self.backbone.device)
+        total, on_query = _Stopwatch(self.backbone.device), _counted_over_attacks(on_query)
         request = check_request(labels, attack, threat, defenses, seed, true_label, target_label)
         labels, attack, defenses = request.labels, request.attack, request.defenses
         notices = list(request.notices)
@@ -347,6 +347,21 @@ def _purify_and_trace(
         "trajectory": recorder.trajectory(),
     }
     return logits, trace
+
+
+def _counted_over_attacks(on_query: Callable[[int], None] | None) -> Callable[[int], None] | None:
+    """`on_query` called with the queries of all of a request's attacks so far (each attack
+    counts its own from 1: a progress bar went back when BPDA attacked a second model)."""
+    if on_query is None:
+        return None
+    done = 0
+
+    def counted(_attack_count: int) -> None:
+        nonlocal done
+        done += 1
+        on_query(done)
+
+    return counted
 
 
 def _probs(logits: torch.Tensor) -> list[float]:

@@ -82,6 +82,8 @@ def test_the_curve_is_the_clean_prediction_then_one_attack_per_eps(playground, c
         assert series["correct"] == [p == run.true_label for p in series["prediction"]]
     assert curve["estimated_queries"] == 2 * 6 * 5  # 2 attacked models x (4 + 2) x 5 eps
     assert {total for _, total, _ in calls} == {60}
+    # one step per query, never back: each eps attacks two models (6 queries each)
+    assert [done for done, _, _ in calls] == [*range(1, 61), 60]
     assert calls[-1] == (60, 60, "robustness curve: done")
     assert calls[0] == (1, 60, "robustness curve: eps 1/255")
     again = robustness_curve(playground, cat_photo, labels, PGD, "bpda", ["clipure_cos"])
