@@ -176,6 +176,7 @@ def _curve_dict(
         "threat": threat,
         "method": attack.method,
         "steps": settings["steps"],
+        "eot_samples": attack.eot_samples,
         "target_label": target_label,
         "seed": seed,
         "models": models,

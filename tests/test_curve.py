@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
 
 from clipure_core import AttackConfig, InputError, Playground
+from clipure_core.audit.cli import audit_curve_attack
 from clipure_core.cli import main
 from clipure_core.curve import curve_queries, eps_ladder, eps_text, ladder_attacks, robustness_curve
 from clipure_core.plots import curve_figure
@@ -176,6 +178,7 @@ def test_audit_curve_adds_the_curve_to_the_json_and_the_text(capsys, tiny_checkp
     curve = data["curve"]
     assert list(curve["models"]) == ["undefended", "clipure_cos"]
     assert (curve["threat"], curve["method"], curve["steps"]) == ("full", "pgd", 1)
+    assert curve["eot_samples"] == 1  # no random defence
     assert all(len(series["correct"]) == 6 for series in curve["models"].values())
     code, out, err = cli(capsys, *common, "--curve", "--curve-threat", "transfer")
     assert code == 0, err
@@ -183,10 +186,24 @@ def test_audit_curve_adds_the_curve_to_the_json_and_the_text(capsys, tiny_checkp
     assert "16/255" in out and "curve" in err  # the progress bar
 
 
+def test_audit_curve_attacks_a_random_defence_with_the_audits_eot():
+    args = argparse.Namespace(norm="linf", steps=2, eot=4, defense="clipure_cos,clipure_diff")
+    attack = audit_curve_attack(args)
+    assert (attack.method, attack.steps, attack.eot_samples) == ("pgd", 2, 4)
+    args.defense = "clipure_cos"  # deterministic: one draw is exact
+    assert audit_curve_attack(args).eot_samples == 1
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--data", str(ASSETS), "--curve"], "--curve draws one photo's curve"),
+        (
+            [str(ASSETS / "chelsea.png"), "--labels", "a,b", "--curve", "--norm", "l2"]
+            + ["--eps", "0.5", "--eot", "4", "--defense", "clipure_diff"],
+            "torchattacks has no EOT variant of PGD-L2; use apgd-ce with norm l2. In the audit: "
+            "eot 1, or norm linf.",
+        ),
         (
             [str(ASSETS / "chelsea.png"), "--labels", "a,b", "--curve", "--curve-threat", "x"],
             "threat model 'x'",

@@ -20,7 +20,7 @@ from ..purifiers import add_defense_flags, check_defense
 from ..resolution import ATTACK_RESOLUTIONS
 from ..threats import check_threat
 from .checks import CHECKS
-from .conditions import CONDITIONS
+from .conditions import CONDITIONS, gradient_attack
 from .dataset import DatasetAudit, audit_dataset
 from .result import AuditResult
 from .runner import SQUARE_QUERIES, run_audit
@@ -104,6 +104,8 @@ def audit_command(args: argparse.Namespace) -> int:
         raise InputError("with --data the labels are the data set's classes; drop --labels.")
     if args.data is not None and args.curve:
         raise InputError("--curve draws one photo's curve: give IMAGE instead of --data.")
+    if args.curve:
+        check_threat(args.curve_threat)
     curve_attack = audit_curve_attack(args) if args.curve else None
     for name in args.defense.split(","):  # refused before the weights are loaded
         if name.strip():
@@ -158,10 +160,16 @@ def audit_command(args: argparse.Namespace) -> int:
 
 
 def audit_curve_attack(args: argparse.Namespace) -> AttackConfig:
-    """The curve's attack (checked before the weights are loaded, with its threat)."""
-    check_threat(args.curve_threat)
-    method = "pgd" if args.norm == "linf" else "pgd-l2"
-    return AttackConfig(method, args.norm, eps_ladder(args.norm)[-1], args.steps)
+    """The curve's attack, the audit's gradient attack: `--eot` gradients per step when a
+    defence is random (checked before the weights are loaded)."""
+    names = [name.strip() for name in args.defense.split(",") if name.strip()]
+    random = any(check_defense(name.partition("@")[0]).stochastic for name in names)
+    try:
+        return gradient_attack(
+            args.norm, eps_ladder(args.norm)[-1], args.steps, args.eot if random else 1
+        )
+    except InputError as error:
+        raise InputError(f"{error} In the audit: eot 1, or norm linf.") from None
 
 
 def _curve(playground: Playground, image, args: argparse.Namespace, attack) -> dict:
