@@ -186,6 +186,10 @@ def test_audit_curve_adds_the_curve_to_the_json_and_the_text(capsys, tiny_checkp
     assert "16/255" in out and "curve" in err  # the progress bar
 
 
+L2_EOT_CURVE = [str(ASSETS / "chelsea.png"), "--labels", "a,b", "--curve", "--norm", "l2"]
+L2_EOT_CURVE += ["--eps", "0.5", "--eot", "4"]
+
+
 def test_audit_curve_attacks_a_random_defence_with_the_audits_eot():
     args = argparse.Namespace(norm="linf", steps=2, eot=4, defense="clipure_cos,clipure_diff")
     attack = audit_curve_attack(args)
@@ -199,8 +203,7 @@ def test_audit_curve_attacks_a_random_defence_with_the_audits_eot():
     [
         (["--data", str(ASSETS), "--curve"], "--curve draws one photo's curve"),
         (
-            [str(ASSETS / "chelsea.png"), "--labels", "a,b", "--curve", "--norm", "l2"]
-            + ["--eps", "0.5", "--eot", "4", "--defense", "clipure_diff"],
+            [*L2_EOT_CURVE, "--defense", "clipure_diff"],
             "torchattacks has no EOT variant of PGD-L2; use apgd-ce with norm l2. In the audit: "
             "eot 1, or norm linf.",
         ),
