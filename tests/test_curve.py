@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -28,6 +29,46 @@ class NoModelWork:
 
     def run(self, *args, **kwargs):
         raise AssertionError("the curve ran an attack")
+
+
+class Recording:
+    """A playground that records each attack and answers P(cat) 0.8, 0.6, 0.4, 0.3, 0.2 for
+    the adversarial image of its 1st, 2nd, ... call (0.9 for the clean one)."""
+
+    ADVERSARIAL = (0.8, 0.6, 0.4, 0.3, 0.2)
+
+    def __init__(self):
+        self.calls = []
+
+    def run(self, image, labels, attack, **kwargs):
+        self.calls.append((attack, kwargs))
+        cat = self.ADVERSARIAL[len(self.calls) - 1]
+        return SimpleNamespace(
+            labels=["cat", "dog"],
+            true_label="cat",
+            models=["undefended"],
+            probabilities={
+                "clean": {"undefended": [0.9, 0.1]},
+                "adversarial": {"undefended": [cat, 1 - cat]},
+            },
+            settings={"attack": {"steps": attack.steps}},
+            notices=[],
+        )
+
+
+def test_each_eps_of_the_ladder_is_attacked_once_and_reported_in_its_column(cat_photo):
+    """The page's eps (3/255, not on the ladder) is replaced by each eps of the ladder."""
+    playground = Recording()
+    attack = AttackConfig("pgd", "linf", 3 / 255, 3, alpha=1.5 / 255)
+    curve = robustness_curve(playground, cat_photo, "cat, dog", attack, "bpda", [], seed=7)
+    attacks = [call[0] for call in playground.calls]
+    assert [config.eps * 255 for config in attacks] == pytest.approx([1, 2, 4, 8, 16])
+    assert [config.alpha * 255 for config in attacks] == pytest.approx([0.5, 1, 2, 4, 8])
+    assert {(c[1]["threat"], c[1]["seed"]) for c in playground.calls} == {("bpda", 7)}
+    series = curve["models"]["undefended"]
+    assert series["true_probability"] == [0.9, 0.8, 0.6, 0.4, 0.3, 0.2]
+    assert series["prediction"] == ["cat", "cat", "cat", "dog", "dog", "dog"]
+    assert series["correct"] == [True, True, True, False, False, False]
 
 
 def test_the_eps_ladders():
