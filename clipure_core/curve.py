@@ -12,7 +12,7 @@ from PIL import Image
 from .attacks import AttackConfig
 from .errors import InputError
 from .pipeline import CheckedRequest, Playground, check_request
-from .purifiers import check_defense
+from .purifiers import check_defense, model_title
 
 # eps in the units people quote: L-inf in /255, L2 in [0, 1] pixel units. The L2 ladder
 # doubles like the L-inf one and puts the app's default L2 eps (0.5) where L-inf 4/255 sits.
@@ -48,19 +48,23 @@ def ladder_attacks(attack: AttackConfig) -> list[AttackConfig]:
     return attacks
 
 
+def _attacked(threat: str, defenses: Sequence[str]) -> list[str | None]:
+    """The models each eps attacks: undefended CLIP (None), and each defence unless the
+    threat is `transfer`."""
+    return [None, *(defenses if threat != "transfer" else [])]
+
+
+def _queries(attack: AttackConfig, name: str | None, num_labels: int) -> int:
+    stochastic = name is not None and check_defense(name).stochastic
+    return attack.estimated_queries(num_labels, stochastic=stochastic)
+
+
 def curve_queries(
     attack: AttackConfig, threat: str, defenses: Sequence[str], num_labels: int
 ) -> int:
     """Model forwards of the whole curve at most (progress, the app's budget): the attack's
-    own estimate for each attacked model (undefended CLIP, and each defence unless the
-    threat is `transfer`) at each non-zero eps."""
-    attacked = [None, *(defenses if threat != "transfer" else [])]
-    per_eps = sum(
-        attack.estimated_queries(
-            num_labels, stochastic=name is not None and check_defense(name).stochastic
-        )
-        for name in attacked
-    )
+    own estimate for each attacked model at each non-zero eps."""
+    per_eps = sum(_queries(attack, name, num_labels) for name in _attacked(threat, defenses))
     return per_eps * (len(LADDERS[attack.norm]) - 1)
 
 
@@ -73,18 +77,30 @@ def check_curve(
     true_label: str | None = None,
     target_label: str | None = None,
     max_queries: int | None = None,
+    defense_settings: Mapping[str, Mapping] | None = None,
 ) -> tuple[CheckedRequest, int]:
-    """Refuse a curve without the model (InputError): what `Playground.run` refuses, and an
-    estimate of more than `max_queries` model queries. Returns the checked request and the
-    estimate."""
+    """Refuse a curve without the model (InputError): what `Playground.run` refuses, and
+    more than `max_queries` model queries, each weighed by what a query through its model
+    costs (`Purifier.query_cost`: CLIPure-Diff runs its prior per step). Returns the checked
+    request and the estimated model queries."""
     request = check_request(labels, attack, threat, defenses, seed, true_label, target_label)
     total = curve_queries(attack, threat, request.defenses, len(request.labels))
-    if max_queries is not None and total > max_queries:
+    settings, rungs = defense_settings or {}, len(LADDERS[attack.norm]) - 1
+    weights = {
+        name: 1.0 if name is None else check_defense(name).query_cost(settings.get(name) or {})
+        for name in _attacked(threat, request.defenses)
+    }
+    cost = rungs * sum(w * _queries(attack, n, len(request.labels)) for n, w in weights.items())
+    if max_queries is not None and cost > max_queries:
+        counts = "".join(
+            f"; a query through {model_title(name)} counts as {weight:g}"
+            for name, weight in weights.items()
+            if weight != 1
+        )
         raise InputError(
-            f"this robustness curve needs about {total:,} model queries "
-            f"({len(LADDERS[attack.norm]) - 1} attacks), more than the {max_queries:,} "
-            "allowed: use fewer attack steps, fewer labels or the transfer threat (one "
-            "attacked model)."
+            f"this robustness curve needs about {round(cost):,} model queries ({rungs} attacks"
+            f"{counts}), more than the {max_queries:,} allowed: use fewer attack steps, fewer "
+            "labels or the transfer threat (one attacked model)."
         )
     return request, total
 
@@ -113,7 +129,15 @@ def robustness_curve(
     started = time.perf_counter()
     attack = attack or AttackConfig()
     request, total = check_curve(
-        labels, attack, threat, defenses, seed, true_label, target_label, max_queries
+        labels,
+        attack,
+        threat,
+        defenses,
+        seed,
+        true_label,
+        target_label,
+        max_queries,
+        defense_settings,
     )
     results, done = [], 0
     for index, config in enumerate(ladder_attacks(attack), start=1):

@@ -11,7 +11,14 @@ import pytest
 from clipure_core import AttackConfig, InputError, Playground
 from clipure_core.audit.cli import audit_curve_attack
 from clipure_core.cli import main
-from clipure_core.curve import curve_queries, eps_ladder, eps_text, ladder_attacks, robustness_curve
+from clipure_core.curve import (
+    check_curve,
+    curve_queries,
+    eps_ladder,
+    eps_text,
+    ladder_attacks,
+    robustness_curve,
+)
 from clipure_core.plots import curve_figure
 
 from .conftest import ASSETS, LABELS, TINY_MODEL
@@ -169,6 +176,28 @@ def test_refusals_come_before_any_attack(cat_photo):
         robustness_curve(NoModelWork(), cat_photo, LABELS, pgd10, threat="oracle")
     with pytest.raises(InputError, match="unknown defence 'jpeg'"):
         robustness_curve(NoModelWork(), cat_photo, LABELS, pgd10, defenses=["jpeg"])
+
+
+def test_the_budget_weighs_a_query_by_what_it_costs():
+    """A query through CLIPure-Diff also runs its prior once per step (query_cost 1 + 10):
+    its GPU lease must cover that, not one image-encoder query."""
+    pgd100 = AttackConfig("pgd", "linf", 4 / 255, 100)
+    # per eps: undefended 101 + 2, CLIPure-Cos 103, CLIPure-Diff 103 + 10 judging draws
+    assert curve_queries(pgd100, "bpda", ["clipure_cos", "clipure_diff"], 5) == 319 * 5
+    with pytest.raises(InputError) as refused:
+        check_curve(LABELS, pgd100, "bpda", ["clipure_cos", "clipure_diff"], max_queries=5600)
+    # (103 + 103 + 113 x 11) x 5 = 7,245
+    assert str(refused.value) == (
+        "this robustness curve needs about 7,245 model queries (5 attacks; a query through "
+        "CLIPure-Diff counts as 11), more than the 5,600 allowed: use fewer attack steps, "
+        "fewer labels or the transfer threat (one attacked model)."
+    )
+    settings = {"clipure_diff": {"steps": 2}}  # (103 + 103 + 113 x 3) x 5 = 2,725
+    _, total = check_curve(
+        LABELS, pgd100, "bpda", ["clipure_cos", "clipure_diff"], max_queries=5600,
+        defense_settings=settings,
+    )  # fmt: skip
+    assert total == 319 * 5  # the progress bar's count: model queries
 
 
 def test_the_figure_marks_right_and_fooled():
