@@ -26,7 +26,7 @@ from .test_refusals import forbid_model_work
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "custom-defenses.md"
 SPEC = "my_defense:NullBlend"
-MODULES = ("my_defense", "costly_defense", "bad_defenses", "broken_defenses")
+MODULES = ("my_defense", "costly_defense", "bad_defenses", "broken_defenses", "chatty_defense")
 # Each query through Costly runs 1 + 2 x steps image-encoder queries' worth of work.
 COSTLY = """
 from my_defense import NullBlend
@@ -95,6 +95,15 @@ class Buggy(NullBlend):
         super().__init__(backbone, templates, steps, weight)
         len(3)  # a bug of its own: a TypeError that is not about its settings
 """
+CHATTY = """
+print("chatty_defense imported")
+
+from my_defense import NullBlend
+
+
+class Chatty(NullBlend):
+    title, flag_prefix = "Chatty", "chatty"
+"""
 
 
 def example_code() -> str:
@@ -111,6 +120,7 @@ def modules(tmp_path, monkeypatch):
     (tmp_path / "costly_defense.py").write_text(COSTLY)
     (tmp_path / "bad_defenses.py").write_text(BAD)
     (tmp_path / "broken_defenses.py").write_text(BROKEN)
+    (tmp_path / "chatty_defense.py").write_text(CHATTY)
     monkeypatch.syspath_prepend(str(tmp_path))
     before = dict(PURIFIERS)
     yield tmp_path
@@ -428,3 +438,14 @@ def test_a_bug_in_a_constructor_is_not_called_a_setting(modules, backbone):
         "broken_defenses:Buggy: unsupported setting (got an unexpected keyword argument "
         "'strength')."
     )
+
+
+def test_what_a_module_prints_at_import_keeps_the_json_clean(modules, tiny_checkpoint, capsys):
+    args = predict_args(tiny_checkpoint, "--defense", "chatty_defense:Chatty", "--json")
+    assert cli_main(args) == 0
+    captured = capsys.readouterr()
+    assert list(json.loads(captured.out)["probabilities"]["clean"]) == [
+        "undefended",
+        "chatty_defense:Chatty",
+    ]
+    assert "chatty_defense imported\n" in captured.err
