@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from PIL import Image
 
-from .attacks import AttackConfig
+from .attacks import MAX_EPS, AttackConfig
 from .errors import InputError
 from .pipeline import CheckedRequest, Playground, check_request
 from .purifiers import check_defense, model_title
@@ -40,10 +40,12 @@ def eps_text(norm: str, index: int) -> str:
 
 def ladder_attacks(attack: AttackConfig) -> list[AttackConfig]:
     """`attack` at each non-zero eps of its norm's ladder; an explicit step size scales with
-    eps (the same step relative to eps as the page's attack)."""
+    eps (the same step relative to eps as the page's attack), up to the largest allowed."""
     attacks = []
     for eps in eps_ladder(attack.norm)[1:]:
-        alpha = None if attack.alpha is None else attack.alpha * eps / attack.eps
+        alpha = attack.alpha
+        if alpha is not None:
+            alpha = min(alpha * eps / attack.eps, MAX_EPS[attack.norm])
         attacks.append(dataclasses.replace(attack, eps=eps, alpha=alpha))
     return attacks
 

@@ -94,6 +94,10 @@ def test_an_explicit_step_size_scales_with_eps():
     alphas = [config.alpha * 255 for config in ladder_attacks(attack)]
     assert alphas == pytest.approx([0.25, 0.5, 1, 2, 4])
     assert [config.alpha for config in ladder_attacks(PGD)] == [None] * 5  # 2.5 eps / steps
+    # a step of the whole pixel range at 1/255 would be 16 at 16/255: it stays at the
+    # largest step there is (1, the whole range), not a refusal after the text is encoded
+    wide = AttackConfig("pgd", "linf", 1 / 255, 10, alpha=1.0)
+    assert [config.alpha for config in ladder_attacks(wide)] == [1.0] * 5
 
 
 def test_the_query_estimate_counts_each_attacked_model_at_five_eps():
