@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         load_defense_modules(config)
         load_backbone(config.model, config.pretrained, device=config.device)
     except (InputError, WeightsUnavailableError) as error:
-        print(f"error: cannot start the playground.\n{error}", file=sys.stderr)
+        print(f"error: cannot start the playground: {error}", file=sys.stderr)
         return 2
     from app.ui import build_demo, launch_options
 

@@ -7,11 +7,10 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from clipure_core.loading import RANDOM_WEIGHTS
+from clipure_core import DEFAULT_MODEL, DEFAULT_WEIGHTS, RANDOM_WEIGHTS
 from clipure_core.purifiers import load_defense
 
-DEFAULT_MODEL = "ViT-B-32"
-DEFAULT_PRETRAINED = "openai"
+DEFAULT_PRETRAINED = DEFAULT_WEIGHTS
 ENV_PREFIX = "CLIPURE_"
 EXAMPLE_CACHING = ("eager", "lazy")
 
@@ -55,14 +54,11 @@ def _queue_size(value: str) -> int:
     return size
 
 
-def parse_config(
-    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
-) -> AppConfig:
-    """`python app.py --model ... --pretrained ...`; CLIPURE_MODEL, CLIPURE_PRETRAINED,
-    CLIPURE_DEVICE, CLIPURE_HOST, CLIPURE_PORT, CLIPURE_SHARE, CLIPURE_QUEUE_SIZE, CLIPURE_MCP,
-    CLIPURE_EXAMPLES are the
-    defaults of the matching options. GRADIO_SERVER_NAME (set by Hugging Face Spaces) is the
-    host's default when CLIPURE_HOST is not set."""
+def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The options of `python app.py`; CLIPURE_MODEL, CLIPURE_PRETRAINED, CLIPURE_DEVICE,
+    CLIPURE_HOST, CLIPURE_PORT, CLIPURE_SHARE, CLIPURE_QUEUE_SIZE, CLIPURE_MCP, CLIPURE_EXAMPLES
+    are the defaults of the matching options. GRADIO_SERVER_NAME (set by Hugging Face Spaces)
+    is the host's default when CLIPURE_HOST is not set."""
     env = os.environ if environ is None else environ
 
     def default(name: str, fallback):
@@ -115,7 +111,14 @@ def parse_config(
         help="add a defence of your own: a Purifier subclass from an importable module "
         "(repeatable; the page can only pick defences named here)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_config(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> AppConfig:
+    """`python app.py --model ... --pretrained ...` (environment defaults: `build_parser`)."""
+    args = build_parser(environ).parse_args(argv)
     return AppConfig(
         args.model,
         args.pretrained,

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from clipure_core import InputError
-from clipure_core.prompts import parse_labels
+from clipure_core import InputError, parse_labels
 from clipure_core.purifiers import PURIFIERS
 
 from .service import PlaygroundRequest, attacked_models, estimated_queries

@@ -12,9 +12,7 @@ from typing import Any
 
 import gradio as gr
 
-from clipure_core import InputError, PlaygroundResult
-from clipure_core.attacks import METHODS
-from clipure_core.prompts import parse_labels
+from clipure_core import METHODS, InputError, PlaygroundResult, parse_labels
 from clipure_core.purifiers import PURIFIERS
 
 from .catalog import ModelChoice

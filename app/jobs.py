@@ -16,12 +16,15 @@ import asyncio
 import functools
 import inspect
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import gradio as gr
 from gradio.context import LocalContext
 
 from .gpu import zero_gpu
+from .service import Progress
 
 T = TypeVar("T")
 
@@ -124,3 +127,47 @@ def explain_full_queue(demo: Any, message: str = BUSY_MESSAGE) -> None:
         return accepted, detail, state
 
     queue.push = push_or_busy
+
+
+class StopRegistry:
+    """Cooperative Stop: the running job checks its session's event between model queries."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def start(self, session: str, event: threading.Event | None = None) -> threading.Event:
+        """Register the running job's cancel flag (a new one if `event` is None)."""
+        with self._lock:
+            event = self._events[session] = event or threading.Event()
+            return event
+
+    def stop(self, session: str) -> None:
+        with self._lock:
+            if session in self._events:
+                self._events[session].set()
+
+    def finish(self, session: str, event: threading.Event) -> None:
+        with self._lock:
+            if self._events.get(session) is event:
+                del self._events[session]
+
+
+def reporter(progress: gr.Progress | None, interval_s: float = 0.2) -> Progress | None:
+    """gradio's progress bar as an `on_progress(done, total, description)` callback, updated
+    at most every `interval_s` (an update per model query would flood the page)."""
+    if progress is None:
+        return None
+    last = [float("-inf")]
+
+    def report(done: int, total: int, description: str) -> None:
+        now = time.monotonic()
+        if now - last[0] >= interval_s or done >= total:
+            last[0] = now
+            progress((done, total), desc=description, unit="queries")
+
+    return report
+
+
+def session_of(http: gr.Request | None) -> str:
+    return (http.session_hash if http is not None else None) or "anonymous"

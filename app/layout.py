@@ -2,7 +2,7 @@
 the examples, the labels, Run and the verdict show without scrolling; the comparison (verdict
 cards, clean vs adversarial) sits on the right, the threat matrix under it, and the settings in
 tabs below. Controls are named by the request field they fill (see `handlers.request_from`).
-Whatever carries the class `advanced` is hidden in talk mode."""
+Whatever carries the class `talk-hidden` is hidden in talk mode."""
 
 from __future__ import annotations
 
@@ -10,9 +10,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from clipure_core import THREATS
-from clipure_core.attacks import METHODS
-from clipure_core.prompts import CIFAR10_CLASSNAMES
+from clipure_core import CIFAR10_CLASSNAMES, METHODS, THREATS
 from clipure_core.purifiers import PURIFIERS, Purifier, Setting
 
 from .catalog import ModelChoice
@@ -49,7 +47,7 @@ SUBTITLE = (
     "Attack a photo; compare zero-shot CLIP with and without CLIPure's latent-space "
     "purification (ICLR 2025)."
 )
-ADVANCED = ["advanced"]
+TALK_HIDDEN = ["talk-hidden"]  # hidden in talk mode (see the CSS in app/ui.py)
 
 
 def use_key(defense: str) -> str:
@@ -85,7 +83,6 @@ class Layout:
     model_status: gr.Markdown
     banner: gr.Markdown
     examples_slot: gr.Column
-    api: dict[str, tuple[list[gr.Component], gr.Component, gr.Button]]
 
 
 def attack_controls() -> dict[str, gr.Component]:
@@ -99,7 +96,7 @@ def attack_controls() -> dict[str, gr.Component]:
             show_label=False,
             placeholder="Labels (comma-separated), e.g. cat, dog, car",
             elem_id="labels",
-            elem_classes=ADVANCED,
+            elem_classes=TALK_HIDDEN,
             render=False,
         ),
         "templates": gr.Radio(
@@ -234,9 +231,54 @@ def build_layout(
     """Lay the page out (call inside `gr.Blocks`)."""
     start = choices[0]
     controls: dict[str, gr.Component] = {
+        **photo_controls(choices),
+        **attack_controls(),
+        **defense_controls(unavailable),
+    }
+    outputs = result_outputs()
+    talk = top_bar()
+    banner = gr.Markdown(RANDOM_BANNER, visible=config_random, elem_id="banner")
+    run, stop, compare, curve, examples_slot = main_row(controls, outputs)
+    matrix = gr.HTML(
+        '<div class="ready">Press <b>Threat matrix for this photo</b> to attack it under every '
+        "threat model at once.</div>",
+        elem_id="threat-matrix",
+    )
+    eps_curve = gr.Plot(
+        label="Robustness curve: the true class's probability against eps", elem_id="eps-curve"
+    )
+    with gr.Tabs(elem_classes=TALK_HIDDEN):
+        threat_help = attack_tab(controls)
+        preset = labels_tab(controls)
+        defenses_tab(controls)
+        with gr.Tab("Model"):
+            controls["model"].render()
+            model_status = gr.Markdown(f"Start-up model: **{start.label}**")
+        details_tab(outputs)
+    return Layout(
+        controls=controls,
+        outputs=outputs,
+        run=run,
+        stop=stop,
+        compare=compare,
+        matrix=matrix,
+        curve=curve,
+        eps_curve=eps_curve,
+        talk=talk,
+        preset=preset,
+        threat_help=threat_help,
+        model_status=model_status,
+        banner=banner,
+        examples_slot=examples_slot,
+    )
+
+
+def photo_controls(choices: list[ModelChoice]) -> dict[str, gr.Component]:
+    """The backbone and photo controls (unrendered)."""
+    return {
         "model": gr.Dropdown(
             [choice.label for choice in choices],
-            value=start.label,
+            value=choices[0].label,
             label="Backbone",
             elem_id="model",
             render=False,
@@ -248,17 +290,17 @@ def build_layout(
             label="Photo",
             height=170,
             elem_id="photo",
-            elem_classes=ADVANCED,
+            elem_classes=TALK_HIDDEN,
             render=False,
         ),
-        **attack_controls(),
-        **defense_controls(unavailable),
     }
-    outputs = result_outputs()
 
+
+def top_bar() -> gr.Checkbox:
+    """Title, subtitle, the talk-mode toggle (returned) and the deep link."""
     with gr.Row(elem_id="topbar", equal_height=True):
         gr.Markdown("# CLIPure playground", elem_id="title", scale=0, min_width=300)
-        gr.Markdown(SUBTITLE, elem_classes=[*ADVANCED, "subtitle"])
+        gr.Markdown(SUBTITLE, elem_classes=[*TALK_HIDDEN, "subtitle"])
         talk = gr.Checkbox(
             False, label="Talk mode", elem_id="talk", container=False, scale=0, min_width=140
         )
@@ -269,7 +311,14 @@ def build_layout(
             scale=0,
             min_width=200,
         )
-    banner = gr.Markdown(RANDOM_BANNER, visible=config_random, elem_id="banner")
+    return talk
+
+
+def main_row(
+    controls: dict[str, gr.Component], outputs: dict[str, gr.Component]
+) -> tuple[gr.Button, gr.Button, gr.Button, gr.Button, gr.Column]:
+    """Photo, examples, labels and buttons on the left; the comparison on the right.
+    Returns Run, Stop, the threat-matrix and curve buttons and the examples' slot."""
     with gr.Row(equal_height=False):
         with gr.Column(scale=4, min_width=340, elem_id="inputs"):
             controls["image"].render()
@@ -291,92 +340,51 @@ def build_layout(
                 with gr.Column(scale=2, min_width=180):
                     outputs["perturbation"].render()
             outputs["perturbation_note"].render()
-    matrix = gr.HTML(
-        '<div class="ready">Press <b>Threat matrix for this photo</b> to attack it under every '
-        "threat model at once.</div>",
-        elem_id="threat-matrix",
-    )
-    eps_curve = gr.Plot(
-        label="Robustness curve: the true class's probability against eps", elem_id="eps-curve"
-    )
-    with gr.Tabs(elem_classes=ADVANCED):
-        with gr.Tab("Attack"):
-            with gr.Row():
-                for name in ("method", "norm", "threat"):
-                    controls[name].render()
-            threat_help = gr.Markdown(THREATS["transfer"])
-            with gr.Row():
-                for name in ("eps", "steps", "step_size", "eot_samples", "seed"):
-                    controls[name].render()
-        with gr.Tab("Labels"):
-            preset = gr.Radio(["Custom", *PRESETS], value="Custom", label="Class labels")
-            controls["templates"].render()
-            with gr.Row():
-                controls["true_label"].render()
-                controls["target_label"].render()
-        with gr.Tab("Defences"):
-            for name, purifier in PURIFIERS.items():
-                with gr.Row():
-                    controls[use_key(name)].render()
-                    for setting in ui_settings(purifier):
-                        controls[setting_key(name, setting)].render()
-        with gr.Tab("Model"):
-            controls["model"].render()
-            model_status = gr.Markdown(f"Start-up model: **{start.label}**")
-        with gr.Tab("Details"):
-            outputs["probabilities"].render()
-            outputs["diagnostics"].render()
-            for name in PURIFIERS:
-                outputs[f"trajectory_{name}"].render()
-            outputs["command"].render()
-            with gr.Row():
-                outputs["png"].render()
-                outputs["json"].render()
-    return Layout(
-        controls=controls,
-        outputs=outputs,
-        run=run,
-        stop=stop,
-        compare=compare,
-        matrix=matrix,
-        curve=curve,
-        eps_curve=eps_curve,
-        talk=talk,
-        preset=preset,
-        threat_help=threat_help,
-        model_status=model_status,
-        banner=banner,
-        examples_slot=examples_slot,
-        api=api_components(),
-    )
+    return run, stop, compare, curve, examples_slot
 
 
-def api_components() -> dict[str, tuple[list[gr.Component], gr.Component, gr.Button]]:
-    """Hidden inputs, output and trigger of the public endpoints /playground and /audit."""
-    with gr.Column(visible=False):
-        playground = [
-            gr.File(label="image", type="filepath"),
-            gr.Textbox("cat, dog", label="labels"),
-            gr.Textbox("pgd", label="method"),
-            gr.Textbox("linf", label="norm"),
-            gr.Number(4.0, label="eps"),
-            gr.Number(10, label="steps"),
-            gr.Textbox("transfer", label="threat"),
-            gr.Textbox("clipure_cos", label="defenses"),
-            gr.Number(0, label="seed"),
-        ]
-        audit = [
-            gr.File(label="audit image", type="filepath"),
-            gr.Textbox("cat, dog", label="audit labels"),
-            gr.Textbox("", label="audit true label"),
-            gr.Textbox("linf", label="audit norm"),
-            gr.Number(4.0, label="audit eps"),
-            gr.Number(10, label="audit steps"),
-            gr.Textbox("clipure_cos", label="audit defenses"),
-            gr.Number(0, label="audit seed"),
-            gr.Textbox("", label="audit conditions"),
-        ]
-        return {
-            "playground": (playground, gr.JSON(label="result"), gr.Button("playground")),
-            "audit": (audit, gr.JSON(label="audit"), gr.Button("audit")),
-        }
+def attack_tab(controls: dict[str, gr.Component]) -> gr.Markdown:
+    """The attack's settings; returns the threat model's help text."""
+    with gr.Tab("Attack"):
+        with gr.Row():
+            for name in ("method", "norm", "threat"):
+                controls[name].render()
+        threat_help = gr.Markdown(THREATS["transfer"])
+        with gr.Row():
+            for name in ("eps", "steps", "step_size", "eot_samples", "seed"):
+                controls[name].render()
+    return threat_help
+
+
+def labels_tab(controls: dict[str, gr.Component]) -> gr.Radio:
+    """Label presets, prompt templates, true and target label; returns the presets."""
+    with gr.Tab("Labels"):
+        preset = gr.Radio(["Custom", *PRESETS], value="Custom", label="Class labels")
+        controls["templates"].render()
+        with gr.Row():
+            controls["true_label"].render()
+            controls["target_label"].render()
+    return preset
+
+
+def defenses_tab(controls: dict[str, gr.Component]) -> None:
+    """A row per defence: its switch and its settings."""
+    with gr.Tab("Defences"):
+        for name, purifier in PURIFIERS.items():
+            with gr.Row():
+                controls[use_key(name)].render()
+                for setting in ui_settings(purifier):
+                    controls[setting_key(name, setting)].render()
+
+
+def details_tab(outputs: dict[str, gr.Component]) -> None:
+    """Probabilities, diagnostics, trajectories, the command and the downloads."""
+    with gr.Tab("Details"):
+        outputs["probabilities"].render()
+        outputs["diagnostics"].render()
+        for name in PURIFIERS:
+            outputs[f"trajectory_{name}"].render()
+        outputs["command"].render()
+        with gr.Row():
+            outputs["png"].render()
+            outputs["json"].render()

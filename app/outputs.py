@@ -11,9 +11,12 @@ import gradio as gr
 import plotly.graph_objects as go
 from PIL import Image
 
-from clipure_core import PlaygroundResult
-from clipure_core.pixels import amplified_perturbation
-from clipure_core.plots import probability_figure, trajectory_figure
+from clipure_core import (
+    PlaygroundResult,
+    amplified_perturbation,
+    probability_figure,
+    trajectory_figure,
+)
 from clipure_core.purifiers import PURIFIERS
 
 from .results import (

@@ -9,21 +9,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from clipure_core.plots import model_title
-from clipure_core.prompts import LABEL_PRESETS
-from clipure_core.purifiers import PURIFIERS
-from clipure_core.purifiers.flags import flag_name
+from clipure_core import LABEL_PRESETS, model_title
+from clipure_core.purifiers import PURIFIERS, flag_name
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
-OUTCOMES = ("fooled", "still right", "already wrong", "target hit")
 READY = "Pick an example or upload a photo, then press <b>Run</b>."
 NO_CHANGE = "The attack found no adversarial example: the image is unchanged."
 CHECK_MARKS = {"fail": "✗ fail", "warn": "⚠ warn", "pass": "✓ pass"}
 
 
 def outcome(clean: str, adversarial: str, true_label: str, target: str | None = None) -> str:
-    """One of OUTCOMES: 'target hit' when a targeted attack reached its class, 'already
-    wrong' when the clean prediction was wrong, else 'still right' or 'fooled'."""
+    """The outcome: 'target hit' when a targeted attack reached its class, 'already wrong'
+    when the clean prediction was wrong, else 'still right' or 'fooled'."""
     if target is not None and adversarial == target:
         return "target hit"
     if clean != true_label:

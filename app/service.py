@@ -19,20 +19,30 @@ from typing import Any
 
 from PIL import Image
 
-from clipure_core import AttackConfig, InputError, Playground, PlaygroundResult, load_backbone
-from clipure_core.attacks import MAX_EOT_SAMPLES, MAX_EPS, MAX_SQUARE_QUERIES, MAX_STEPS
-from clipure_core.backbone import Backbone
-from clipure_core.images import open_image
-from clipure_core.prior import prior_for
-from clipure_core.prompts import LABEL_PRESETS, null_prompts, parse_labels, resolve_templates
-from clipure_core.purifiers import PURIFIERS, check_defense
-from clipure_core.text_embeddings import (
+from clipure_core import (
+    LABEL_PRESETS,
+    MAX_EOT_SAMPLES,
+    MAX_EPS,
+    MAX_SQUARE_QUERIES,
+    MAX_STEPS,
+    AttackConfig,
+    Backbone,
+    InputError,
+    Labels,
+    Playground,
+    PlaygroundResult,
     class_prompt_groups,
+    load_backbone,
     measured_rate,
     missing_prompts,
+    null_prompts,
+    open_image,
+    parse_labels,
     prompt_group_embeddings,
+    resolve_templates,
     text_progress,
 )
+from clipure_core.purifiers import PURIFIERS, check_defense
 
 from .catalog import ModelChoice
 
@@ -249,7 +259,7 @@ class _Job:
     attack: AttackConfig
     seed: int
     image: Image.Image
-    labels: list[str]
+    labels: Labels  # parsed once per request, here; the engine passes them on as they are
     defenses: list[str]
     playground: Playground
 
@@ -282,10 +292,6 @@ class PlaygroundService:
 
     def backbone(self, choice: ModelChoice) -> Backbone:
         return load_backbone(choice.name, choice.pretrained, device=self.device)
-
-    def diff_prior(self, choice: ModelChoice) -> str | None:
-        """The prior CLIPure-Diff would use with this backbone, if any."""
-        return prior_for(self.backbone(choice))
 
     def playground(self, choice: ModelChoice, templates: str = "ensemble") -> Playground:
         backbone = self.backbone(choice)
@@ -324,7 +330,7 @@ class PlaygroundService:
         with text_progress(self._text_progress(on_progress, cancel)):  # e.g. Diff's prompt
             return job.playground.run(
                 job.image,
-                request.labels,  # as given: the result's notices say what parsing changed
+                job.labels,  # parsed once, in `_prepare`, with the notices parsing gave
                 job.attack,
                 threat=request.threat,
                 defenses=job.defenses,
@@ -478,7 +484,7 @@ class PlaygroundService:
         return self.audit_backend.run(
             job.playground,
             job.image,
-            request.labels,
+            job.labels,
             true_label=request.true_label or None,
             eps=job.attack.eps,
             norm=job.attack.norm,

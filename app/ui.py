@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from clipure_core.images import MAX_FILE_BYTES
+from clipure_core import MAX_FILE_BYTES
 from clipure_core.purifiers import PURIFIERS
 
 from .catalog import model_choices
@@ -55,7 +55,7 @@ CSS = """
 #threat-matrix .cell.right {background: #dcfae6; color: #054f31;}
 #threat-matrix .cell.wrong {background: #fee4e2; color: #7a271a;}
 #threat-matrix .checks {margin-top: 10px; line-height: 1.5;}
-body.talk .advanced {display: none !important;}
+body.talk .talk-hidden {display: none !important;}
 body.talk, body.talk gradio-app, body.talk .gradio-container, body.talk .main {
   background: #000 !important; color: #fff !important;
   --body-background-fill: #000; --background-fill-primary: #000;

@@ -1,4 +1,5 @@
-"""The page's events: which handler each button, box and endpoint calls, through one queue.
+"""The page's events: which handler each button and box calls, through one queue (the
+public endpoints are in app/api.py).
 
 Page events take their controls as a set, so a handler gets them by component and names them
 through `Layout.controls`; nothing here depends on the order of the controls.
@@ -7,27 +8,28 @@ through `Layout.controls`; nothing here depends on the order of the controls.
 from __future__ import annotations
 
 import shutil
-import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
+from threading import Event
 from typing import Any
 
 import gradio as gr
 
-from clipure_core import THREATS
+from clipure_core import THREATS, curve_figure
 from clipure_core.purifiers import PURIFIERS
 
 from . import handlers
-from .curve import add_curve_endpoint, wire_curve
+from .api import GPU_QUEUE, add_endpoints
+from .curve import SCROLL_TO_CURVE, SCROLL_TO_DRAWN_CURVE, curve_json, device_task
 from .errors import friendly_errors
+from .gpu import zero_gpu
 from .handlers import Context
-from .jobs import cancellable
+from .jobs import StopRegistry, cancellable, reporter, session_of
 from .layout import PRESETS, Layout, use_key
 from .outputs import result_payload, result_values
 from .results import matrix_html
 from .service import Progress
 
-GPU_QUEUE = "gpu"  # one concurrency group: attacks, audits and model loads run one at a time
 UI_ONLY = {"queue": False, "api_visibility": "private"}
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 EXAMPLES = (
@@ -49,216 +51,150 @@ TALK_FROM_URL = """() => {
 TALK_TOGGLE = "(on) => { document.body.classList.toggle('talk', on); }"
 
 
-class StopRegistry:
-    """Cooperative Stop: the running job checks its session's event between model queries."""
+class Page:
+    """The page's queued handlers, bound to the app's context and the page's controls."""
 
-    def __init__(self) -> None:
-        self._events: dict[str, threading.Event] = {}
-        self._lock = threading.Lock()
+    def __init__(self, layout: Layout, context: Context) -> None:
+        self.controls, self.outputs = layout.controls, layout.outputs
+        self.context = context
+        self.stops = StopRegistry()
 
-    def start(self, session: str, event: threading.Event | None = None) -> threading.Event:
-        """Register the running job's cancel flag (a new one if `event` is None)."""
-        with self._lock:
-            event = self._events[session] = event or threading.Event()
-            return event
+    def named(self, data: dict[gr.Component, Any]) -> dict[str, Any]:
+        """The controls' values by request field."""
+        return {name: data[component] for name, component in self.controls.items()}
 
-    def stop(self, session: str) -> None:
-        with self._lock:
-            if session in self._events:
-                self._events[session].set()
+    def finished(
+        self, values: dict[str, Any], on_progress: Progress | None, cancel: Event | None
+    ) -> dict[gr.Component, Any]:
+        """Run the request `values` and fill every output."""
+        result = handlers.run(self.context, values, on_progress, cancel)
+        payload = result_payload(result, values.get("labels"), values.get("image"))
+        return result_values(self.context.service, self.outputs, result, payload)
 
-    def finish(self, session: str, event: threading.Event) -> None:
-        with self._lock:
-            if self._events.get(session) is event:
-                del self._events[session]
+    def run(
+        self,
+        data: dict[gr.Component, Any],
+        http: gr.Request,
+        progress: gr.Progress = gr.Progress(),
+        cancel: Event | None = None,
+    ) -> dict[gr.Component, Any]:
+        """Run: attack and purify with the page's settings (Stop ends it)."""
+        session = session_of(http)
+        cancel = self.stops.start(session, cancel)
+        try:
+            return self.finished(self.named(data), reporter(progress), cancel)
+        finally:
+            self.stops.finish(session, cancel)
+
+    def run_example(self, *values: Any, cancel: Event | None = None) -> dict[gr.Component, Any]:
+        """An example's result (gradio caches it): the controls in `Layout.controls` order."""
+        return self.finished(dict(zip(self.controls, values, strict=True)), None, cancel)
+
+    def threat_matrix(
+        self,
+        data: dict[gr.Component, Any],
+        http: gr.Request,
+        progress: gr.Progress = gr.Progress(),
+        cancel: Event | None = None,
+    ) -> str:
+        """The threat matrix of the page's photo, as HTML (Stop ends it)."""
+        session = session_of(http)
+        cancel = self.stops.start(session, cancel)
+        try:
+            values, on_progress = self.named(data), reporter(progress)
+            audit = handlers.audit(self.context, values, None, on_progress, cancel)
+        finally:
+            self.stops.finish(session, cancel)
+        return matrix_html(audit, self.context.service.audit_backend.conditions)
+
+    def curve(
+        self,
+        data: dict[gr.Component, Any],
+        http: gr.Request,
+        progress: gr.Progress = gr.Progress(),
+        cancel: Event | None = None,
+    ) -> Any:
+        """The robustness curve of the page's photo, as a figure (Stop ends it)."""
+        session = session_of(http)
+        cancel = self.stops.start(session, cancel)
+        try:
+            values, on_progress = self.named(data), reporter(progress)
+            return curve_figure(curve_json(self.context, values, on_progress, cancel))
+        finally:
+            self.stops.finish(session, cancel)
+
+    def load_model(self, label: str, progress: gr.Progress = gr.Progress()) -> tuple:
+        """Switch the backbone: its status, the random-weights banner, the defence switches."""
+        progress(0.1, desc=f"loading {label}")
+        status, banner, switches = handlers.load_model(self.context, label)
+        return status, banner, *switches
+
+    def stop(self, http: gr.Request) -> None:
+        """Stop this session's running job."""
+        self.stops.stop(session_of(http))
 
 
-def reporter(progress: gr.Progress | None, interval_s: float = 0.2) -> Progress | None:
-    """gradio's progress bar as an `on_progress(done, total, description)` callback, updated
-    at most every `interval_s` (an update per model query would flood the page)."""
-    if progress is None:
-        return None
-    last = [float("-inf")]
-
-    def report(done: int, total: int, description: str) -> None:
-        now = time.monotonic()
-        if now - last[0] >= interval_s or done >= total:
-            last[0] = now
-            progress((done, total), desc=description, unit="queries")
-
-    return report
-
-
-def session_of(http: gr.Request | None) -> str:
-    return (http.session_hash if http is not None else None) or "anonymous"
+def queued(method: Callable) -> Callable:
+    """A page handler gradio can queue and Stop: friendly errors, cancellable, and the
+    signature gradio inspects (without `self`, already bound)."""
+    return cancellable(friendly_errors(method))
 
 
 def wire(demo: gr.Blocks, layout: Layout, context: Context, lazy_examples: bool) -> None:
     """Connect every event of the page (call inside `demo`, where `layout` was built)."""
-    controls, outputs = layout.controls, layout.outputs
-    stops = StopRegistry()
+    page = Page(layout, context)
+    add_examples(layout, queued(page.run_example), lazy_examples)
+    wire_run(layout, page)
+    wire_controls(demo, layout, page)
+    add_endpoints(context)
 
-    def named(data: dict[gr.Component, Any]) -> dict[str, Any]:
-        return {name: data[component] for name, component in controls.items()}
 
-    def finished(values: dict[str, Any], on_progress, cancel) -> dict[gr.Component, Any]:
-        result = handlers.run(context, values, on_progress, cancel)
-        payload = result_payload(result, values.get("labels"), values.get("image"))
-        return result_values(context.service, outputs, result, payload)
-
-    @cancellable
-    @friendly_errors
-    def run(data: dict, http: gr.Request, progress=gr.Progress(), cancel=None):
-        session = session_of(http)
-        cancel = stops.start(session, cancel)
-        try:
-            return finished(named(data), reporter(progress), cancel)
-        finally:
-            stops.finish(session, cancel)
-
-    @cancellable
-    @friendly_errors
-    def run_example(*values, cancel=None):
-        """An example's result (gradio caches it): the controls in `Layout.controls` order."""
-        return finished(dict(zip(controls, values, strict=True)), None, cancel)
-
-    @cancellable
-    @friendly_errors
-    def threat_matrix(data: dict, http: gr.Request, progress=gr.Progress(), cancel=None):
-        session = session_of(http)
-        cancel = stops.start(session, cancel)
-        try:
-            audit = handlers.audit(context, named(data), None, reporter(progress), cancel)
-        finally:
-            stops.finish(session, cancel)
-        return matrix_html(audit, context.service.audit_backend.conditions)
-
-    @cancellable
-    @friendly_errors
-    def playground(
-        image: str,
-        labels: str,
-        method: str,
-        norm: str,
-        eps: float,
-        steps: int,
-        threat: str,
-        defenses: str,
-        seed: int,
-        progress=gr.Progress(),
-        cancel=None,
-    ) -> dict:
-        """Attack a photo and compare what zero-shot CLIP predicts with and without CLIPure's
-        latent-space purification.
-
-        Args:
-            image: the photo (PNG, JPEG, WebP, GIF, BMP or TIFF; at most 20 MB).
-            labels: comma-separated class names, e.g. "cat, dog, car", or cifar10 / imagenet1k.
-            method: attack: pgd, pgd-l2, fgsm, apgd-ce, apgd-dlr, apgd-t, autoattack, ...
-            norm: linf or l2 (the attack's threat model norm).
-            eps: attack size: L-inf in units of 1/255 (4 means 4/255), L2 in [0, 1] pixel units.
-            steps: attack iterations (1 to 1000).
-            threat: what the attacker differentiates: transfer, paper, bpda or full, ...
-            defenses: comma-separated defence names (e.g. clipure_cos); empty for none.
-            seed: random seed (0 to 4294967295); the same inputs and seed give the same result.
-
-        Returns:
-            The result JSON (probabilities per model, clean and adversarial; settings; command).
-        """
-        values = handlers.api_values(
-            defenses,
-            image=image,
-            labels=labels,
-            method=method,
-            norm=norm,
-            eps=eps,
-            steps=steps,
-            threat=threat,
-            seed=seed,
-        )
-        result = handlers.run(context, values, reporter(progress), cancel)
-        return result_payload(result, labels, image)
-
-    @cancellable
-    @friendly_errors
-    def audit(
-        image: str,
-        labels: str,
-        true_label: str,
-        norm: str,
-        eps: float,
-        steps: int,
-        defenses: str,
-        seed: int,
-        conditions: str,
-        progress=gr.Progress(),
-        cancel=None,
-    ) -> dict:
-        """The threat matrix of a photo: attack it under every threat model (clean, random
-        noise, transfer, as released, paper, BPDA, full gradient, Square) against every model,
-        measure the gradients, and run the standard sanity checks of a robustness claim.
-
-        Args:
-            image: the photo (PNG, JPEG, WebP, GIF, BMP or TIFF; at most 20 MB).
-            labels: comma-separated class names, e.g. "cat, dog, car", or cifar10 / imagenet1k.
-            true_label: the photo's class (one of the labels); empty: CLIP's clean prediction.
-            norm: linf or l2.
-            eps: attack size: L-inf in units of 1/255 (4 means 4/255), L2 in [0, 1] pixel units.
-            steps: iterations of each attack (Square: its query budget).
-            defenses: comma-separated defence names, e.g. clipure_cos.
-            seed: random seed (0 to 4294967295).
-            conditions: comma-separated subset of the conditions; empty for all of them.
-
-        Returns:
-            The audit JSON (the matrix of condition x model; gradients; checks; settings).
-        """
-        if conditions is not None and not isinstance(conditions, str):
-            raise gr.Error(f"conditions: comma-separated names, got {conditions!r}.")
-        values = handlers.api_values(
-            defenses,
-            image=image,
-            labels=labels,
-            true_label=true_label,
-            norm=norm,
-            eps=eps,
-            steps=steps,
-            seed=seed,
-        )
-        chosen = [name.strip() for name in (conditions or "").split(",") if name.strip()]
-        return handlers.audit(context, values, chosen or None, reporter(progress), cancel)
-
-    @friendly_errors
-    def load_model(label, progress=gr.Progress()):
-        progress(0.1, desc=f"loading {label}")
-        status, banner, switches = handlers.load_model(context, label)
-        return status, banner, *switches
-
-    def stop(http: gr.Request) -> None:
-        stops.stop(session_of(http))
-
-    add_examples(layout, run_example, lazy_examples)
-    inputs = set(controls.values())
+def wire_run(layout: Layout, page: Page) -> None:
+    """Run, the threat matrix and Stop."""
+    inputs, outputs = set(layout.controls.values()), list(layout.outputs.values())
     run_event = layout.run.click(
-        run,
+        queued(page.run),
         inputs,
-        list(outputs.values()),
-        show_progress_on=outputs["verdict"],  # one progress bar, where the verdict will be
+        outputs,
+        show_progress_on=layout.outputs["verdict"],  # one bar, where the verdict will be
         concurrency_id=GPU_QUEUE,
         api_name="run",
         api_visibility="undocumented",
     )
     audit_event = layout.compare.click(
-        threat_matrix,
+        queued(page.threat_matrix),
         inputs,
         layout.matrix,
         concurrency_id=GPU_QUEUE,
         api_name="threat_matrix",
         api_visibility="undocumented",
     )
-    curve_event = wire_curve(layout, context, stops, named, reporter, session_of, GPU_QUEUE)
+    curve_event = wire_curve(layout, page)
     cancels = [run_event, audit_event, curve_event]
-    layout.stop.click(stop, None, None, cancels=cancels, **UI_ONLY)
+    layout.stop.click(page.stop, None, None, cancels=cancels, **UI_ONLY)
 
+
+def wire_curve(layout: Layout, page: Page) -> Any:
+    """The robustness curve's button: scroll to the plot, draw it, scroll again once drawn.
+    Returns the drawing event (for Stop's `cancels`)."""
+    if zero_gpu():
+        device_task(page.context)  # its ZeroGPU task is made at start-up, before the launch
+    layout.curve.click(None, None, None, js=SCROLL_TO_CURVE, **UI_ONLY)
+    event = layout.curve.click(
+        queued(page.curve),
+        set(layout.controls.values()),
+        layout.eps_curve,
+        concurrency_id=GPU_QUEUE,
+        api_name="robustness_curve",
+        api_visibility="undocumented",
+    )
+    event.success(None, None, None, js=SCROLL_TO_DRAWN_CURVE, **UI_ONLY)
+    return event
+
+
+def wire_controls(demo: gr.Blocks, layout: Layout, page: Page) -> None:
+    """Controls that update other controls: labels, presets, attack, model, talk mode."""
+    controls = layout.controls
     labels, true_label, target = (controls[k] for k in ("labels", "true_label", "target_label"))
     layout.preset.change(lambda p: PRESETS.get(p, gr.skip()), layout.preset, labels, **UI_ONLY)
     label_inputs = [labels, true_label, target]
@@ -270,7 +206,7 @@ def wire(demo: gr.Blocks, layout: Layout, context: Context, lazy_examples: bool)
     norm.change(handlers.norm_changed, norm, controls["eps"], **UI_ONLY)
     threat.change(lambda name: THREATS[name], threat, layout.threat_help, **UI_ONLY)
     controls["model"].change(
-        load_model,
+        friendly_errors(page.load_model),
         controls["model"],
         [layout.model_status, layout.banner, *(controls[use_key(name)] for name in PURIFIERS)],
         concurrency_id=GPU_QUEUE,
@@ -278,11 +214,6 @@ def wire(demo: gr.Blocks, layout: Layout, context: Context, lazy_examples: bool)
     )
     layout.talk.change(None, layout.talk, None, js=TALK_TOGGLE, **UI_ONLY)
     demo.load(None, None, layout.talk, js=TALK_FROM_URL, **UI_ONLY)
-
-    for name, endpoint in (("playground", playground), ("audit", audit)):
-        api_inputs, api_output, trigger = layout.api[name]
-        trigger.click(endpoint, api_inputs, api_output, api_name=name, concurrency_id=GPU_QUEUE)
-    add_curve_endpoint(context, reporter, GPU_QUEUE)
 
 
 def add_examples(layout: Layout, run_example, lazy: bool) -> gr.Examples:

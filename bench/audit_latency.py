@@ -23,7 +23,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import device_name, median_ms
+from timing import device_name, median_ms, print_flags
 
 from clipure_core import Playground, load_backbone
 from clipure_core.audit import SQUARE_QUERIES, run_audit
@@ -33,15 +33,26 @@ ASSET = Path(__file__).resolve().parents[1] / "assets" / "chelsea.png"
 LABELS = "cat, dog, car, airplane, coffee mug, rocket, astronaut, bird, ship, truck"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="ViT-B-32")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--square-queries", type=int, default=SQUARE_QUERIES)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python bench/audit_latency.py", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--model", default="ViT-B-32", help="open_clip architecture (random weights)"
+    )
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    parser.add_argument("--repeats", type=int, default=1, help="timed audits after the warm-up")
+    parser.add_argument("--steps", type=int, default=10, help="PGD steps of gradient conditions")
+    parser.add_argument(
+        "--square-queries", type=int, default=SQUARE_QUERIES, help="Square attack query budget"
+    )
     parser.add_argument("--conditions", default=None, help="comma-separated (default: all)")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    print_flags(args)
 
     backbone = load_backbone(args.model, "random", device=args.device)
     device = backbone.device
@@ -94,6 +105,7 @@ def main() -> None:
         f"unit costs: forward {forward_ms:.0f} ms | forward+backward fp32 {backward_ms:.0f} ms"
         f" | forward+backward of the release's fp16 model {release_ms:.0f} ms"
     )
+    print(f"release fp16 gradient / fp32 gradient: x{release_ms / backward_ms:.1f}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import device_name, median_ms
+from timing import device_name, median_ms, print_flags
 
 from clipure_core import load_backbone
 from clipure_core.prior import LatentPrior, PriorConfig
@@ -26,13 +26,22 @@ from clipure_core.prior.loading import KNOWN_CONFIGS, LAION_VIT_L14
 from clipure_core.purifiers import DiffPurifier
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python bench/diff_latency.py", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--model", default="ViT-L-14", help="open_clip architecture (random weights)"
+    )
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    parser.add_argument("--precision", default=None, help="fp32 (default), fp16 or bf16")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls (median)")
+    return parser
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="ViT-L-14")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--precision", default=None)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = build_parser().parse_args()
+    print_flags(args)
 
     backbone = load_backbone(args.model, "random", args.device, args.precision)
     device = backbone.device

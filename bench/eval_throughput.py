@@ -30,6 +30,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from timing import print_flags
 
 from clipure_core import ZeroShotClassifier, build_purifier, load_backbone
 from clipure_core.evaluate import EvalConfig, run_evaluation
@@ -106,18 +109,33 @@ def measure_processes(args, data: Path, out: Path, processes: int) -> float:
     return results["timings"]["this_invocation"]["images_per_s"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="ViT-B-32")
-    parser.add_argument("--pretrained", default="random")
-    parser.add_argument("--device", default=None)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python bench/eval_throughput.py", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--model", default="ViT-B-32", help="open_clip architecture")
+    parser.add_argument(
+        "--pretrained", default="random", help="weights (timing does not depend on them)"
+    )
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     parser.add_argument("--steps", type=int, default=100, help="APGD iterations (paper: 100)")
     parser.add_argument("--n", type=int, default=64, help="images per batch-size measurement")
-    parser.add_argument("--batch-sizes", default="1,8,64")
-    parser.add_argument("--scaling-batch-size", type=int, default=64)
-    parser.add_argument("--scaling-n", type=int, default=128)
-    parser.add_argument("--skip-scaling", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument("--batch-sizes", default="1,8,64", help="comma-separated batch sizes timed")
+    parser.add_argument(
+        "--scaling-batch-size", type=int, default=64, help="batch size of the 1 vs 2 process run"
+    )
+    parser.add_argument(
+        "--scaling-n", type=int, default=128, help="images of the 1 vs 2 process run"
+    )
+    parser.add_argument(
+        "--skip-scaling", action="store_true", help="skip the 1 vs 2 process (torchrun) run"
+    )
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    print_flags(args)
     batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
     device_type = "cuda" if (args.device or "").startswith("cuda") else "cpu"
     if args.device is None and torch.cuda.is_available():

@@ -3,8 +3,11 @@
 #   - the CUDA tests (pytest -m cuda: the text path, fp16/bf16 and a whole request on CUDA,
 #     determinism with deterministic algorithms);
 #   - a command-line request in fp16 and in bf16 on CUDA;
-#   - every benchmark in bench/: latency, text embeddings, CLIPure-Diff latency, and batch
-#     evaluation throughput with the release's setting (batch 2, fp16) beside ours.
+#   - every benchmark in bench/ (tests/test_docs_cli.py checks that a step runs each
+#     bench/*.py script but timing.py, the shared helper): latency, text embeddings,
+#     CLIPure-Diff latency, the audit's latency, and batch evaluation throughput with the
+#     release's setting (batch 2, fp16) beside ours. Each benchmark prints the flags it ran
+#     with first ("flags: ..."), and the table keeps that line beside the figures.
 #
 #   bash bench/gpu_check.sh          # on a machine with CUDA (run from anywhere)
 #   bash bench/gpu_check.sh --cpu    # the same steps on CPU with small settings: checks the
@@ -45,6 +48,7 @@ if [ "$mode" = cuda ]; then
   latency=(--device cuda)
   text=(--device cuda)
   diff=(--device cuda)
+  audit=(--device cuda)
   throughput=(--device cuda --steps "$steps")
   [ "$gpus" -ge 2 ] || throughput+=(--skip-scaling)  # 2 processes need one GPU each
 else
@@ -53,6 +57,7 @@ else
   latency=(--device cpu --repeats 1)
   text=(--device cpu --repeats 1 --labels 1 --imagenet-sample 2)
   diff=(--device cpu --model ViT-B-32 --repeats 1)
+  audit=(--device cpu --steps 1 --square-queries 2 --conditions clean,transfer)
   throughput=(--device cpu --steps 1 --n 2 --batch-sizes 1,2 --scaling-n 2 --skip-scaling)
 fi
 
@@ -93,10 +98,12 @@ else
   not_here "request fp16"
   not_here "request bf16"
 fi
-step "latency" "ratio" "$PYTHON" bench/latency.py "${latency[@]}"
-step "text embeddings" "faster|ratio|ImageNet" "$PYTHON" bench/text_embeddings.py "${text[@]}"
-step "Diff latency" "ratio" "$PYTHON" bench/diff_latency.py "${diff[@]}"
-step "eval throughput" "batch|setting|processes" "$PYTHON" bench/eval_throughput.py \
+step "latency" "flags:|ratio" "$PYTHON" bench/latency.py "${latency[@]}"
+step "text embeddings" "flags:|faster|ratio|ImageNet" "$PYTHON" bench/text_embeddings.py "${text[@]}"
+step "Diff latency" "flags:|ratio" "$PYTHON" bench/diff_latency.py "${diff[@]}"
+step "audit latency" "flags:|audit of one photo|unit costs|fp16 gradient" "$PYTHON" \
+  bench/audit_latency.py "${audit[@]}"
+step "eval throughput" "flags:|batch|setting|processes" "$PYTHON" bench/eval_throughput.py \
   "${throughput[@]}"
 
 echo

@@ -23,7 +23,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import device_name, median_ms
+from timing import device_name, median_ms, print_flags
 
 from clipure_core import AttackConfig, Playground, cos_purify, load_backbone
 
@@ -31,12 +31,21 @@ ASSET = Path(__file__).resolve().parents[1] / "assets" / "chelsea.png"
 ATTACK_STEPS = 10
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python bench/latency.py", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--model", default="ViT-B-32", help="open_clip architecture (random weights)"
+    )
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs (median)")
+    return parser
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="ViT-B-32")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    args = build_parser().parse_args()
+    print_flags(args)
 
     backbone = load_backbone(args.model, "random", device=args.device)
     device = backbone.device

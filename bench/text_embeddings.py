@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import device_name, interleaved_medians_ms
+from timing import device_name, interleaved_medians_ms, print_flags
 
 from clipure_core import load_backbone
 from clipure_core import text_embeddings as cache
@@ -46,16 +46,25 @@ def empty_cache(folder: Path) -> None:
     os.environ["CLIPURE_CACHE_DIR"] = tempfile.mkdtemp(dir=folder)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="ViT-B-32")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--precision", default=None)
-    parser.add_argument("--repeats", type=int, default=3)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python bench/text_embeddings.py", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--model", default="ViT-B-32", help="open_clip architecture (random weights)"
+    )
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    parser.add_argument("--precision", default=None, help="fp32 (default), fp16 or bf16")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds (median)")
     parser.add_argument("--labels", type=int, default=5, help="labels before the added one")
     parser.add_argument("--imagenet-sample", type=int, default=16, help="labels timed")
     parser.add_argument("--imagenet-full", action="store_true", help="time all 1000 labels")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    print_flags(args)
 
     backbone = load_backbone(args.model, "random", args.device, args.precision)
     device = backbone.device

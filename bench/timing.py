@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -51,3 +54,21 @@ def interleaved_medians_ms(
             if round_:
                 samples[name].append(elapsed * 1000)
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def flags_line(script: str, args: argparse.Namespace) -> str:
+    """The command with every flag's value as it ran (defaults included), printed first by
+    each benchmark so that a figure copied from its output carries its settings."""
+    flags = []
+    for name, value in vars(args).items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            flags.append(flag)
+        elif value is not None and value is not False:
+            flags.append(f"{flag} {value}")
+    return f"flags: python bench/{Path(script).name} {' '.join(flags)}".rstrip()
+
+
+def print_flags(args: argparse.Namespace) -> None:
+    """`flags_line` of the running script, on stdout."""
+    print(flags_line(sys.argv[0], args), flush=True)

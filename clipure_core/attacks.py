@@ -233,13 +233,24 @@ def build_attack(
     """
     check_classes(config, num_classes)
     norm = _TORCHATTACKS_NORM[config.norm]
-    eot, method, eps, steps = config.eot_samples, config.method, config.eps, config.steps
     targets = min(num_classes - 1, AUTOATTACK_TARGETS)
     if release:
         return _release_attack(model, config, targets, seed)
-    if method == "noise":  # one random draw: nothing to choose from
-        return UniformNoise(model, norm, eps)
+    if config.method == "noise":  # one random draw: nothing to choose from
+        return UniformNoise(model, norm, config.eps)
     witness = Witness(model, stochastic)
+    attacks = _attacks(witness, config, norm, targets, seed)
+    runner = StrongestRunner(witness, attacks)
+    if config.targeted_label is not None:
+        runner.set_mode_targeted_by_label(quiet=True)  # passed on to its attacks
+    return runner
+
+
+def _attacks(
+    witness: Witness, config: AttackConfig, norm: str, targets: int, seed: int
+) -> list[torchattacks.attack.Attack]:
+    """The attacks `config` runs in order against `witness` (one but for composites)."""
+    eot, method, eps, steps = config.eot_samples, config.method, config.eps, config.steps
 
     def apgd(loss: str, restarts: int) -> torchattacks.APGD:
         return StrongestAPGD(
@@ -295,10 +306,7 @@ def build_attack(
             seed=seed,
         )
         attacks = [apgd("ce", 1), apgd_t(), fab, square(SQUARE_QUERIES)]
-    runner = StrongestRunner(witness, attacks)
-    if config.targeted_label is not None:
-        runner.set_mode_targeted_by_label(quiet=True)  # passed on to its attacks
-    return runner
+    return attacks
 
 
 def _release_attack(

@@ -28,6 +28,7 @@ class BackboneInfo:
     weights_id: str  # stable identity of the weights (tag, hub commit, file stamp, seed)
     device: str
     precision: str
+    weights: str = ""  # what was loaded, for people: tag, file or folder with its sha256
 
     @property
     def random_weights(self) -> bool:

@@ -11,6 +11,8 @@ import time
 from collections.abc import Sequence
 
 from .attacks import METHODS, AttackConfig
+from .audit.cli import add_audit_parser
+from .defaults import DEFAULT_MODEL, DEFAULT_WEIGHTS
 from .errors import InputError, WeightsUnavailableError
 from .images import open_image
 from .loading import load_backbone
@@ -26,9 +28,6 @@ from .text_embeddings import (
 )
 from .threats import THREATS
 
-DEFAULT_MODEL = "ViT-B-32"
-DEFAULT_WEIGHTS = "openai"
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m clipure_core", description=__doc__)
@@ -40,36 +39,41 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--labels", required=True, help="comma-separated class names, or cifar10 / imagenet1k"
     )
-    predict.add_argument("--model", default=DEFAULT_MODEL, help="open_clip architecture")
+    predict.add_argument(
+        "--model", default=DEFAULT_MODEL, help="open_clip architecture, or local-dir:FOLDER"
+    )
     predict.add_argument(
         "--pretrained",
         default=DEFAULT_WEIGHTS,
-        help="open_clip tag, local checkpoint file, hf-hub:org/repo, or 'random'",
+        help="open_clip tag, local checkpoint file, hf-hub:org/repo, or 'random' (not read "
+        "with --model local-dir:FOLDER, a folder with open_clip_config.json and its weights)",
     )
     predict.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     predict.add_argument(
-        "--precision", default=None, help="fp32 (default), bf16 or fp16 (slow on CPU)"
+        "--precision", default=None, help="fp32 (default), fp16 or bf16 (run on CPU too, slower)"
     )
     predict.add_argument("--templates", default="ensemble", help="ensemble (80 CLIP) or single")
-    predict.add_argument("--attack", default="pgd", choices=sorted(METHODS))
+    predict.add_argument("--attack", default="pgd", choices=sorted(METHODS), help="attack method")
     predict.add_argument("--norm", default=None, help="linf or l2 (default: the method's first)")
     predict.add_argument(
         "--eps", type=float, default=4.0, help="L-inf in /255 units, L2 in [0, 1] pixel units"
     )
-    predict.add_argument("--steps", type=int, default=10)
+    predict.add_argument("--steps", type=int, default=10, help="attack iterations")
     predict.add_argument("--alpha", type=float, default=None, help="step size, same units as eps")
     predict.add_argument("--target", default=None, help="target class (targeted attack)")
     predict.add_argument("--true-label", default=None, help="default: clean prediction")
     predict.add_argument("--eot", type=int, default=1, help="EOT samples per gradient")
     predict.add_argument("--restarts", type=int, default=1, help="restarts (APGD variants)")
-    predict.add_argument("--threat", default="transfer", choices=list(THREATS))
+    predict.add_argument(
+        "--threat", default="transfer", choices=list(THREATS), help="what the attacker sees"
+    )
     predict.add_argument(
         "--defense",
         default="clipure_cos",
         help="comma-separated defences ('' for none); package.module:Class for your own",
     )
     add_defense_flags(predict)
-    predict.add_argument("--seed", type=int, default=0)
+    predict.add_argument("--seed", type=int, default=0, help="seed of the attack and the defences")
     predict.add_argument("--json", action="store_true", help="print the full result as JSON")
     predict.add_argument("--save-adversarial", default=None, help="write the adversarial PNG here")
     text = commands.add_parser(
@@ -85,9 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
     text.add_argument("--precision", default=None, help="fp32 (default), bf16 or fp16")
     text.add_argument("--templates", default="ensemble", help="ensemble (80 CLIP) or single")
     text.set_defaults(handler=cache_text)
-    # imported here: the audit's command module imports this one (defaults, defence flags)
-    from .audit.cli import add_audit_parser
-
     add_audit_parser(commands)
     return parser
 
@@ -124,14 +125,12 @@ def predict(args: argparse.Namespace) -> int:
         "true_label": args.true_label,
         "target_label": args.target,
     }
-    check_request(args.labels, **request)  # refused before the weights are loaded
+    labels = check_request(args.labels, **request).labels  # refused before loading weights
     resolve_templates(args.templates)
     backbone = load_backbone(args.model, args.pretrained, args.device, args.precision)
     playground = Playground(backbone, args.templates)
     with tqdm_progress():  # text embeddings not cached yet: prompts done / total on stderr
-        result = playground.run(
-            image, args.labels, **request, defense_settings=defense_settings(args)
-        )
+        result = playground.run(image, labels, **request, defense_settings=defense_settings(args))
     if args.save_adversarial:
         try:
             result.adversarial_image.save(args.save_adversarial, format="PNG")

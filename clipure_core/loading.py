@@ -49,6 +49,7 @@ class _Weights:
     quick_gelu: bool = False
     preprocess: dict = field(default_factory=dict)
     weights_id: str = RANDOM_WEIGHTS
+    description: str = ""  # for people: the tag, or the file / folder with its sha256
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -96,18 +97,44 @@ def load_backbone(
     """
     torch_device = resolve_device(device)
     precision = resolve_precision(precision, torch_device)
-    pretrained = pretrained or RANDOM_WEIGHTS
+    pretrained = effective_pretrained(name, pretrained)
     key = (name, pretrained, _file_stamp(pretrained), str(torch_device), precision, cache_dir)
     with _CACHE_LOCK:
         if key not in _CACHE:
             weights = _resolve_weights(name, pretrained, cache_dir)
             model = _create_model(weights, torch_device, precision)
-            info = BackboneInfo(name, pretrained, weights.weights_id, str(torch_device), precision)
+            info = BackboneInfo(
+                name,
+                pretrained,
+                weights.weights_id,
+                str(torch_device),
+                precision,
+                weights.description or pretrained,
+            )
             _CACHE[key] = Backbone(model, open_clip.get_tokenizer(weights.model_name), info)
             notice = precision_notice(precision, torch_device)
             if notice:
                 warnings.warn(notice, stacklevel=2)
         return _CACHE[key]
+
+
+def effective_pretrained(name: str, pretrained: str | None) -> str:
+    """The weights a load uses as the user would write them: a `local-dir:` model brings its
+    own (the folder; `--pretrained` is not read), None or '' means 'random'."""
+    if name.startswith("local-dir:"):
+        return name
+    return pretrained or RANDOM_WEIGHTS
+
+
+def content_sha256(paths: list[Path]) -> str:
+    """sha256 of the files' names and bytes (sorted by name), first 16 hex digits."""
+    digest = hashlib.sha256()
+    for path in sorted(paths, key=lambda p: p.name):
+        digest.update(path.name.encode() + b"\0")
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def clear_backbone_cache() -> None:
@@ -131,12 +158,15 @@ def _resolve_weights(name: str, pretrained: str, cache_dir: str | None) -> _Weig
         return _local_dir_weights(Path(name.removeprefix("local-dir:")).expanduser().resolve())
     _check_architecture(name)
     if pretrained == RANDOM_WEIGHTS:
-        return _Weights(name, weights_id=f"random:seed{RANDOM_SEED}")
+        return _Weights(
+            name, weights_id=f"random:seed{RANDOM_SEED}", description=f"random (seed {RANDOM_SEED})"
+        )
     path = Path(pretrained).expanduser()
     if path.is_file():
         stat = path.stat()
         stamp = f"file:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-        return _Weights(name, checkpoint=str(path), weights_id=stamp)
+        description = f"{path.resolve()} (sha256 {content_sha256([path])})"
+        return _Weights(name, checkpoint=str(path), weights_id=stamp, description=description)
     tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
     if tag_cfg:
         return _Weights(
@@ -169,9 +199,14 @@ def _local_dir_weights(folder: Path) -> _Weights:
         raise WeightsUnavailableError(
             f"local-dir:{folder} needs an open_clip_config.json and a checkpoint in it."
         )
+    files = [p for p in folder.iterdir() if p.is_file()]
     stamps = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir())
     digest = hashlib.sha256(repr(stamps).encode()).hexdigest()[:16]
-    return _Weights(f"local-dir:{folder}", weights_id=f"local-dir:{folder}@{digest}")
+    return _Weights(
+        f"local-dir:{folder}",
+        weights_id=f"local-dir:{folder}@{digest}",
+        description=f"local-dir:{folder} (sha256 {content_sha256(files)})",
+    )
 
 
 def _check_architecture(name: str) -> None:
@@ -201,7 +236,8 @@ def _hub_repo_weights(repo_id: str, cache_dir: str | None) -> _Weights:
     config = hub_file(repo_id, ("open_clip_config.json",), cache_dir, what)
     hub_file(repo_id, _HUB_WEIGHT_FILES, cache_dir, what)
     snapshot = Path(config).parent
-    return _Weights(f"local-dir:{snapshot}", weights_id=f"hf-hub:{repo_id}@{snapshot.name}")
+    weights_id = f"hf-hub:{repo_id}@{snapshot.name}"
+    return _Weights(f"local-dir:{snapshot}", weights_id=weights_id, description=weights_id)
 
 
 def hub_file(repo_id: str, filenames: tuple[str, ...], cache_dir: str | None, what: str) -> str:
@@ -247,14 +283,13 @@ def hub_reachable(url: str) -> bool:
 
 
 def _unavailable(what: str, tried: list[str]) -> WeightsUnavailableError:
-    lines = "\n".join(f"  - {attempt}" for attempt in tried)
+    """One line of what was tried, one `hint:` line of the ways out."""
     return WeightsUnavailableError(
-        f"Could not load {what}.\nTried:\n{lines}\nTo fix, do one of:\n"
-        "  - run once with internet access: the weights are then cached for offline use;\n"
-        "  - copy the Hugging Face cache (~/.cache/huggingface/hub, or HF_HUB_CACHE) from a "
-        "machine that has the weights, and set HF_HUB_OFFLINE=1;\n"
-        "  - pass a local checkpoint (--pretrained /path/to/weights.safetensors; .pt/.bin/.pth);\n"
-        "  - use --pretrained random for an offline check (predictions are meaningless)."
+        f"could not load {what}: tried {'; '.join(tried)}.\nhint: run once with internet "
+        "access (the weights are then cached), or copy the Hugging Face cache "
+        "(~/.cache/huggingface/hub, or HF_HUB_CACHE) and set HF_HUB_OFFLINE=1, or pass a local "
+        "checkpoint (--pretrained FILE.safetensors; .pt/.bin/.pth), or use --pretrained random "
+        "for an offline check (predictions are meaningless)."
     )
 
 

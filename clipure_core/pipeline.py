@@ -310,6 +310,7 @@ class Playground:
             "model": info.name,
             "pretrained": info.pretrained,
             "weights_id": info.weights_id,
+            "weights": info.weights,
             "device": info.device,
             "precision": info.precision,
             "templates": templates,

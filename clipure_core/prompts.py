@@ -65,19 +65,32 @@ def null_prompts(templates: Sequence[str]) -> list[str]:
     return [template.format("") for template in templates]
 
 
-def parse_labels(labels: str | Sequence[str]) -> tuple[list[str], list[str]]:
+class Labels(list):
+    """Labels `parse_labels` has made (clean, unique, within the limits), with the notices
+    parsing gave: parsed once at a request's entry, they pass through later layers as they are.
+    """
+
+    def __init__(self, labels: Sequence[str] = (), notices: Sequence[str] = ()) -> None:
+        super().__init__(labels)
+        self.notices = list(notices)
+
+
+def parse_labels(labels: str | Sequence[str]) -> tuple[Labels, list[str]]:
     """Turn a preset name, a comma-separated string or a list into clean, unique labels.
 
     Whitespace runs become one space; any script and emoji are kept as given. At least one
     label, at most MAX_LABELS (after removing duplicates), each at most MAX_LABEL_CHARS.
     Returns (labels, notices); notices tell the user what was changed (duplicates dropped).
+    Labels it returned come back as they are, with their notices (no second parse).
     """
+    if isinstance(labels, Labels):
+        return labels, list(labels.notices)
     if labels is None:
         labels = ""
     if isinstance(labels, str):
         key = labels.strip().lower().replace("-", "").replace("_", "")
         if key in LABEL_PRESETS:
-            return list(LABEL_PRESETS[key]), []
+            return Labels(LABEL_PRESETS[key]), []
         labels = labels.split(",")
     try:
         labels = list(labels)
@@ -104,7 +117,7 @@ def parse_labels(labels: str | Sequence[str]) -> tuple[list[str], list[str]]:
             f"labels: each label may have at most {MAX_LABEL_CHARS} characters; "
             f"{too_long[0][:40]!r}... has {len(too_long[0])}."
         )
-    return unique, notices
+    return Labels(unique, notices), notices
 
 
 def label_index(labels: Sequence[str], label: str | int) -> int:

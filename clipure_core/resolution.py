@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +22,15 @@ from torchvision.transforms import InterpolationMode
 
 from .errors import InputError
 
-if TYPE_CHECKING:
-    from .backbone import Backbone
+
+class PixelSource(Protocol):
+    """What `attack_pixels` needs of a `Backbone` (a protocol: backbone.py imports this
+    module)."""
+
+    def native_pixels(self, image: Image.Image) -> torch.Tensor: ...
+
+    def prepare(self, image: Image.Image) -> torch.Tensor: ...
+
 
 ATTACK_RESOLUTIONS: dict[str, str] = {
     "native": "the attack perturbs the image's own pixels; the model resizes them inside, "
@@ -151,7 +158,7 @@ class ResizedInput(nn.Module):
         return self.module(resize_like_preprocess(pixels, self.size, self.interpolation))
 
 
-def attack_pixels(backbone: Backbone, image: Image.Image, resolution: str) -> torch.Tensor:
+def attack_pixels(backbone: PixelSource, image: Image.Image, resolution: str) -> torch.Tensor:
     """The (3, H, W) pixels an attack at `resolution` perturbs: the image's own (`native`)
     or the model-size ones of `Backbone.prepare` (`model`)."""
     if resolution == "native":

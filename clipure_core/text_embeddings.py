@@ -140,12 +140,6 @@ def measured_rate(backbone: Backbone) -> float | None:
         return _RATES.get(_rate_key(backbone))
 
 
-def estimate_seconds(backbone: Backbone, prompts: int) -> float | None:
-    """Seconds to encode `prompts` prompts at the measured rate (None before any encoding)."""
-    rate = measured_rate(backbone)
-    return None if rate is None else prompts / rate
-
-
 def group_key(backbone: Backbone, group: Sequence[str]) -> str:
     """The cache key of one group: model, weights, precision, prompts, library versions."""
     info = backbone.info

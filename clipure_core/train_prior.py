@@ -18,14 +18,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pretrained", default="openai", help="tag, checkpoint file or hf-hub:")
     parser.add_argument("--images", required=True, type=Path, help="folder of images (recursive)")
     parser.add_argument("--out", required=True, type=Path, help="output .safetensors path")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--depth", type=int, default=6)
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--dim-head", type=int, default=64)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=20, help="passes over the images")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per step")
+    parser.add_argument("--lr", type=float, default=3e-4, help="learning rate")
+    parser.add_argument("--depth", type=int, default=6, help="transformer layers of the prior")
+    parser.add_argument("--heads", type=int, default=8, help="attention heads per layer")
+    parser.add_argument("--dim-head", type=int, default=64, help="width of one attention head")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the initialisation and batches"
+    )
     return parser
 
 

@@ -175,6 +175,30 @@ def test_stop_really_stops_the_attack(tiny_checkpoint):
     assert seen == [1, 2, 3]
 
 
+def test_a_request_parses_its_labels_once(tiny_checkpoint, monkeypatch):
+    """The service parses at its entry; the pipeline and the classifier get the parsed
+    labels and pass them on (before: the service, pipeline and classifier each parsed)."""
+    from PIL import Image
+
+    from clipure_core import Labels, prompts
+
+    calls = []
+
+    def counted(labels):
+        calls.append(labels)
+        return prompts.parse_labels(labels)
+
+    for module in ("app.service", "clipure_core.pipeline", "clipure_core.classifier"):
+        monkeypatch.setattr(f"{module}.parse_labels", counted)
+    service = PlaygroundService(device="cpu")
+    choice = model_choices(TINY_MODEL, str(tiny_checkpoint))[0]
+    request = PlaygroundRequest(labels="cat, dog, cat", steps=1)
+    result = service.run(choice, Image.open(ASSETS / "chelsea.png"), request)
+    assert [labels for labels in calls if not isinstance(labels, Labels)] == ["cat, dog, cat"]
+    assert result.labels == ["cat", "dog"]
+    assert result.notices == ["1 duplicate label(s) removed."]
+
+
 def test_missing_image_and_units():
     service = PlaygroundService(device="cpu")
     with pytest.raises(InputError, match="no image"):

@@ -760,7 +760,7 @@ def test_cli_audits_a_data_set_and_counts(capsys, tiny_checkpoint, tmp_path):
         "--conditions",
         "transfer",
         "--checks",
-        "noise_control,randomness",
+        "randomness",  # noise_control without 'noise' is refused (tests/test_refusals.py)
         "--json",
     )
     assert code == 0, err
@@ -774,7 +774,7 @@ def test_cli_audits_a_data_set_and_counts(capsys, tiny_checkpoint, tmp_path):
             if (cell["condition"], cell["model"]) == (row["condition"], row["model"])
         )
         assert row["correct"] == correct and row["accuracy"] == pytest.approx(correct / 3)
-    assert {row["name"] for row in data["checks"]} == {"randomness"}  # no noise condition
+    assert {row["name"] for row in data["checks"]} == {"randomness"}
     assert all(sum(row["counts"].values()) == 3 for row in data["checks"])
     code, out, _ = cli(
         capsys,

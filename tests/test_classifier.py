@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -62,3 +64,13 @@ def test_labels_are_cleaned_and_deduplicated():
         parse_labels([f"class {i}" for i in range(1001)])
     with pytest.raises(InputError, match="at most 200 characters"):
         parse_labels(["x" * 201])
+
+
+def test_parsed_labels_pass_through_a_second_parse_with_their_notices():
+    labels, _ = parse_labels("cat, dog, cat")
+    again, notices = parse_labels(labels)
+    assert again is labels  # not parsed a second time
+    assert again == ["cat", "dog"] and notices == ["1 duplicate label(s) removed."]
+    # a plain list is parsed (cleaned) whatever its origin
+    assert parse_labels([" cat ", "cat"]) == (["cat"], ["1 duplicate label(s) removed."])
+    assert pickle.loads(pickle.dumps(labels)).notices == ["1 duplicate label(s) removed."]

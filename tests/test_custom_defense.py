@@ -398,7 +398,7 @@ def test_the_app_refuses_a_bad_module_at_start_up(modules, spec, message):
         timeout=120,
     )
     assert done.returncode == 2
-    assert done.stderr == f"error: cannot start the playground.\n{message}\n"
+    assert done.stderr == f"error: cannot start the playground: {message}\n"
 
 
 @pytest.mark.parametrize(

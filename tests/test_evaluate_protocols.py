@@ -341,6 +341,9 @@ def test_adaptive_protocol_counts_an_image_robust_only_if_it_survives_every_atta
     assert any(e["threat"] == "clean" for e in results["paired"])
     page = (adaptive_run / "report.html").read_text()
     assert "Worst case per image" in page and "exact McNemar" in page
+    # EOT is set per model under adaptive: the attack row says so, never "EOT None"
+    assert "EOT per model: undefended 1, clipure_cos 1, coin 20" in page
+    assert "EOT None" not in page
 
 
 def test_coin_flip_defence_is_robust_on_no_image_with_k_draws(

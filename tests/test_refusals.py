@@ -171,8 +171,21 @@ def test_a_resume_with_other_flags_is_refused_before_the_model(
             "square does not average gradients over samples (no EOT); "
             "use autoattack, apgd-ce or pgd with eot_samples.",
         ),
+        (
+            ["--protocol", "release", "--cos-batch-coupled"],
+            "--protocol release fixes batch coupling (--cos-batch-coupled, "
+            "--diff-batch-coupled) = False (the release threat runs the batch-coupled "
+            "purification itself, on its own copy; the flag would couple the run's own model "
+            "too); drop that flag or use --protocol custom.",
+        ),
+        (
+            ["--protocol", "release", "--precision", "fp16"],
+            "--protocol release fixes precision = fp32 (the run's model stays float32; the "
+            "release threat casts its own copy of the backbone parts to float16); drop that "
+            "flag or use --protocol custom.",
+        ),
     ],
-    ids=["template", "defence", "eot-square"],
+    ids=["template", "defence", "eot-square", "release-coupled", "release-fp16"],
 )
 def test_bad_flags_are_refused_before_the_data_and_model(
     no_model_work, tmp_path, capsys, extra, message
@@ -315,4 +328,43 @@ def test_audit_of_a_missing_folder_is_refused_before_loading_weights(
     assert code == 2
     assert capsys.readouterr().err.startswith(
         f"error: --data '{tmp_path / 'nowhere'}': not a folder"
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["--conditions", "noise", "--checks", "noise_control"],
+            "audit check 'noise_control' compares conditions that are not run: add one of "
+            "transfer, release, paper, bpda, full to the conditions, or leave the check out.",
+        ),
+        (
+            ["--conditions", "transfer,full", "--checks", "white_box_vs_black_box"],
+            "audit check 'white_box_vs_black_box' compares conditions that are not run: add "
+            "'square' to the conditions, or leave the check out.",
+        ),
+        (
+            ["--conditions", "transfer", "--checks", "bpda_validity,zero_gradients"],
+            "audit check 'bpda_validity' compares conditions that are not run: add 'bpda' to "
+            "the conditions, or leave the check out.",
+        ),
+    ],
+    ids=["noise-control", "white-box-vs-black-box", "bpda-validity"],
+)
+def test_audit_checks_without_their_conditions_are_refused_before_loading_weights(
+    no_model_work, capsys, extra, message
+):
+    photo = str(ASSETS / "chelsea.png")
+    code = predict_cli.main(["audit", photo, "--labels", "cat, dog", *extra])
+    assert (code, capsys.readouterr().err) == (2, f"error: {message}\n")
+
+
+def test_audit_checks_left_to_default_say_which_could_not_run(playground, cat_photo):
+    result = run_audit(playground, cat_photo, "cat, dog", conditions="noise", steps=1, defenses="")
+    assert "noise_control" not in {check.name for check in result.checks}
+    assert result.notices[-1] == (
+        "checks not run, their conditions are not in this audit: bpda_validity (needs "
+        "'bpda'); white_box_vs_black_box (needs 'square'); noise_control (needs one of "
+        "transfer, release, paper, bpda, full); single_step_vs_iterative (needs 'full')."
     )

@@ -241,8 +241,6 @@ def test_progress_counts_prompts_and_a_stop_keeps_the_finished_chunks(backbone, 
     groups = cache.class_prompt_groups(labels, templates)
     assert cache.missing_prompts(backbone, groups) == 20  # the two finished chunks are cached
     assert cache.measured_rate(backbone) > 0
-    rate = cache.measured_rate(backbone)
-    assert cache.estimate_seconds(backbone, 100) == pytest.approx(100 / rate)
     seen.clear()
     with cache.text_progress(lambda done, total: seen.append((done, total))):
         cache.class_embeddings(backbone, labels, templates)

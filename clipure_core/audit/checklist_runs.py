@@ -384,13 +384,21 @@ class ChecklistRuns:
     ) -> list[Check]:
         correct = {(cell.condition, cell.model): cell.correct for cell in matrix}
         zero = {(row.condition, row.model) for row in stats if row.norm == 0}
-        titles = {name: c.title for name, c in CONDITIONS.items()}
         found: list[Check] = []
         for (condition, model), losses in self.traces.items():
             fooled = not self._correct(model, (condition, model))
             title = self._subject(condition, model)
             stuck = (condition, model) in zero
             found.append(checklist.loss_progress(condition, model, title, losses, fooled, stuck))
+        found += self._ladder_checks(correct)
+        for model, title in self.models.items():
+            if model != UNDEFENDED:
+                found += self._model_checks(model, title, correct, differences)
+        return found
+
+    def _ladder_checks(self, correct: dict[tuple[str, str], bool]) -> list[Check]:
+        """`unbounded` and `eps_monotone` from the eps ladders."""
+        found: list[Check] = []
         for key, rows in self.ladders.items():
             condition, model = key
             title = self._subject(condition, model)
@@ -409,67 +417,71 @@ class ChecklistRuns:
                     *rows,
                 ]
                 found.append(checklist.eps_monotone(condition, model, title, series, self.norm))
+        return found
+
+    def _model_checks(
+        self,
+        model: str,
+        title: str,
+        correct: dict[tuple[str, str], bool],
+        differences: dict[str, float],
+    ) -> list[Check]:
+        """The checks of one defended model: convergence, transfer vs white box,
+        binarization and batch coupling."""
+        found: list[Check] = []
         white_box = self._white_box()
-        for model, title in self.models.items():
-            if model == UNDEFENDED:
-                continue
-            clean_ok = correct[("clean", model)]
-            if "convergence" in self.checks and white_box:
-                cheapest = [c for c in CHEAPEST_FIRST if c in white_box][:1]
-                tested = [c for c in white_box if (c, model) in self.longer] or cheapest
-                for condition in tested:
-                    found.append(
-                        checklist.convergence(
-                            condition,
-                            model,
-                            self._subject(condition, model),
-                            not correct[(condition, model)],
-                            self.longer.get((condition, model)),
-                            self.steps,
-                        )
-                    )
-            if (
-                "transfer_vs_white_box" in self.checks
-                and "transfer" in self.conditions
-                and white_box
-            ):
+        if "convergence" in self.checks and white_box:
+            cheapest = [c for c in CHEAPEST_FIRST if c in white_box][:1]
+            tested = [c for c in white_box if (c, model) in self.longer] or cheapest
+            for condition in tested:
                 found.append(
-                    checklist.transfer_vs_white_box(
+                    checklist.convergence(
+                        condition,
                         model,
-                        title,
-                        clean_ok,
-                        not correct[("transfer", model)],
-                        {c: not correct[(c, model)] for c in white_box},
-                        titles,
+                        self._subject(condition, model),
+                        not correct[(condition, model)],
+                        self.longer.get((condition, model)),
+                        self.steps,
                     )
                 )
-            if "binarization" in self.checks:
-                for condition in white_box:
-                    margin, control = self.binary.get((condition, model), (None, None))
-                    found.append(
-                        checklist.binarization(
-                            condition,
-                            model,
-                            self._subject(condition, model),
-                            None if margin is None else margin > 0,
-                            margin,
-                            control,
-                        )
-                    )
-            if "batch_coupling" in self.checks:
-                change, changed = self.coupling[model]
-                random_model = differences[model] > LOGIT_TOLERANCE
+        if "transfer_vs_white_box" in self.checks and "transfer" in self.conditions and white_box:
+            found.append(
+                checklist.transfer_vs_white_box(
+                    model,
+                    title,
+                    correct[("clean", model)],
+                    not correct[("transfer", model)],
+                    {c: not correct[(c, model)] for c in white_box},
+                    {name: c.title for name, c in CONDITIONS.items()},
+                )
+            )
+        if "binarization" in self.checks:
+            for condition in white_box:
+                margin, control = self.binary.get((condition, model), (None, None))
                 found.append(
-                    checklist.batch_coupling(
+                    checklist.binarization(
+                        condition,
                         model,
-                        title,
-                        change,
-                        changed,
-                        random_model,
-                        self.coupled_gradients.get(model, []),
-                        self.norm,
+                        self._subject(condition, model),
+                        None if margin is None else margin > 0,
+                        margin,
+                        control,
                     )
                 )
+        if "batch_coupling" in self.checks:
+            change, changed = self.coupling[model]
+            random_model = differences[model] > LOGIT_TOLERANCE
+            found.append(
+                checklist.batch_coupling(
+                    model,
+                    title,
+                    change,
+                    changed,
+                    random_model,
+                    self.coupled_gradients.get(model, []),
+                    self.norm,
+                )
+            )
         return found
 
     def _checklist_settings(self) -> dict:

@@ -9,18 +9,18 @@ import sys
 from tqdm import tqdm
 
 from ..attacks import AttackConfig
-from ..cli import DEFAULT_MODEL, DEFAULT_WEIGHTS, defense_settings
 from ..curve import eps_ladder, robustness_curve
+from ..defaults import DEFAULT_MODEL, DEFAULT_WEIGHTS
 from ..errors import InputError
 from ..evaluate.data import DataUnavailableError, load_dataset
 from ..images import open_image
 from ..loading import load_backbone
 from ..pipeline import Playground
-from ..purifiers import add_defense_flags, check_defense
+from ..purifiers import add_defense_flags, check_defense, defense_settings_from_args
 from ..resolution import ATTACK_RESOLUTIONS
 from ..threats import check_threat
 from .checks import CHECKS
-from .conditions import CONDITIONS, gradient_attack
+from .conditions import CONDITIONS, check_checks_runnable, gradient_attack
 from .dataset import DatasetAudit, audit_dataset
 from .result import AuditResult
 from .runner import SQUARE_QUERIES, run_audit
@@ -42,12 +42,16 @@ def add_audit_parser(commands: argparse._SubParsersAction) -> None:
     audit.add_argument(
         "--num-images", type=int, default=None, help="with --data: a stratified subset"
     )
-    audit.add_argument("--model", default=DEFAULT_MODEL, help="open_clip architecture")
+    audit.add_argument(
+        "--model", default=DEFAULT_MODEL, help="open_clip architecture, or local-dir:FOLDER"
+    )
     audit.add_argument(
         "--pretrained", default=DEFAULT_WEIGHTS, help="open_clip tag, checkpoint, or 'random'"
     )
     audit.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
-    audit.add_argument("--precision", default=None, help="fp32 (default), fp16 or bf16 (GPU)")
+    audit.add_argument(
+        "--precision", default=None, help="fp32 (default), fp16 or bf16 (run on CPU too, slower)"
+    )
     audit.add_argument("--templates", default="ensemble", help="ensemble (80 CLIP) or single")
     audit.add_argument("--norm", default="linf", choices=["linf", "l2"])
     audit.add_argument(
@@ -61,7 +65,9 @@ def add_audit_parser(commands: argparse._SubParsersAction) -> None:
         help="native: perturb the image's own pixels, resized inside the model; model: the "
         "model-size pixels (default: native for images smaller than the model's input)",
     )
-    audit.add_argument("--square-queries", type=int, default=SQUARE_QUERIES)
+    audit.add_argument(
+        "--square-queries", type=int, default=SQUARE_QUERIES, help="Square attack query budget"
+    )
     audit.add_argument("--eot", type=int, default=1, help="EOT samples for random models")
     audit.add_argument(
         "--defense",
@@ -89,7 +95,7 @@ def add_audit_parser(commands: argparse._SubParsersAction) -> None:
     audit.add_argument(
         "--curve-threat", default="full", help="the curve's threat model (default: full)"
     )
-    audit.add_argument("--seed", type=int, default=0)
+    audit.add_argument("--seed", type=int, default=0, help="seed of the attacks and defences")
     audit.add_argument("--json", action="store_true", help="print the result as JSON")
     audit.add_argument("--quiet", action="store_true", help="no progress bar")
     audit.set_defaults(handler=audit_command)
@@ -102,6 +108,7 @@ def audit_command(args: argparse.Namespace) -> int:
         raise InputError("--labels is required with IMAGE (e.g. --labels 'cat,dog').")
     if args.data is not None and (args.labels or args.true_label):
         raise InputError("with --data the labels are the data set's classes; drop --labels.")
+    check_checks_runnable(args.checks, args.conditions)  # before the weights are loaded
     if args.data is not None and args.curve:
         raise InputError("--curve draws one photo's curve: give IMAGE instead of --data.")
     if args.curve:
@@ -124,7 +131,7 @@ def audit_command(args: argparse.Namespace) -> int:
         "norm": args.norm,
         "steps": args.steps,
         "defenses": args.defense,
-        "defense_settings": defense_settings(args),
+        "defense_settings": defense_settings_from_args(args),
         "conditions": args.conditions,
         "checks": args.checks,
         "square_queries": args.square_queries,
@@ -188,7 +195,7 @@ def _curve(playground: Playground, image, args: argparse.Namespace, attack) -> d
             defenses=args.defense.split(","),
             seed=args.seed,
             true_label=args.true_label,
-            defense_settings=defense_settings(args),
+            defense_settings=defense_settings_from_args(args),
             on_progress=on_progress,
         )
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from ..attacks import AttackConfig
 from ..errors import InputError
+from .checks import CHECKS
 
 UNDEFENDED = "undefended"
 
@@ -118,6 +119,41 @@ def check_conditions(names: Iterable[str] | str | None) -> list[str]:
     comparison starts from it)."""
     chosen = pick_names(names, list(CONDITIONS), "condition")
     return [name for name in CONDITIONS if name in chosen or name == "clean"]
+
+
+# check -> the conditions it compares: each group needs one of its conditions in the audit
+CHECK_NEEDS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "bpda_validity": (("bpda",),),
+    "white_box_vs_black_box": (("square",), WHITE_BOX_CONDITIONS),
+    "noise_control": (("noise",), GRADIENT_CONDITIONS),
+    "single_step_vs_iterative": (("full",),),
+}
+
+
+def unfed_checks(checks: Sequence[str], conditions: Sequence[str]) -> dict[str, str]:
+    """{check: what it still needs} for the checks whose conditions are not among these."""
+    unfed = {}
+    for check in checks:
+        for group in CHECK_NEEDS.get(check, ()):
+            if not set(group) & set(conditions):
+                unfed[check] = f"'{group[0]}'" if len(group) == 1 else f"one of {', '.join(group)}"
+                break
+    return unfed
+
+
+def check_checks_runnable(
+    checks: Iterable[str] | str | None, conditions: Iterable[str] | str | None
+) -> None:
+    """Checks asked for by name (None: all, each where its conditions run) that the chosen
+    conditions cannot feed are refused, not dropped."""
+    if checks is None:
+        return
+    unfed = unfed_checks(pick_names(checks, list(CHECKS), "check"), check_conditions(conditions))
+    for check, need in unfed.items():
+        raise InputError(
+            f"audit check {check!r} compares conditions that are not run: add {need} "
+            "to the conditions, or leave the check out."
+        )
 
 
 def attack_key(condition: str, model: str) -> tuple[str, str]:

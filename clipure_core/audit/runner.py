@@ -42,12 +42,14 @@ from .conditions import (
     UNDEFENDED,
     WHITE_BOX_CONDITIONS,
     attack_key,
+    check_checks_runnable,
     check_conditions,
     gradient_attack,
     noise_attack,
     pick_names,
     single_step_attack,
     square_attack,
+    unfed_checks,
 )
 from .gradients import GradientStats, compare, pixel_gradient, pixels_seen
 from .progress import Progress, ProgressCallback, Timer
@@ -92,6 +94,7 @@ def run_audit(
     restarts; see checklist_runs).
     """
     resolution = check_attack_resolution(attack_resolution)
+    check_checks_runnable(checks, conditions)
     audit = _Audit(
         playground, labels, eps, norm, steps, defenses, defense_settings or {}, seed,
         check_conditions(conditions), pick_names(checks, list(CHECKS), "check"),
@@ -176,11 +179,18 @@ class _Audit(ChecklistRuns):
         timer = Timer(self.backbone.device)
         if self.backbone.info.random_weights:
             self.notices.append("random weights: the predictions are meaningless.")
+        unfed = unfed_checks(self.checks, self.conditions)
+        if unfed:
+            self.notices.append(
+                "checks not run, their conditions are not in this audit: "
+                + "; ".join(f"{check} (needs {need})" for check, need in unfed.items())
+                + "."
+            )
         if "release" in self.conditions and self.backbone.device.type == "cpu":
             self.notices.append(
-                "'as released' runs the model in half precision, which CPUs run slowly (ViT-B-32: "
-                "~9x a float32 gradient, 7-25 s each): this audit takes minutes on CPU; leave "
-                "'release' out of the conditions for a quick look."
+                "'as released' runs the model in half precision, which CPUs run many times "
+                "slower than float32 (bench/audit_latency.py measures the ratio on this machine); "
+                "leave 'release' out of the conditions for a quick look."
             )
         y = self.given_y
         pixels = self._pixels(image, resolution)
@@ -529,6 +539,7 @@ class _Audit(ChecklistRuns):
             "model": info.name,
             "pretrained": info.pretrained,
             "weights_id": info.weights_id,
+            "weights": info.weights,
             "random_weights": info.random_weights,
             "device": info.device,
             "precision": info.precision,

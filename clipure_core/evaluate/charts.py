@@ -184,7 +184,8 @@ def _settings_table(results: dict) -> str:
     protocol = settings["evaluation"]
     rows = [
         ("protocol", settings["protocol"]),
-        ("model", f"{settings['model']} ({settings['pretrained']}, {settings['precision']})"),
+        ("model", settings["model"]),
+        ("weights", f"{settings['weights']}, {settings['precision']}"),
         (
             "data",
             f"{settings['data']['source']}: {results['subset']['n']} images, seed "
@@ -193,7 +194,7 @@ def _settings_table(results: dict) -> str:
         (
             "attack",
             f"{attack['method']}, {attack['norm']}, eps {attack['eps']} "
-            f"({attack['eps_units']}), {attack['steps']} steps, EOT {attack['eot_samples']}",
+            f"({attack['eps_units']}), {attack['steps']} steps, {_eot(attack, protocol)}",
         ),
         ("threat models", ", ".join(settings["threats"])),
         ("attack resolution", _attack_resolution(settings)),
@@ -204,6 +205,13 @@ def _settings_table(results: dict) -> str:
         ("versions", ", ".join(f"{k} {v}" for k, v in results["versions"].items())),
     ]
     return "<h2>Settings</h2>" + html_table(("setting", "value"), rows)
+
+
+def _eot(attack: dict, protocol: dict) -> str:
+    """One EOT count, or the per-model counts where the protocol sets them per model."""
+    if attack["eot_samples"] is not None:
+        return f"EOT {attack['eot_samples']}"
+    return f"EOT per model: {_per_model(protocol.get('eot_samples'))}"
 
 
 def _attack_resolution(settings: dict) -> str:

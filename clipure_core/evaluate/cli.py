@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..attacks import METHODS, SQUARE_QUERIES
+from ..defaults import DEFAULT_MODEL, DEFAULT_WEIGHTS
 from ..errors import InputError, WeightsUnavailableError
 from ..purifiers import (
     PURIFIERS,
@@ -61,12 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.add_argument("--seed", type=int, default=0, help="subset and attack seed")
     model = parser.add_argument_group("model")
-    model.add_argument("--model", default="ViT-B-32", help="open_clip architecture")
     model.add_argument(
-        "--pretrained", default="openai", help="open_clip tag, checkpoint file, hf-hub:ID, random"
+        "--model", default=DEFAULT_MODEL, help="open_clip architecture, or local-dir:FOLDER"
+    )
+    model.add_argument(
+        "--pretrained",
+        default=DEFAULT_WEIGHTS,
+        help="open_clip tag, checkpoint file, hf-hub:ID, random",
     )
     model.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
-    model.add_argument("--precision", default=None, help="fp32 (default), fp16 or bf16 (GPU)")
+    model.add_argument(
+        "--precision", default=None, help="fp32 (default), fp16 or bf16 (run on CPU too, slower)"
+    )
     model.add_argument("--templates", default=None, help="ensemble (80 CLIP, default) or single")
     protocol = parser.add_argument_group("protocol")
     protocol.add_argument(

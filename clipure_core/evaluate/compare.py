@@ -170,7 +170,8 @@ def comparison_html(comparison: dict, names: Sequence[str]) -> str:
     )
 
 
-def compare_main(argv: Sequence[str]) -> int:
+def build_compare_parser() -> argparse.ArgumentParser:
+    """The options of `python -m clipure_core.evaluate compare`."""
     parser = argparse.ArgumentParser(
         prog="python -m clipure_core.evaluate compare",
         description="Two finished evaluation runs side by side (e.g. release vs adaptive).",
@@ -179,7 +180,11 @@ def compare_main(argv: Sequence[str]) -> int:
     parser.add_argument("second", type=Path, help="--out folder of run B")
     parser.add_argument("--html", type=Path, default=None, help="also write an HTML page here")
     parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def compare_main(argv: Sequence[str]) -> int:
+    args = build_compare_parser().parse_args(argv)
     try:
         comparison = compare_runs(load_run(args.first), load_run(args.second))
     except InputError as error:

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..attacks import AUTOATTACK_STEPS, SQUARE_QUERIES, AttackConfig, check_classes
+from ..defaults import DEFAULT_MODEL, DEFAULT_WEIGHTS
 from ..errors import InputError
+from ..loading import effective_pretrained
 from ..prompts import resolve_templates
 from ..purifiers import check_defense
 from ..resolution import check_attack_resolution
@@ -65,8 +67,8 @@ class EvalConfig:
     data_root: str | None = None
     class_names: str | None = None
     val_labels: str | None = None
-    model: str = "ViT-B-32"
-    pretrained: str = "openai"
+    model: str = DEFAULT_MODEL
+    pretrained: str = DEFAULT_WEIGHTS
     device: str | None = None
     precision: str | None = None
     templates: str | tuple[str, ...] | None = None
@@ -253,7 +255,7 @@ class EvalConfig:
         a resume is refused on them before any model work)."""
         return {
             "model": self.model,
-            "pretrained": self.pretrained,
+            "pretrained": effective_pretrained(self.model, self.pretrained),
             "templates": self.templates,
             "seed": self.seed,
             "batch_size": self.batch_size,

@@ -203,8 +203,8 @@ def load_cifar10(root: Path, download: bool = True) -> ArrayDataset:
 
 def _cifar_unavailable(tried: str, download: str) -> DataUnavailableError:
     return DataUnavailableError(
-        f"CIFAR-10 is not available.\nTried:\n  - {tried}\n  - {download}\n"
-        "To fix, run once with internet access, or pass --data-root DIR where DIR holds "
+        f"CIFAR-10 is not available: tried {tried}; {download}.\nhint: run once with "
+        "internet access, or pass --data-root DIR where DIR holds "
         "torchvision's extracted cifar-10-batches-py folder (from cifar-10-python.tar.gz)."
     )
 

@@ -98,6 +98,18 @@ FIXED: dict[str, ProtocolDefaults] = {
     ),
 }
 
+# Why a protocol fixes a setting where its value reads like a contradiction of the protocol's
+# own description; said in the refusal.
+FIXED_BECAUSE: dict[tuple[str, str], str] = {
+    ("release", "precision"): "the run's model stays float32; the release threat casts its own "
+    "copy of the backbone parts to float16",
+    ("release", "cos_batch_coupled"): "the release threat runs the batch-coupled purification "
+    "itself, on its own copy; the flag would couple the run's own model too",
+    ("adaptive", "cos_batch_coupled"): "the adaptive protocol purifies every image on its own",
+}
+# How a fixed setting is named in a refusal (default: its name with spaces)
+FIXED_NAMES = {"cos_batch_coupled": "batch coupling (--cos-batch-coupled, --diff-batch-coupled)"}
+
 CUSTOM_DEFAULTS = {"attack": "autoattack", "threats": ("paper",), "batch_size": 64, "eot": 1}
 
 
@@ -127,9 +139,12 @@ def resolve(protocol: str, given: dict) -> dict:
         if value is None:
             continue
         if given.get(name) is not None and given[name] != value:
+            shown = FIXED_NAMES.get(name, name.replace("_", " "))
+            because = FIXED_BECAUSE.get((protocol, name))
             raise InputError(
-                f"--protocol {protocol} fixes {name.replace('_', ' ')} = {_show(value)}; "
-                f"drop that flag or use --protocol custom."
+                f"--protocol {protocol} fixes {shown} = {_show(value)}"
+                + (f" ({because})" if because else "")
+                + "; drop that flag or use --protocol custom."
             )
         resolved[name] = value
     for name, value in CUSTOM_DEFAULTS.items():

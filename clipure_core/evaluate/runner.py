@@ -260,6 +260,7 @@ class _Run:
         return {
             **config.own_settings(),
             "weights_id": info.weights_id,
+            "weights": info.weights,
             "precision": info.precision,
             "device_type": self.device.type,
             "data": {

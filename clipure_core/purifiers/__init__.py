@@ -5,7 +5,13 @@ from __future__ import annotations
 from .base import BATCH_COUPLED, STEP_SIZE, STEPS, Purifier, Setting, null_prompt_embedding
 from .cos import CosPurifier, cos_purify, neg_cos_gradient
 from .diff import DiffPurifier
-from .flags import add_defense_flags, defense_arguments, defense_settings_from_args, parser_for
+from .flags import (
+    add_defense_flags,
+    defense_arguments,
+    defense_settings_from_args,
+    flag_name,
+    parser_for,
+)
 from .polar import GRADIENT_MODES, polar_step
 from .registry import (
     PURIFIERS,
@@ -34,6 +40,7 @@ __all__ = [
     "cos_purify",
     "defense_arguments",
     "defense_settings_from_args",
+    "flag_name",
     "load_defense",
     "load_defenses",
     "model_title",

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 from ..errors import InputError
 from .base import Purifier, Setting
+from .registry import PURIFIERS, load_defenses
 
 DEFENSE_FLAG = "--defense"
 
@@ -42,8 +43,6 @@ def parser_for(
     """The parser of a command line that may name defences of one's own: those in its
     `--defense` lists are loaded first, so `build_parser` adds their flags (an InputError,
     e.g. a flag the parser has already, leaves none of them registered)."""
-    from .registry import PURIFIERS, load_defenses
-
     before = dict(PURIFIERS)
     try:
         load_defenses(defense_arguments(argv))
@@ -57,8 +56,6 @@ def parser_for(
 def add_defense_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """One flag per setting of every registered purifier, with its default and help (a
     loaded defence whose flag the parser has already is refused)."""
-    from .registry import PURIFIERS
-
     for name, purifier in PURIFIERS.items():
         for setting in purifier.settings_spec:
             try:
@@ -100,8 +97,6 @@ def _escaped(text: str) -> str:
 def defense_settings_from_args(args: argparse.Namespace) -> dict[str, dict]:
     """{defence: {setting: value}} from flags added by `add_defense_flags` (unset ones, and
     any a parser did not declare, left out: the purifier picks its own default)."""
-    from .registry import PURIFIERS
-
     settings = {}
     for name, purifier in PURIFIERS.items():
         values = {s.name: getattr(args, _dest(purifier, s), None) for s in purifier.settings_spec}
