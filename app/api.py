@@ -54,7 +54,8 @@ def playground(
         eps: attack size: L-inf in units of 1/255 (4 means 4/255), L2 in [0, 1] pixel units.
         steps: attack iterations (1 to 1000).
         threat: what the attacker differentiates: transfer, paper, bpda or full, ...
-        defenses: comma-separated defence names (e.g. clipure_cos); empty for none.
+        defenses: comma-separated columns: defence names (e.g. clipure_cos) or
+            DEFENSE@BACKBONE (none@fare4-b32 is FARE itself); empty for none.
         seed: random seed (0 to 4294967295); the same inputs and seed give the same result.
 
     Returns:
@@ -91,7 +92,8 @@ def audit(
         norm: linf or l2.
         eps: attack size: L-inf in units of 1/255 (4 means 4/255), L2 in [0, 1] pixel units.
         steps: iterations of each attack (Square: its query budget).
-        defenses: comma-separated defence names, e.g. clipure_cos.
+        defenses: comma-separated columns: defence names (e.g. clipure_cos) or
+            DEFENSE@BACKBONE (clipure_cos@fare4-b32: CLIPure on FARE).
         seed: random seed (0 to 4294967295).
         conditions: comma-separated subset of the conditions; empty for all of them.
 
@@ -132,7 +134,8 @@ def curve(
         norm: linf or l2 (picks the eps ladder).
         threat: what the attacker differentiates: transfer, paper, bpda or full, ...
         steps: attack iterations (1 to 1000).
-        defenses: comma-separated defence names (e.g. clipure_cos); empty for none.
+        defenses: comma-separated columns: defence names (e.g. clipure_cos) or
+            DEFENSE@BACKBONE (none@fare4-b32 is FARE itself); empty for none.
         true_label: the photo's class (one of the labels); empty: CLIP's clean prediction.
         seed: random seed (0 to 4294967295); the same inputs and seed give the same curve.
 

@@ -40,8 +40,10 @@ def requested_seconds(choice: object, image: object, request: PlaygroundRequest)
         return BASE_SECONDS
     queries = 0.0
     for name in attacked_models(request.threat, request.defenses):
-        purifier = PURIFIERS.get(name)
-        cost = 1.0 if purifier is None else purifier.query_cost(settings.get(name, {}))
+        defense = name.partition("@")[0]  # a column on another backbone: DEFENSE@BACKBONE
+        purifier = PURIFIERS.get(defense)
+        chosen = settings.get(name, settings.get(defense, {}))
+        cost = 1.0 if purifier is None else purifier.query_cost(chosen)
         queries += cost * estimated_queries(config, [name], labels)
     return int(min(MAX_SECONDS, BASE_SECONDS + SECONDS_PER_QUERY * queries))
 

@@ -16,6 +16,7 @@ from clipure_core import METHODS, InputError, PlaygroundResult, parse_labels
 from clipure_core.purifiers import PURIFIERS
 
 from .catalog import ModelChoice
+from .columns import requested
 from .gpu import gpu_task, zero_gpu
 from .layout import CLEAN_PREDICTION, RANDOM_BANNER, UNTARGETED, setting_key, ui_settings, use_key
 from .service import PlaygroundRequest, PlaygroundService, Progress
@@ -72,7 +73,7 @@ def request_from(values: Mapping[str, Any]) -> PlaygroundRequest:
     switched_on = [name for name in PURIFIERS if values.get(use_key(name))]
     return PlaygroundRequest(
         **{name: values[name] for name in REQUEST_FIELDS if name in values},
-        defenses=values.get("defenses", switched_on),
+        defenses=values.get("defenses", requested(values, switched_on)),
         defense_settings={name: chosen for name, chosen in settings.items() if chosen},
     )
 

@@ -14,6 +14,7 @@ from clipure_core import CIFAR10_CLASSNAMES, METHODS, THREATS
 from clipure_core.purifiers import PURIFIERS, Purifier, Setting
 
 from .catalog import ModelChoice
+from .columns import COLUMNS, columns_control
 from .results import READY
 
 RESULT_HEIGHT = 250
@@ -234,6 +235,7 @@ def build_layout(
         **photo_controls(choices),
         **attack_controls(),
         **defense_controls(unavailable),
+        COLUMNS: columns_control(),
     }
     outputs = result_outputs()
     talk = top_bar()
@@ -368,13 +370,14 @@ def labels_tab(controls: dict[str, gr.Component]) -> gr.Radio:
 
 
 def defenses_tab(controls: dict[str, gr.Component]) -> None:
-    """A row per defence: its switch and its settings."""
+    """A row per defence: its switch and its settings; then the box of more columns."""
     with gr.Tab("Defences"):
         for name, purifier in PURIFIERS.items():
             with gr.Row():
                 controls[use_key(name)].render()
                 for setting in ui_settings(purifier):
                     controls[setting_key(name, setting)].render()
+        controls[COLUMNS].render()
 
 
 def details_tab(outputs: dict[str, gr.Component]) -> None:

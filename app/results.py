@@ -9,7 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from clipure_core import LABEL_PRESETS, model_title
+from clipure_core import LABEL_PRESETS
+from clipure_core.columns import column_title
 from clipure_core.purifiers import PURIFIERS, flag_name
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -45,7 +46,7 @@ def verdicts(payload: Mapping[str, Any]) -> list[dict]:
         cards.append(
             {
                 "model": model,
-                "title": model_title(model),
+                "title": column_title(model),
                 "outcome": outcome(clean, adversarial, truth, target),
                 "clean": (clean, clean_p),
                 "adversarial": (adversarial, adversarial_p),
@@ -75,7 +76,20 @@ def verdict_html(payload: Mapping[str, Any]) -> str:
     )
     unchanged = payload["perturbation"]["linf"] == 0
     note = f'<div class="note">{NO_CHANGE}</div>' if unchanged else ""
-    return f'<div class="cards">{"".join(cards)}</div><div class="facts">{facts}</div>{note}'
+    cards_html = f'<div class="cards">{"".join(cards)}</div>'
+    return f'{cards_html}<div class="facts">{facts}</div>{note}{memory_notes(payload)}'
+
+
+def memory_notes(payload: Mapping[str, Any]) -> str:
+    """One line per column on another backbone than the start-up one: its weights' memory."""
+    columns = payload["settings"].get("columns", {})
+    lines = [
+        f"{column_title(name)}: {entry['backbone']['model']} ({entry['backbone']['pretrained']}),"
+        f" {entry['backbone']['memory_mb']:.0f} MiB of weights"
+        for name, entry in columns.items()
+        if entry["backbone"]["spec"] is not None
+    ]
+    return "".join(f'<div class="memory">{html.escape(line)}</div>' for line in lines)
 
 
 def perturbation_caption(payload: Mapping[str, Any], gain: float) -> str:
@@ -94,7 +108,7 @@ def diagnostics_markdown(payload: Mapping[str, Any]) -> str:
     for name, diagnostics in payload["diagnostics"].items():
         for condition, run in (("adversarial", diagnostics), ("clean", diagnostics["clean"])):
             rows.append(
-                f"| {model_title(name)} | {condition} | {run['angle_moved_deg']:.1f}° | "
+                f"| {column_title(name)} | {condition} | {run['angle_moved_deg']:.1f}° | "
                 f"{run['max_angle_deg']:.1f}° |"
             )
     return "\n".join(rows) if len(rows) > 2 else "No defence selected."
@@ -131,7 +145,10 @@ def reproduce_command(payload: Mapping[str, Any], labels_text: str, photo: str) 
     if attack.get("targeted_label") is not None:
         args += ["--target", payload["labels"][attack["targeted_label"]]]
     args += ["--true-label", payload["true_label"], "--eot", str(attack["eot_samples"])]
-    args += ["--threat", settings["threat"], "--defense", ",".join(settings["defenses"])]
+    columns = [
+        name for name in settings.get("columns", settings["defenses"]) if name != "undefended"
+    ]
+    args += ["--threat", settings["threat"], "--defense", ",".join(columns)]
     args += _defense_flags(settings["defenses"])
     args += ["--seed", str(settings["seed"])]
     return shlex.join(args)
@@ -140,15 +157,16 @@ def reproduce_command(payload: Mapping[str, Any], labels_text: str, photo: str) 
 def _defense_flags(defenses: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Flags for every defence setting that differs from its default (the prior is left
     out: the command finds the same one for the model)."""
-    args = []
+    args: list[str] = []
     for name, values in defenses.items():
-        purifier = PURIFIERS[name]
+        purifier = PURIFIERS[name.partition("@")[0]]
         for setting in purifier.settings_spec:
             value = values.get(setting.name, setting.default)
             if setting.name == "prior" or value == setting.default:
                 continue
             flag = flag_name(purifier, setting)
-            args += [flag] if setting.kind is bool else [flag, f"{value}"]
+            flags = [flag] if setting.kind is bool else [flag, f"{value}"]
+            args += [] if flag in args else flags
     return args
 
 
@@ -160,7 +178,7 @@ def matrix_html(audit: Mapping[str, Any], conditions: Mapping[str, Any]) -> str:
     for entry in audit["matrix"]:
         cells.setdefault(entry["condition"], {})[entry["model"]] = entry
     models = list(dict.fromkeys(entry["model"] for entry in audit["matrix"]))
-    head = "".join(f"<th>{html.escape(model_title(model))}</th>" for model in models)
+    head = "".join(f"<th>{html.escape(column_title(model))}</th>" for model in models)
     rows = []
     for name, condition in conditions.items():
         if name not in cells:

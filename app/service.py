@@ -42,6 +42,7 @@ from clipure_core import (
     resolve_templates,
     text_progress,
 )
+from clipure_core.columns import home_ref, parse_columns
 from clipure_core.purifiers import PURIFIERS, check_defense
 
 from .catalog import ModelChoice
@@ -224,7 +225,8 @@ def estimated_queries(config: AttackConfig, attacked: Sequence[str], num_labels:
     stochastic defence's points are judged on fresh draws)."""
     total = 0
     for name in attacked:
-        stochastic = name in PURIFIERS and PURIFIERS[name].stochastic
+        defense = name.partition("@")[0]  # a column on another backbone: DEFENSE@BACKBONE
+        stochastic = defense in PURIFIERS and PURIFIERS[defense].stochastic
         total += config.estimated_queries(num_labels, stochastic=stochastic)
     return max(1, total)
 
@@ -353,6 +355,8 @@ class PlaygroundService:
         if image is None:
             raise InputError("no image: upload or paste a photo, or click an example.")
         request.check()
+        # columns refused before any weights are loaded
+        parse_columns(request.defenses or (), home_ref(choice.name, choice.pretrained))
         job = _Job(
             attack=request.attack_config(),
             seed=_seed(request.seed),

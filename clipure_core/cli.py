@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from .attacks import METHODS, AttackConfig
 from .audit.cli import add_audit_parser
+from .columns import home_ref
 from .defaults import DEFAULT_MODEL, DEFAULT_WEIGHTS
 from .errors import InputError, WeightsUnavailableError
 from .images import open_image
@@ -70,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--defense",
         default="clipure_cos",
-        help="comma-separated defences ('' for none); package.module:Class for your own",
+        help="comma-separated columns: DEFENSE or DEFENSE@BACKBONE (none@fare2-l14); "
+        "package.module:Class for your own; '' for none",
     )
     add_defense_flags(predict)
     predict.add_argument("--seed", type=int, default=0, help="seed of the attack and the defences")
@@ -125,7 +127,8 @@ def predict(args: argparse.Namespace) -> int:
         "true_label": args.true_label,
         "target_label": args.target,
     }
-    labels = check_request(args.labels, **request).labels  # refused before loading weights
+    home = home_ref(args.model, args.pretrained)  # refused before loading weights:
+    labels = check_request(args.labels, **request, home=home).labels
     resolve_templates(args.templates)
     backbone = load_backbone(args.model, args.pretrained, args.device, args.precision)
     playground = Playground(backbone, args.templates)

@@ -51,9 +51,12 @@ def ladder_attacks(attack: AttackConfig) -> list[AttackConfig]:
 
 
 def _attacked(threat: str, defenses: Sequence[str]) -> list[str | None]:
-    """The models each eps attacks: undefended CLIP (None), and each defence unless the
-    threat is `transfer`."""
-    return [None, *(defenses if threat != "transfer" else [])]
+    """The defence of each model each eps attacks: None for undefended CLIP, and, unless the
+    threat is `transfer`, each column's (a column on another backbone is DEFENSE@BACKBONE,
+    `none` for no defence)."""
+    columns = defenses if threat != "transfer" else []
+    defended = [name.partition("@")[0] for name in columns]
+    return [None, *(None if name == "none" else name for name in defended)]
 
 
 def _queries(attack: AttackConfig, name: str | None, num_labels: int) -> int:
@@ -88,16 +91,19 @@ def check_curve(
     request = check_request(labels, attack, threat, defenses, seed, true_label, target_label)
     total = curve_queries(attack, threat, request.defenses, len(request.labels))
     settings, rungs = defense_settings or {}, len(LADDERS[attack.norm]) - 1
-    weights = {
-        name: 1.0 if name is None else check_defense(name).query_cost(settings.get(name) or {})
-        for name in _attacked(threat, request.defenses)
-    }
-    cost = rungs * sum(w * _queries(attack, n, len(request.labels)) for n, w in weights.items())
+    attacked = _attacked(threat, request.defenses)
+    weights = [
+        1.0 if name is None else check_defense(name).query_cost(settings.get(name) or {})
+        for name in attacked
+    ]
+    cost = rungs * sum(
+        weight * _queries(attack, name, len(request.labels))
+        for name, weight in zip(attacked, weights, strict=True)
+    )
     if max_queries is not None and cost > max_queries:
+        costly = {model_title(n): w for n, w in zip(attacked, weights, strict=True) if w != 1}
         counts = "".join(
-            f"; a query through {model_title(name)} counts as {weight:g}"
-            for name, weight in weights.items()
-            if weight != 1
+            f"; a query through {title} counts as {weight:g}" for title, weight in costly.items()
         )
         raise InputError(
             f"this robustness curve needs about {round(cost):,} model queries ({rungs} attacks"

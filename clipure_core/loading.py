@@ -118,6 +118,16 @@ def load_backbone(
         return _CACHE[key]
 
 
+def is_loaded(
+    name: str, pretrained: str | None, device: str | torch.device, precision: str
+) -> bool:
+    """Whether `load_backbone(name, pretrained, device, precision)` would find it loaded."""
+    pretrained = effective_pretrained(name, pretrained)
+    key = (name, pretrained, _file_stamp(pretrained), str(torch.device(device)), precision, None)
+    with _CACHE_LOCK:
+        return key in _CACHE
+
+
 def effective_pretrained(name: str, pretrained: str | None) -> str:
     """The weights a load uses as the user would write them: a `local-dir:` model brings its
     own (the folder; `--pretrained` is not read), None or '' means 'random'."""

@@ -17,16 +17,24 @@ from PIL import Image
 from .attacks import AttackConfig, check_classes, craft_attack
 from .backbone import Backbone
 from .classifier import ZeroShotClassifier
+from .columns import (
+    UNDEFENDED,
+    BackboneRef,
+    Column,
+    check_fits,
+    home_ref,
+    parse_columns,
+)
 from .errors import InputError
 from .lattice import round_attack
-from .loading import precision_notice
+from .loading import is_loaded, load_backbone, precision_notice
 from .pixels import perturbation_norms, pil_to_pixels, pixels_to_pil
 from .prompts import label_index, parse_labels
 from .purifiers import Purifier, TrajectoryRecorder, build_purifier, check_defense
 from .seeding import derive_seed, seeded
-from .threats import attacked_model, check_threat
+from .served import ServedModel, serve_columns
+from .threats import check_threat
 
-UNDEFENDED = "undefended"
 _MEMO_SIZE = 16
 
 
@@ -124,8 +132,13 @@ class CheckedRequest:
     labels: list[str]
     notices: list[str]
     attack: AttackConfig  # with the target's index when a target label was given
-    defenses: list[str]
+    columns: list[Column]  # the models besides the undefended start-up one
     true_index: int | None  # None: the undefended model's clean prediction
+
+    @property
+    def defenses(self) -> list[str]:
+        """The columns' names, each a spec `Playground.run` takes again (see columns.py)."""
+        return [column.name for column in self.columns]
 
 
 def check_request(
@@ -136,16 +149,15 @@ def check_request(
     seed: int = 0,
     true_label: str | None = None,
     target_label: str | None = None,
+    home: BackboneRef | None = None,
 ) -> CheckedRequest:
     """Everything a request can be refused for without the model (InputError, with the way
-    out). `Playground.run` calls it first; the command line calls it before loading weights."""
+    out). `Playground.run` calls it first; the command line calls it before loading weights.
+    `defenses` are column specs (`DEFENSE` or `DEFENSE@BACKBONE`, see columns.py); `home`
+    is the start-up backbone, whose columns keep their plain names."""
     check_threat(threat)
     labels, notices = parse_labels(labels)
-    if isinstance(defenses, str):
-        defenses = defenses.split(",")
-    defenses = list(dict.fromkeys(name.strip() for name in defenses if name.strip()))
-    for name in defenses:
-        check_defense(name)
+    columns = parse_columns(defenses, home)
     attack = attack or AttackConfig()
     if target_label is not None:
         attack = dataclasses.replace(attack, targeted_label=label_index(labels, target_label))
@@ -153,17 +165,39 @@ def check_request(
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
         raise InputError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}.")
     true_index = label_index(labels, true_label) if true_label else None
-    return CheckedRequest(labels, notices, attack, defenses, true_index)
+    return CheckedRequest(labels, notices, attack, columns, true_index)
 
 
 class Playground:
-    """Runs requests against one backbone; classifiers and purifiers are memoised."""
+    """Runs requests against one backbone (and the columns' other backbones, loaded once
+    with the same device and precision); classifiers and purifiers are memoised."""
 
     def __init__(self, backbone: Backbone, templates: str | Sequence[str] = "ensemble") -> None:
         self.backbone = backbone
         self.templates = templates
         self._memo: OrderedDict[tuple, torch.nn.Module] = OrderedDict()
         self._lock = threading.Lock()
+        self._others: dict[tuple[str, str], Playground] = {}
+
+    @property
+    def home(self) -> BackboneRef:
+        """The start-up backbone as columns refer to it."""
+        return home_ref(self.backbone.info.name, self.backbone.info.pretrained)
+
+    def on_backbone(self, ref: BackboneRef | None) -> Playground:
+        """The playground of a column's backbone (None: this one). A backbone not loaded yet
+        (in this process) is refused when its weights do not fit in the device's free memory."""
+        if ref is None or ref.key == self.home.key:
+            return self
+        with self._lock:
+            if ref.key in self._others:
+                return self._others[ref.key]
+        info = self.backbone.info
+        if not is_loaded(ref.name, ref.pretrained, info.device, info.precision):
+            check_fits(ref, self.backbone.device, info.precision)
+        backbone = load_backbone(ref.name, ref.pretrained, info.device, info.precision)
+        with self._lock:
+            return self._others.setdefault(ref.key, Playground(backbone, self.templates))
 
     def classifier(self, labels: Sequence[str]) -> ZeroShotClassifier:
         return self._memoised(
@@ -208,89 +242,74 @@ class Playground:
     ) -> PlaygroundResult:
         """Attack `image`, purify, and report clean/adversarial probabilities of each model.
 
+        `defenses` are columns (`clipure_cos`, `none@fare2-l14`, ...; see columns.py).
         `true_label` defaults to the undefended model's clean prediction. The adversarial
         pixels are rounded to 8 bits (inside the eps-ball) before they are evaluated, so the
         reported numbers are exactly those of the PNG in the result; an attack the rounding
         undid is re-attacked on the 8-bit lattice (`round_onto_lattice`, `result.rounding`).
+        Under `transfer` every column is shown the image crafted on the undefended start-up
+        model (resized to its input size inside); otherwise each column is attacked alone.
         """
         total, on_query = _Stopwatch(self.backbone.device), _counted_over_attacks(on_query)
-        request = check_request(labels, attack, threat, defenses, seed, true_label, target_label)
-        labels, attack, defenses = request.labels, request.attack, request.defenses
-        notices = list(request.notices)
-        info = self.backbone.info
-        notices += [notice] if (notice := precision_notice(info.precision, info.device)) else []
-        models = [UNDEFENDED, *defenses]
-        defense_settings = defense_settings or {}
+        request = check_request(
+            labels, attack, threat, defenses, seed, true_label, target_label, self.home
+        )
+        labels, attack = request.labels, request.attack
+        notices = list(request.notices) + self._notices(attack)
         # the defences' settings are checked before the class texts are encoded
-        purifiers = {name: self.purifier(name, defense_settings.get(name)) for name in defenses}
-        classifier = self.classifier(labels)
-        levels = attack.eps * 255
-        if attack.norm == "linf" and abs(levels - round(levels)) > 1e-4:
-            notices.append(
-                f"eps {levels:.2f}/255 acts as {int(levels + 1e-4)}/255: the evaluated image "
-                "has 8-bit pixels."
-            )
+        served = serve_columns(self, request.columns, labels, defense_settings)
         timings = {"attack": 0.0, "purify": 0.0, "encode": 0.0}
-
         pixels = self.backbone.prepare(image).unsqueeze(0)
         with _Stopwatch(self.backbone.device, timings, "encode"), torch.no_grad():
             clean_z = self.backbone.encode_image(pixels)
         if request.true_index is not None:
             y = request.true_index
         else:
-            y = int(classifier.logits_from_embeddings(clean_z).argmax())
+            y = int(served[UNDEFENDED].classifier.logits_from_embeddings(clean_z).argmax())
         y_tensor = torch.tensor([y], device=pixels.device)
 
-        attack_targets = [UNDEFENDED] + ([] if threat == "transfer" else defenses)
-        adversarial_pixels, adversarial_z, rounding = {}, {}, {}
-        for target in attack_targets:
-            model = attacked_model(classifier, purifiers.get(target), threat)
+        targets = [UNDEFENDED] if threat == "transfer" else list(served)
+        adversarial, rounding = {}, {}
+        for target in targets:
+            model = served[target].attacked(threat, pixels)
             with _Stopwatch(self.backbone.device, timings, "attack"):
                 raw = craft_attack(
                     model, pixels, y_tensor, attack, seed, len(labels), on_query=on_query
                 )
                 with seeded(derive_seed(seed, "lattice", target)):
                     lattice = round_attack(model, pixels, raw, y_tensor, attack)
-            adversarial_pixels[target] = lattice.adversarial
-            rounding[target] = lattice.image(0)
-            with _Stopwatch(self.backbone.device, timings, "encode"), torch.no_grad():
-                adversarial_z[target] = self.backbone.encode_image(adversarial_pixels[target])
+            adversarial[target], rounding[target] = lattice.adversarial, lattice.image(0)
 
-        image_for = {model: model if threat != "transfer" else UNDEFENDED for model in models}
-        embeddings = {
-            model: {"clean": clean_z, "adversarial": adversarial_z[image_for[model]]}
-            for model in models
-        }
-        probabilities = {"clean": {}, "adversarial": {}}
-        for condition, z in embeddings[UNDEFENDED].items():
-            probabilities[condition][UNDEFENDED] = _probs(classifier.logits_from_embeddings(z))
-        diagnostics = {}
-        for name, purifier in purifiers.items():
-            runs = {}
-            for condition, z in embeddings[name].items():
-                with _Stopwatch(self.backbone.device, timings, "purify"):
-                    # Own draws: a stochastic purifier must not reuse the attack's noise.
-                    purify_seed = derive_seed(seed, "purify", name, condition)
-                    logits, runs[condition] = _purify_and_trace(
-                        classifier, purifier, z, purify_seed
-                    )
-                probabilities[condition][name] = _probs(logits)
-            diagnostics[name] = {**runs["adversarial"], "clean": runs["clean"]}
-
+        image_for = {name: name if threat != "transfer" else UNDEFENDED for name in served}
+        images = {"clean": {name: pixels for name in served}}
+        images["adversarial"] = {name: adversarial[image_for[name]] for name in served}
+        known = {(id(self.backbone), id(pixels)): clean_z}
+        probabilities, diagnostics = _evaluate(served, images, seed, timings, known)
         timings["total"] = total.elapsed_ms()
         return PlaygroundResult(
             labels=labels,
             true_label=labels[y],
             clean_image=pixels_to_pil(pixels[0]),
-            adversarial_images={t: pixels_to_pil(p[0]) for t, p in adversarial_pixels.items()},
+            adversarial_images={t: pixels_to_pil(p[0]) for t, p in adversarial.items()},
             image_for=image_for,
             probabilities=probabilities,
             diagnostics=diagnostics,
             timings_ms=timings,
-            settings=self._settings(labels, labels[y], attack, threat, purifiers, seed),
+            settings=self._settings(labels, labels[y], attack, threat, served, seed),
             notices=notices,
             rounding=rounding,
         )
+
+    def _notices(self, attack: AttackConfig) -> list[str]:
+        info = self.backbone.info
+        notices = [notice] if (notice := precision_notice(info.precision, info.device)) else []
+        levels = attack.eps * 255
+        if attack.norm == "linf" and abs(levels - round(levels)) > 1e-4:
+            notices.append(
+                f"eps {levels:.2f}/255 acts as {int(levels + 1e-4)}/255: the evaluated image "
+                "has 8-bit pixels."
+            )
+        return notices
 
     def _settings(
         self,
@@ -298,7 +317,7 @@ class Playground:
         true_label: str,
         attack: AttackConfig,
         threat: str,
-        purifiers: dict[str, Purifier],
+        served: dict[str, ServedModel],
         seed: int,
     ) -> dict:
         info = self.backbone.info
@@ -318,7 +337,12 @@ class Playground:
             "true_label": true_label,
             "attack": attack_settings,
             "threat": threat,
-            "defenses": {name: purifier.settings() for name, purifier in purifiers.items()},
+            "defenses": {
+                name: model.purifier.settings()
+                for name, model in served.items()
+                if model.purifier is not None
+            },
+            "columns": {name: model.describe() for name, model in served.items()},
             "seed": seed,
             "versions": {
                 "torch": torch.__version__,
@@ -326,6 +350,43 @@ class Playground:
                 "torchattacks": torchattacks.__version__,
             },
         }
+
+
+def _evaluate(
+    served: dict[str, ServedModel],
+    images: dict[str, dict[str, torch.Tensor]],
+    seed: int,
+    timings: dict[str, float],
+    encoded: dict[tuple[int, int], torch.Tensor],
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict]]:
+    """Each model's probabilities on its clean and adversarial image (each image encoded
+    once per backbone; `encoded` holds those known, by (id(backbone), id(pixels))), and
+    each purifier's diagnostics."""
+    probabilities: dict[str, dict[str, list[float]]] = {condition: {} for condition in images}
+    diagnostics = {}
+    for name, model in served.items():
+        runs = {}
+        for condition, per_model in images.items():
+            pixels = per_model[name]
+            key = (id(model.backbone), id(pixels))
+            if key not in encoded:
+                with _Stopwatch(model.backbone.device, timings, "encode"), torch.no_grad():
+                    encoded[key] = model.encode(pixels)
+            z = encoded[key]
+            if model.purifier is None:
+                with torch.no_grad():
+                    logits = model.classifier.logits_from_embeddings(z)
+            else:
+                with _Stopwatch(model.backbone.device, timings, "purify"):
+                    # Own draws: a stochastic purifier must not reuse the attack's noise.
+                    purify_seed = derive_seed(seed, "purify", name, condition)
+                    logits, runs[condition] = _purify_and_trace(
+                        model.classifier, model.purifier, z, purify_seed
+                    )
+            probabilities[condition][name] = _probs(logits)
+        if runs:
+            diagnostics[name] = {**runs["adversarial"], "clean": runs["clean"]}
+    return probabilities, diagnostics
 
 
 @torch.no_grad()

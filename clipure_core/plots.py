@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .columns import column_title
 from .purifiers import registry
 
 CONDITION_COLORS = {"clean": "#1f77b4", "adversarial": "#d62728"}
@@ -68,7 +69,7 @@ def probability_figure(result: dict, k: int = 5) -> go.Figure:
         rows=1,
         cols=len(models),
         shared_yaxes=True,
-        subplot_titles=[model_title(model) for model in models],
+        subplot_titles=[column_title(model) for model in models],
         horizontal_spacing=0.06,
     )
     for column, model in enumerate(models, start=1):
@@ -169,7 +170,7 @@ def trajectory_figure(result: dict, defense: str) -> go.Figure:
     figure.update_yaxes(title_text="cosine", range=[-1.05, 1.05])
     figure.update_layout(
         title_text=(
-            f"{model_title(defense)}: ended {angle:.1f}° from the start, up to {swing:.1f}° "
+            f"{column_title(defense)}: ended {angle:.1f}° from the start, up to {swing:.1f}° "
             "on the way (adversarial input)"
         ),
         font_size=FONT_SIZE,

@@ -39,15 +39,18 @@ def attacked_model(
     purifier: Purifier | None,
     threat: str,
     resize_input: bool = False,
+    release_precision: str | None = None,
 ) -> nn.Module:
     """The module an attack under `threat` differentiates to hurt `purifier`'s predictions
     (the undefended classifier when `purifier` is None or the threat is a transfer; under
     "release" the release's float16 model, with or without the purifier). `resize_input`:
     it takes pixels of any size and resizes them inside as the model's preprocessing would
-    (`--attack-resolution native`; model-size pixels pass unchanged)."""
+    (`--attack-resolution native`; model-size pixels pass unchanged). `release_precision`:
+    how the release's float16 model runs, "float16" or "emulated" (None: the device's
+    default; release.py)."""
     check_threat(threat)
     if threat == "release":
-        module: nn.Module = ReleaseClassifier(classifier, purifier)
+        module: nn.Module = ReleaseClassifier(classifier, purifier, release_precision)
     elif purifier is None or threat == "transfer":
         module = classifier
     else:

@@ -176,9 +176,9 @@ def test_audit_json_shows_its_own_title(modules, tiny_checkpoint, capsys):
     args += ["--checks", "zero_gradients,inference_time_optimisation", "--steps", "2"]
     assert cli_main([*args, "--json", "--quiet"]) == 0, capsys.readouterr().err
     data = json.loads(capsys.readouterr().out)
-    assert data["models"] == [
-        {"name": "undefended", "title": "undefended CLIP"},
-        {"name": SPEC, "title": "Null blend"},
+    assert [(model["name"], model["title"], model["defense"]) for model in data["models"]] == [
+        ("undefended", "undefended CLIP", "none"),
+        (SPEC, "Null blend", SPEC),
     ]
     assert data["settings"]["defenses"] == {SPEC: {"steps": 3, "weight": 0.25}}
     cells = {(cell["condition"], cell["model"]) for cell in data["matrix"]}

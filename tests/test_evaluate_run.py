@@ -281,7 +281,7 @@ def test_batch_evaluator_crafts_each_image_once(backbone, monkeypatch):
     )
     encodes = []
     original = evaluator._encode
-    monkeypatch.setattr(evaluator, "_encode", lambda x: encodes.append(1) or original(x))
+    monkeypatch.setattr(evaluator, "_encode", lambda *a: encodes.append(1) or original(*a))
     pixels = torch.rand(2, 3, 32, 32)
     state = torch.random.get_rng_state()
     result = evaluator(pixels, torch.tensor([0, 1]), batch_index=3)

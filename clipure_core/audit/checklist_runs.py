@@ -157,7 +157,7 @@ class ChecklistRuns:
     # ---- stages ----------------------------------------------------------------------------
     def _true_probability(self, model: str, key: Key) -> float:
         seed = derive_seed(self.seed, "evaluate", key[0], model)
-        z = self.embeddings[key]
+        z = self._embedding(model, key)
         return float(self._logits(model, z, seed).softmax(dim=-1)[0, int(self.y)])
 
     def _ladders(self, pixels: torch.Tensor, progress: Progress) -> None:
@@ -232,7 +232,13 @@ class ChecklistRuns:
                     progress.report(progress.done, "binarization")
                     continue
                 threat = CONDITIONS[condition].threat
-                module = attacked_model(head, purifier, threat, resize_input=True)
+                module = attacked_model(
+                    head,
+                    purifier,
+                    threat,
+                    resize_input=True,
+                    release_precision=self.release_precision,
+                )
                 config = gradient_attack(self.norm, self.eps, steps, self.model_eot[model])
                 with progress.stage("binarization", budget - 1) as on_query:
                     raw = craft_attack(
@@ -252,7 +258,7 @@ class ChecklistRuns:
                         module, pixels, raw, torch.zeros_like(self.y), self.norm, self.eps
                     ).adversarial
                 with progress.stage("binarization", 1), torch.no_grad():
-                    z = self._encode(adversarial)
+                    z = self._encode(adversarial, model)
                 margin = self._binary_margin(head, model, z, ("binarization", condition))
                 self.binary[(condition, model)] = (margin, control)
 
@@ -264,13 +270,14 @@ class ChecklistRuns:
             points = random_in_ball(pixels, self.norm, self.eps, INNER_POINTS + 2)
         points = quantize_in_ball(pixels.expand_as(points), points, self.norm, self.eps)
         with progress.stage("binarization", INNER_POINTS + 2), torch.no_grad():
-            z = torch.cat([self._encode(p.unsqueeze(0)) for p in points])
-        clean = self.embeddings[("clean", UNDEFENDED)]
+            z = torch.cat([self._encode(p.unsqueeze(0), model) for p in points])
+        clean = self._embedding(model, ("clean", UNDEFENDED))
         features = [
             self._served_embedding(model, row.unsqueeze(0), ("binarization", str(i)))
             for i, row in enumerate(torch.cat([clean, z]))
         ]
-        head = BinaryHead(self.backbone, features[0][0], features[1][0], torch.cat(features[2:-1]))
+        backbone = self.served[model].backbone
+        head = BinaryHead(backbone, features[0][0], features[1][0], torch.cat(features[2:-1]))
         return head, float(head.margin(features[-1])[0])
 
     def _served_embedding(self, model: str, z: torch.Tensor, tags: tuple[str, ...]) -> torch.Tensor:
@@ -292,10 +299,15 @@ class ChecklistRuns:
             copy = random_in_ball(pixels, self.norm, self.eps, 1)
             other = torch.rand_like(pixels)
         copy = quantize_in_ball(pixels, copy, self.norm, self.eps)
+        encoded: dict[int, list[torch.Tensor]] = {}  # per backbone
         with progress.stage("batch_coupling", PARTNERS), torch.no_grad():
-            partners = [self._encode(p) for p in (copy, other)]
-        z = self.embeddings[("clean", UNDEFENDED)]
+            for model in self.purifiers:
+                backbone = id(self.served[model].backbone)
+                if backbone not in encoded:
+                    encoded[backbone] = [self._encode(p, model) for p in (copy, other)]
         for model, purifier in self.purifiers.items():
+            z = self._embedding(model, ("clean", UNDEFENDED))
+            partners = encoded[id(self.served[model].backbone)]
             seed = derive_seed(self.seed, "batch_coupling", model)
             with torch.no_grad(), seeded(seed):
                 alone = purifier(z)
@@ -304,7 +316,8 @@ class ChecklistRuns:
                 with torch.no_grad(), seeded(seed):
                     paired = purifier(torch.cat([z, partner]))[:1]
                 change = max(change, float((paired - alone).norm() / alone.norm()))
-                logits = self.classifier.logits_from_embeddings(torch.cat([alone, paired]))
+                classifier = self.served[model].classifier
+                logits = classifier.logits_from_embeddings(torch.cat([alone, paired]))
                 changed = changed or int(logits[0].argmax()) != int(logits[1].argmax())
             self.coupling[model] = (change, changed)
         coupled = self._coupled_defences()
@@ -337,7 +350,7 @@ class ChecklistRuns:
                 full = pixel_gradient(self._module(key), pixels, self.y, seed, samples)
                 on_query(samples)
         coupled = coupled_view(self.purifiers[model])
-        module = attacked_model(self.classifier, coupled, "paper", resize_input=True)
+        module = attacked_model(self.served[model].classifier, coupled, "paper", resize_input=True)
         found = []
         with progress.stage("batch_coupling", len(partners) * samples) as on_query:
             for i, partner in enumerate(partners):

@@ -9,6 +9,7 @@ import sys
 from tqdm import tqdm
 
 from ..attacks import AttackConfig
+from ..columns import home_ref, parse_columns
 from ..curve import eps_ladder, robustness_curve
 from ..defaults import DEFAULT_MODEL, DEFAULT_WEIGHTS
 from ..errors import InputError
@@ -72,7 +73,8 @@ def add_audit_parser(commands: argparse._SubParsersAction) -> None:
     audit.add_argument(
         "--defense",
         default="clipure_cos",
-        help="comma-separated defences ('' for none); package.module:Class for your own",
+        help="comma-separated columns: DEFENSE or DEFENSE@BACKBONE (none@fare2-l14); "
+        "package.module:Class for your own; '' for none",
     )
     add_defense_flags(audit)
     audit.add_argument(
@@ -85,6 +87,12 @@ def add_audit_parser(commands: argparse._SubParsersAction) -> None:
         "--thorough",
         action="store_true",
         help="run the checklist checks' expensive settings in full (every eps rung, restarts)",
+    )
+    audit.add_argument(
+        "--release-precision",
+        default=None,
+        help="how the 'release' condition's float16 model runs: emulated (float32 kernels, "
+        "float16 rounding; the default on CPU) or float16 (the default on CUDA)",
     )
     audit.add_argument(
         "--curve",
@@ -113,10 +121,8 @@ def audit_command(args: argparse.Namespace) -> int:
         raise InputError("--curve draws one photo's curve: give IMAGE instead of --data.")
     if args.curve:
         check_threat(args.curve_threat)
+    parse_columns(args.defense, home_ref(args.model, args.pretrained))  # before the weights
     curve_attack = audit_curve_attack(args) if args.curve else None
-    for name in args.defense.split(","):  # refused before the weights are loaded
-        if name.strip():
-            check_defense(name.strip().partition("@")[0])
     image = open_image(args.image) if args.image is not None else None
     dataset = None
     if image is None:  # read before the weights are loaded
@@ -138,6 +144,7 @@ def audit_command(args: argparse.Namespace) -> int:
         "eot": args.eot,
         "attack_resolution": args.attack_resolution,
         "thorough": args.thorough,
+        "release_precision": args.release_precision,
     }
     if dataset is not None:
         report = _audit_set(playground, dataset, args, options)
@@ -169,8 +176,8 @@ def audit_command(args: argparse.Namespace) -> int:
 def audit_curve_attack(args: argparse.Namespace) -> AttackConfig:
     """The curve's attack, the audit's gradient attack: `--eot` gradients per step when a
     defence is random (checked before the weights are loaded)."""
-    names = [name.strip() for name in args.defense.split(",") if name.strip()]
-    random = any(check_defense(name.partition("@")[0]).stochastic for name in names)
+    names = [name.strip().partition("@")[0] for name in args.defense.split(",")]
+    random = any(check_defense(name).stochastic for name in names if name not in ("", "none"))
     try:
         return gradient_attack(
             args.norm, eps_ladder(args.norm)[-1], args.steps, args.eot if random else 1

@@ -1,4 +1,4 @@
-"""The audit's result and its JSON form (documented in the README, served by the app)."""
+"""The audit's result and its JSON form (documented in docs/audit.md, served by the app)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,10 @@ class AuditResult:
         return {
             "labels": self.labels,
             "true_label": self.true_label,
-            "models": [{"name": name, "title": title} for name, title in self.models.items()],
+            "models": [
+                {"name": name, "title": title, **self.settings.get("columns", {}).get(name, {})}
+                for name, title in self.models.items()
+            ],
             "conditions": [
                 {
                     "name": name,

@@ -23,15 +23,17 @@ from ..attacks import (
     craft_attack,
 )
 from ..classifier import ZeroShotClassifier
+from ..columns import column_title, parse_columns
 from ..errors import InputError
 from ..images import normalize_image
 from ..lattice import round_attack
 from ..pipeline import Playground
 from ..prompts import label_index, parse_labels
 from ..purifiers import Purifier
+from ..release import check_release_precision
 from ..resolution import attack_pixels, check_attack_resolution, upsampled
 from ..seeding import derive_seed, seeded
-from ..threats import attacked_model
+from ..served import ServedModel, serve_columns
 from . import checks as audit_checks
 from .autograd_probe import AutogradCounter
 from .checklist_runs import ChecklistRuns
@@ -78,6 +80,7 @@ def run_audit(
     on_progress: ProgressCallback | None = None,
     attack_resolution: str | None = "model",
     thorough: bool = False,
+    release_precision: str | None = None,
 ) -> AuditResult:
     """Audit one photo: the threat matrix (each condition x each model), the pixel gradient
     under each gradient condition, and the sanity checks.
@@ -91,14 +94,16 @@ def run_audit(
     model-size pixels (the playground's), 'native' the photo's own pixels, resized inside the
     attacked model; None picks native for a photo smaller than the model's input. `thorough`
     runs the checklist checks' expensive settings in full (every rung of the eps ladder,
-    restarts; see checklist_runs).
+    restarts; see checklist_runs). `release_precision` ("emulated" or "float16"; None: emulated
+    on CPU, float16 on CUDA) is how the `release` condition's float16 model runs
+    (docs/release-precision.md).
     """
     resolution = check_attack_resolution(attack_resolution)
     check_checks_runnable(checks, conditions)
     audit = _Audit(
         playground, labels, eps, norm, steps, defenses, defense_settings or {}, seed,
         check_conditions(conditions), pick_names(checks, list(CHECKS), "check"),
-        square_queries, eot, true_label, thorough,
+        square_queries, eot, true_label, thorough, release_precision,
     )  # fmt: skip
     return audit.run(image, on_progress, resolution)
 
@@ -128,6 +133,7 @@ class _Audit(ChecklistRuns):
         eot: int,
         true_label: str | int | None,
         thorough: bool = False,
+        release_precision: str | None = None,
     ) -> None:
         if norm not in ("linf", "l2"):
             raise InputError(f"norm must be 'linf' or 'l2', got {norm!r}.")
@@ -143,6 +149,7 @@ class _Audit(ChecklistRuns):
         if "square" in conditions:
             square_attack(norm, eps, square_queries)  # validates the query budget
         self.playground, self.backbone = playground, playground.backbone
+        self.release_precision = check_release_precision(release_precision, self.backbone.device)
         self.eps, self.norm, self.steps, self.seed = eps, norm, steps, seed
         self.conditions, self.checks, self.square_queries = conditions, checks, square_queries
         self.labels, self.notices = parse_labels(labels)
@@ -150,17 +157,18 @@ class _Audit(ChecklistRuns):
             check_classes(self.attack, len(self.labels))
         given = true_label is not None and true_label != ""
         self.given_y = label_index(self.labels, true_label) if given else None
-        if isinstance(defenses, str):
-            defenses = defenses.split(",")
-        names = list(dict.fromkeys(name.strip() for name in defenses if name.strip()))
-        # the defences' settings are checked before the class texts are encoded
+        # every column's backbone, and its defence's settings, before any class text is encoded
+        columns = parse_columns(defenses, playground.home)
+        self.served = serve_columns(playground, columns, self.labels, defense_settings)
         self.purifiers: dict[str, Purifier] = {
-            name: playground.purifier(name, defense_settings.get(name)) for name in names
+            name: served.purifier for name, served in self.served.items() if served.purifier
         }
-        self.classifier: ZeroShotClassifier = playground.classifier(self.labels)
+        self.classifier: ZeroShotClassifier = self.served[UNDEFENDED].classifier
         self.models = {UNDEFENDED: "undefended CLIP"} | {
-            name: purifier.title for name, purifier in self.purifiers.items()
+            name: _title(served) for name, served in self.served.items() if name != UNDEFENDED
         }
+        self.encoded: dict[tuple[Key, int], torch.Tensor] = {}  # other backbones' embeddings
+        self.images: dict[Key, torch.Tensor] = {}
         self.modules: dict[Key, nn.Module] = {}
         self.embeddings: dict[Key, torch.Tensor] = {}
         self.model_eot: dict[str, int] = dict.fromkeys(self.models, 1)
@@ -186,11 +194,12 @@ class _Audit(ChecklistRuns):
                 + "; ".join(f"{check} (needs {need})" for check, need in unfed.items())
                 + "."
             )
-        if "release" in self.conditions and self.backbone.device.type == "cpu":
+        slow = self.backbone.device.type == "cpu" and self.release_precision == "float16"
+        if "release" in self.conditions and slow:
             self.notices.append(
-                "'as released' runs the model in half precision, which CPUs run many times "
-                "slower than float32 (bench/audit_latency.py measures the ratio on this machine); "
-                "leave 'release' out of the conditions for a quick look."
+                "'as released' runs the model in float16, which CPUs run slowly (ViT-B-32: "
+                "~30x a float32 gradient, 5-16 s each): this audit takes minutes on CPU; "
+                "release precision 'emulated' (the default on CPU) is quick."
             )
         y = self.given_y
         pixels = self._pixels(image, resolution)
@@ -199,6 +208,7 @@ class _Audit(ChecklistRuns):
                 square_attack(self.norm, self.eps, self.square_queries), *pixels.shape[-2:]
             )
         with timer("clean"), torch.no_grad():
+            self.images[("clean", UNDEFENDED)] = pixels
             self.embeddings[("clean", UNDEFENDED)] = self._encode(pixels)
             if y is None:
                 clean_z = self.embeddings[("clean", UNDEFENDED)]
@@ -284,17 +294,18 @@ class _Audit(ChecklistRuns):
         """Largest logit change between two forwards of the clean photo with different draws
         (a second encoding, and a second purification per defence); the first forward's
         logits and autograd calls are kept for the softmax and optimisation checks."""
-        clean = self.embeddings[("clean", UNDEFENDED)]
         with torch.no_grad():
-            again = self._encode(pixels)
+            again = {id(s.backbone): self._encode(pixels, s.name) for s in self.served.values()}
         differences = {}
         for model in self.models:
+            clean = self._embedding(model, ("clean", UNDEFENDED))
             with AutogradCounter() as counter:  # the inference-time-optimisation probe
                 first = self._logits(
                     model, clean, derive_seed(self.seed, "evaluate", "clean", model)
                 )
             self.clean_logits[model], self.autograd_calls[model] = first, counter.calls
-            second = self._logits(model, again, derive_seed(self.seed, "randomness", model))
+            second_z = again[id(self.served[model].backbone)]
+            second = self._logits(model, second_z, derive_seed(self.seed, "randomness", model))
             differences[model] = float((first - second).abs().max())
         return differences
 
@@ -303,8 +314,8 @@ class _Audit(ChecklistRuns):
         if key not in self.modules:
             condition, model = key
             threat = CONDITIONS[condition].threat or "transfer"
-            self.modules[key] = attacked_model(
-                self.classifier, self.purifiers.get(model), threat, resize_input=True
+            self.modules[key] = self.served[model].attacked(
+                threat, self.pixels, resize_input=True, release_precision=self.release_precision
             )
         return self.modules[key]
 
@@ -329,10 +340,10 @@ class _Audit(ChecklistRuns):
         cells = []
         for model in self.models:
             key = ("clean", UNDEFENDED) if condition == "clean" else attack_key(condition, model)
-            if key not in self.embeddings:
+            if key not in self.images:
                 config = self._config(*key)
                 self._craft(key, pixels, progress, condition, config, self._traced(key[0]))
-            z = self.embeddings[key]
+            z = self._embedding(model, key)
             probs = self._logits(
                 model, z, derive_seed(self.seed, "evaluate", condition, model)
             ).softmax(dim=-1)[0]
@@ -373,8 +384,9 @@ class _Audit(ChecklistRuns):
         with seeded(derive_seed(self.seed, "lattice", *key)):
             lattice = round_attack(self._module(key), pixels, raw, self.y, config)
         self.rounding.append({"attack": key[0], "model": key[1], **lattice.image(0)})
-        with progress.stage(stage, 1), torch.no_grad():
-            self.embeddings[key] = self._encode(lattice.adversarial)
+        self.images[key] = lattice.adversarial
+        with progress.stage(stage, 1), torch.no_grad():  # on the attacked model's backbone
+            self._embedding(key[1], key)
 
     def _pixels(self, image: Image.Image, resolution: str | None) -> torch.Tensor:
         """(1, 3, H, W): the pixels the attacks perturb (see run_audit's attack_resolution),
@@ -384,11 +396,23 @@ class _Audit(ChecklistRuns):
             resolution = "native" if upsampled(size, self.backbone.image_size) else "model"
         pixels = attack_pixels(self.backbone, image, resolution).unsqueeze(0)
         self.resolution, self.size = resolution, (pixels.shape[-1], pixels.shape[-2])
+        self.pixels = pixels
         return pixels
 
-    def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Embeddings of pixels of any size, resized as the attacked modules resize them."""
-        return self.backbone.encode_image(self.backbone.to_model_size(pixels))
+    def _encode(self, pixels: torch.Tensor, model: str = UNDEFENDED) -> torch.Tensor:
+        """Embeddings of pixels of any size on `model`'s backbone, resized as the attacked
+        modules resize them."""
+        return self.served[model].encode(pixels)
+
+    def _embedding(self, model: str, key: Key) -> torch.Tensor:
+        """The embedding of the image of `key` on `model`'s backbone (encoded once)."""
+        backbone = self.served[model].backbone
+        store = self.embeddings if backbone is self.backbone else self.encoded
+        index = key if backbone is self.backbone else (key, id(backbone))
+        if index not in store:
+            with torch.no_grad():
+                store[index] = self._encode(self.images[key], model)
+        return store[index]
 
     def _config(self, condition: str, model: str) -> AttackConfig:
         if condition == "noise":
@@ -414,11 +438,11 @@ class _Audit(ChecklistRuns):
         purifier = self.purifiers.get(model)
         with torch.no_grad(), seeded(seed):
             purified = z if purifier is None else purifier(z)
-            return self.classifier.logits_from_embeddings(purified).float()
+            return self.served[model].classifier.logits_from_embeddings(purified).float()
 
     def _correct(self, model: str, key: Key) -> bool:
         seed = derive_seed(self.seed, "evaluate", key[0], model)
-        return int(self._logits(model, self.embeddings[key], seed).argmax()) == int(self.y)
+        return int(self._logits(model, self._embedding(model, key), seed).argmax()) == int(self.y)
 
     def _gradient_stats(self, gradients: dict[Key, torch.Tensor]) -> list[GradientStats]:
         if not gradients:
@@ -445,8 +469,15 @@ class _Audit(ChecklistRuns):
         single: dict[str, bool],
         sweeps: dict[str, list[tuple[float, bool]]],
     ) -> list[Check]:
-        titles = {name: c.title for name, c in CONDITIONS.items()}
+        found = self._gradient_checks(stats)
         correct = {(cell.condition, cell.model): cell.correct for cell in matrix}
+        for model in self.models:
+            found += self._per_model_checks(model, correct, differences, single, sweeps)
+        return found + self._checklist_checks(matrix, differences, stats)
+
+    def _gradient_checks(self, stats: list[GradientStats]) -> list[Check]:
+        """zero_gradients and gradient_direction per measured gradient, bpda_validity per
+        defence."""
         found: list[Check] = []
         for row in stats:
             same_as_full = attack_key(row.condition, row.model) == attack_key("full", row.model)
@@ -460,67 +491,56 @@ class _Audit(ChecklistRuns):
             if "gradient_direction" in self.checks and not same_as_full:
                 found.append(audit_checks.gradient_direction(row, title, self.norm))
         if "bpda_validity" in self.checks and "bpda" in self.conditions:
-            clean = self.embeddings[("clean", UNDEFENDED)]
             for model, purifier in self.purifiers.items():
+                clean = self._embedding(model, ("clean", UNDEFENDED))
                 seed = derive_seed(self.seed, "evaluate", "clean", model)
                 with torch.no_grad(), seeded(seed):
                     (turn,) = audit_checks.angles_between(purifier(clean), clean)
                 bpda = next(r for r in stats if (r.condition, r.model) == ("bpda", model))
                 found.append(audit_checks.bpda_validity(bpda, self.models[model], turn, self.norm))
-        for model, title in self.models.items():
-            clean_ok = correct[("clean", model)]
-            fooled = {
-                c: not correct[(c, model)] for c in self.conditions if c in GRADIENT_CONDITIONS
-            }
-            white_box = {c: f for c, f in fooled.items() if c in WHITE_BOX_CONDITIONS}
-            if (
-                "white_box_vs_black_box" in self.checks
-                and "square" in self.conditions
-                and white_box
-            ):
-                found.append(
-                    audit_checks.white_box_vs_black_box(
-                        model,
-                        title,
-                        clean_ok,
-                        not correct[("square", model)],
-                        white_box,
-                        titles,
-                        self.square_queries,
-                    )
+        return found
+
+    def _per_model_checks(
+        self,
+        model: str,
+        correct: dict[Key, bool],
+        differences: dict[str, float],
+        single: dict[str, bool],
+        sweeps: dict[str, list[tuple[float, bool]]],
+    ) -> list[Check]:
+        """The per-model checks (controls, randomness, softmax output, optimisation)."""
+        titles = {name: c.title for name, c in CONDITIONS.items()}
+        title, clean_ok, found = self.models[model], correct[("clean", model)], []
+        fooled = {c: not correct[(c, model)] for c in self.conditions if c in GRADIENT_CONDITIONS}
+        white_box = {c: f for c, f in fooled.items() if c in WHITE_BOX_CONDITIONS}
+        if "white_box_vs_black_box" in self.checks and "square" in self.conditions and white_box:
+            square = not correct[("square", model)]
+            found.append(
+                audit_checks.white_box_vs_black_box(
+                    model, title, clean_ok, square, white_box, titles, self.square_queries
                 )
-            if "noise_control" in self.checks and "noise" in self.conditions and fooled:
-                found.append(
-                    audit_checks.noise_control(
-                        model, title, clean_ok, not correct[("noise", model)], fooled, titles
-                    )
+            )
+        if "noise_control" in self.checks and "noise" in self.conditions and fooled:
+            noise = not correct[("noise", model)]
+            found.append(audit_checks.noise_control(model, title, clean_ok, noise, fooled, titles))
+        if single:
+            found.append(
+                audit_checks.single_step_vs_iterative(
+                    model, title, clean_ok, single[model], fooled["full"]
                 )
-            if single:
-                found.append(
-                    audit_checks.single_step_vs_iterative(
-                        model, title, clean_ok, single[model], fooled["full"]
-                    )
-                )
-            if sweeps:
-                found.append(
-                    audit_checks.eps_sweep(model, title, clean_ok, sweeps[model], self.norm)
-                )
-            if "randomness" in self.checks:
-                found.append(audit_checks.randomness(model, title, differences[model], self.eot))
-            if "softmax_output" in self.checks:
-                found.append(audit_checks.softmax_output(model, title, self.clean_logits[model]))
-            if "inference_time_optimisation" in self.checks:
-                purifier = self.purifiers.get(model)
-                found.append(
-                    audit_checks.inference_time_optimisation(
-                        model,
-                        title,
-                        self.autograd_calls[model],
-                        0 if purifier is None else purifier.steps,
-                        "full" in self.conditions,
-                    )
-                )
-        return found + self._checklist_checks(matrix, differences, stats)
+            )
+        if sweeps:
+            found.append(audit_checks.eps_sweep(model, title, clean_ok, sweeps[model], self.norm))
+        if "randomness" in self.checks:
+            found.append(audit_checks.randomness(model, title, differences[model], self.eot))
+        if "softmax_output" in self.checks:
+            found.append(audit_checks.softmax_output(model, title, self.clean_logits[model]))
+        if "inference_time_optimisation" in self.checks:
+            purifier = self.purifiers.get(model)
+            steps = 0 if purifier is None else purifier.steps
+            calls, full = self.autograd_calls[model], "full" in self.conditions
+            found.append(audit_checks.inference_time_optimisation(model, title, calls, steps, full))
+        return found
 
     def _subject(self, condition: str, model: str) -> str:
         """How a check names (condition, model): 'as released' for the first defence,
@@ -558,7 +578,9 @@ class _Audit(ChecklistRuns):
             "eps_sweep": self._ladder() if "eps_sweep" in self.checks else [],
             "checklist": self._checklist_settings(),
             "defenses": {name: p.settings() for name, p in self.purifiers.items()},
+            "columns": {name: served.describe() for name, served in self.served.items()},
             "conditions": self.conditions,
+            "release_precision": self.release_precision if "release" in self.conditions else None,
             "checks": self.checks,
             "seed": self.seed,
             "versions": {
@@ -570,3 +592,12 @@ class _Audit(ChecklistRuns):
         if self.norm == "linf":
             settings["eps_255"] = self.eps * 255
         return settings
+
+
+def _title(served: ServedModel) -> str:
+    """A defended column's title: its purifier's own, and the backbone's spec after an `@`
+    when it is not the start-up backbone ('none@fare2-l14' -> 'Undefended CLIP @ fare2-l14')."""
+    if served.purifier is None:
+        return column_title(served.name)
+    spec = served.column.backbone.spec if served.column.backbone else None
+    return served.purifier.title + (f" @ {spec}" if spec else "")

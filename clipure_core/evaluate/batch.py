@@ -97,8 +97,15 @@ class BatchEvaluator:
         seed: int,
         eot: Mapping[str, int] | None = None,
         draws: Mapping[str, int] | None = None,
+        classifiers: Mapping[str, ZeroShotClassifier] | None = None,
+        release_precision: str | None = None,
     ) -> None:
-        missing = [name for name in models if name != UNDEFENDED and name not in purifiers]
+        self.classifiers = dict(classifiers or {})  # models on another backbone
+        missing = [
+            name
+            for name in models
+            if name != UNDEFENDED and name not in purifiers and name not in self.classifiers
+        ]
         if missing:
             raise ValueError(f"no purifier for {', '.join(missing)}.")
         self.classifier = classifier
@@ -109,6 +116,7 @@ class BatchEvaluator:
         self.seed = seed
         self.eot = dict(eot or {})
         self.draws = {model: 1 for model in self.models} | dict(draws or {})
+        self.release_precision = release_precision
 
     @property
     def device(self) -> torch.device:
@@ -119,9 +127,10 @@ class BatchEvaluator:
         stages = _Stages(self.device)
         seed = self.seed + batch_index
         with stages("clean"):
-            clean_z = self._encode(pixels)
+            clean_z: dict[int, torch.Tensor] = {}  # per backbone
             clean = {
-                model: self._predict(model, clean_z, seed, "clean")[0] for model in self.models
+                model: self._predict(model, self._encoded(pixels, model, clean_z), seed, "clean")[0]
+                for model in self.models
             }
         adversarial, cache, cached_eps = [], {}, None
         for condition in self.conditions:
@@ -154,6 +163,8 @@ class BatchEvaluator:
             if key not in cache:
                 cache[key] = self._craft(pixels, labels, condition, source, seed, stages)
             adversarial, z, lattice = cache[key]
+            if self._head(model).backbone is not self._head(source).backbone:
+                z = self._encoded(adversarial, model, cache.setdefault((key, "z"), {}))
             if (key, model) not in cache:
                 with stages("evaluate"):
                     draws = self._predict(model, z, seed, repr(key))
@@ -186,7 +197,11 @@ class BatchEvaluator:
         if source in self.eot and config.method in EOT_METHODS:
             config = replace(config, eot_samples=self.eot[source])
         target = attacked_model(
-            self.classifier, self.purifiers.get(source), condition.threat, resize_input=True
+            self._head(source),
+            self.purifiers.get(source),
+            condition.threat,
+            resize_input=True,
+            release_precision=self.release_precision,
         )
         seed = attack_seed(seed, condition.seed_index)
         with stages("attack"):
@@ -196,11 +211,22 @@ class BatchEvaluator:
             with seeded(derive_seed(seed, "lattice", source)):
                 lattice = round_attack(target, pixels, raw, labels, config)
         with stages("evaluate"):
-            z = self._encode(lattice.adversarial)
+            z = self._encode(lattice.adversarial, source)
         return lattice.adversarial, z, lattice
 
-    def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        backbone = self.classifier.backbone
+    def _head(self, model: str) -> ZeroShotClassifier:
+        """The zero-shot head of `model`, on its backbone."""
+        return self.classifiers.get(model, self.classifier)
+
+    def _encoded(self, pixels: torch.Tensor, model: str, known: dict[int, torch.Tensor]):
+        """`pixels` encoded on `model`'s backbone, once per backbone (`known` keeps them)."""
+        backbone = id(self._head(model).backbone)
+        if backbone not in known:
+            known[backbone] = self._encode(pixels, model)
+        return known[backbone]
+
+    def _encode(self, pixels: torch.Tensor, model: str = UNDEFENDED) -> torch.Tensor:
+        backbone = self._head(model).backbone
         with torch.inference_mode():  # the attacked module's resize, then the encoder
             z = backbone.encode_image(backbone.to_model_size(pixels))
         return z.clone()  # a normal tensor: purifiers may differentiate internally
@@ -210,14 +236,15 @@ class BatchEvaluator:
         """Class indices `model` predicts for embeddings `z`, one list per evaluation draw. A
         stochastic purifier draws from its own seeds (never the attack's draws), and leaves
         the global RNG as it was."""
-        if model == UNDEFENDED:
-            return [self.classifier.logits_from_embeddings(z).argmax(dim=-1).tolist()]
+        head = self._head(model)
+        if model not in self.purifiers:  # undefended, on its backbone
+            return [head.logits_from_embeddings(z).argmax(dim=-1).tolist()]
         draws = []
         for draw in range(self.draws[model]):
             tag = image if draw == 0 else f"{image} draw {draw}"
             with seeded(derive_seed(seed, "purify", model, tag)):
                 purified = self.purifiers[model](z)
-            draws.append(self.classifier.logits_from_embeddings(purified).argmax(dim=-1).tolist())
+            draws.append(head.logits_from_embeddings(purified).argmax(dim=-1).tolist())
         return draws
 
 

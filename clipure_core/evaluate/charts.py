@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import plotly.graph_objects as go
 
-from ..plots import model_title
+from ..columns import column_title
 from .labels import condition_label
 
 CLEAN_COLOR = "#1f77b4"
@@ -41,7 +41,7 @@ def _eps_text(results: dict, eps: float) -> str:
 def accuracy_figure(results: dict, eps: float) -> go.Figure:
     """Clean and robust accuracy (95 % intervals) per model, one bar per threat model."""
     models = results["settings"]["models"]
-    titles = [model_title(model) for model in models]
+    titles = [column_title(model) for model in models]
     clean = [results["clean"][model] for model in models]
     figure = go.Figure(
         go.Bar(
@@ -98,7 +98,7 @@ def eps_figure(results: dict) -> go.Figure:
                     y=[entry["accuracy"] for entry in entries],
                     error_y=_error_bars(entries),
                     mode="lines+markers",
-                    name=f"{model_title(model)} ({condition_label(entries[1], results)})",
+                    name=f"{column_title(model)} ({condition_label(entries[1], results)})",
                     line={
                         "color": THREAT_COLORS.get(threat) if _single_attack(results) else None,
                         "width": 3,

@@ -133,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
         "model's input, as CIFAR; else model)",
     )
     attack.add_argument(
+        "--release-precision",
+        default=None,
+        help="how the release threat's float16 model runs: emulated (float32 kernels, float16 "
+        "rounding; the default on CPU) or float16 (the default on CUDA)",
+    )
+    attack.add_argument(
         "--threat",
         type=_names,
         default=None,
@@ -203,6 +209,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         attack_seeds=args.attack_seeds,
         square_queries=args.square_queries,
         attack_resolution=args.attack_resolution,
+        release_precision=args.release_precision,
     )
 
 

@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..attacks import AUTOATTACK_STEPS, SQUARE_QUERIES, AttackConfig, check_classes
+from ..columns import Column, home_ref, parse_column
 from ..defaults import DEFAULT_MODEL, DEFAULT_WEIGHTS
 from ..errors import InputError
 from ..loading import effective_pretrained
 from ..prompts import resolve_templates
-from ..purifiers import check_defense
+from ..release import check_release_precision
 from ..resolution import check_attack_resolution
 from ..threats import check_threat
 from .protocols import (
@@ -60,7 +61,9 @@ class EvalConfig:
     model (an image is robust only if every draw is right); `attack_seeds`: every attack is
     run with this many seeds (robust accuracy per seed, and its spread). `attack_resolution`
     ('native', 'model'; None: native for images of one size smaller than the model's input,
-    decided by the runner) is which pixels the attacks perturb (see resolution.py)."""
+    decided by the runner) is which pixels the attacks perturb (see resolution.py).
+    `release_precision` ('emulated', 'float16'; None: emulated on CPU, float16 on CUDA) is how
+    the release threat's float16 model runs (docs/release-precision.md)."""
 
     data: str
     out: Path
@@ -91,6 +94,7 @@ class EvalConfig:
     attack_seeds: int | None = None
     square_queries: int = SQUARE_QUERIES
     attack_resolution: str | None = None
+    release_precision: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
@@ -127,6 +131,7 @@ class EvalConfig:
             object.__setattr__(self, "eval_draws", default)
         self._resolve_templates()
         self._resolve_attack_resolution()
+        check_release_precision(self.release_precision, "cpu")  # None: the device's default
         _integer("batch size", self.batch_size, 1)
         _integer("seed", self.seed, 0)
         _integer("evaluation draws", self.eval_draws, 1, MAX_EVAL_DRAWS)
@@ -136,8 +141,15 @@ class EvalConfig:
         if self.max_batches is not None:
             _integer("max batches", self.max_batches, 1)
         _unique_non_empty("models (--defense)", models)
-        for name in self.defenses:
-            check_defense(name)
+        columns = self.columns()  # DEFENSE@BACKBONE: refused here, before any weights load
+        names = [columns[m].name if m in columns else m for m in models]
+        object.__setattr__(self, "models", tuple(names))
+        _unique_non_empty("models (--defense)", self.models)
+        if self.protocol == "release" and any(c.backbone for c in columns.values()):
+            raise InputError(
+                "--protocol release runs one backbone: use DEFENSE@BACKBONE columns with "
+                "--protocol custom or adaptive."
+            )
         _unique_non_empty("threat models", self.threats)
         _unique_non_empty("eps values", self.eps)
         for threat in self.threats:
@@ -224,6 +236,11 @@ class EvalConfig:
     @property
     def defenses(self) -> tuple[str, ...]:
         return tuple(name for name in self.models if name != UNDEFENDED)
+
+    def columns(self) -> dict[str, Column]:
+        """Every model but the undefended start-up one, as a column (see columns.py)."""
+        home = home_ref(self.model, self.pretrained)
+        return {name: parse_column(name, home) for name in self.defenses}
 
     @property
     def resolved_steps(self) -> int:

@@ -30,8 +30,9 @@ RELEASE = (
     "(python -m clipure_core.evaluate compare RELEASE_DIR ADAPTIVE_DIR)."
 )
 RELEASE_CPU = (
-    "protocol release runs the backbone in fp16, which is slow on CPU (ViT-B-32: seconds per "
-    "forward and backward); use a GPU for more than a few images."
+    "protocol release runs the backbone in fp16 (--release-precision float16), which is slow "
+    "on CPU (ViT-B-32: seconds per forward and backward); use a GPU for more than a few "
+    "images, or the default on CPU, --release-precision emulated."
 )
 RELEASE_THREAT_CUSTOM = (
     "threat 'release' crafts each image against the release's float16 model; this protocol "
@@ -59,7 +60,7 @@ def run_notices(
     if config.protocol == "release":
         notices.append(RELEASE)
         notices.append(RELEASE_SUBSET)
-        if device.type == "cpu":
+        if device.type == "cpu" and config.release_precision == "float16":
             notices.append(RELEASE_CPU)
     method = config.attack_config(config.eps[0]).method
     for model, random in stochastic.items():

@@ -68,18 +68,24 @@ class ReleaseEvaluator:
         purifiers: Mapping[str, Purifier],
         threat: str,
         seed: int,
+        release_precision: str | None = None,
     ) -> None:
         self.classifier = classifier
         self.purifiers = dict(purifiers)
         self.threat = threat
         self.seed = seed
+        self.release_precision = release_precision
         self._modules: dict[str, nn.Module] = {}
 
     def module(self, model: str) -> nn.Module:
         if model not in self._modules:
             purifier = self.purifiers.get(model)
             self._modules[model] = attacked_model(
-                self.classifier, purifier, self.threat, resize_input=True
+                self.classifier,
+                purifier,
+                self.threat,
+                resize_input=True,
+                release_precision=self.release_precision,
             )
         return self._modules[model]
 

@@ -20,8 +20,10 @@ from tqdm import tqdm
 from ..attacks import check_pixel_shape
 from ..backbone import Backbone
 from ..classifier import ZeroShotClassifier
+from ..columns import Column, check_fits
 from ..loading import load_backbone
 from ..purifiers import Purifier, build_purifier, check_defense
+from ..release import check_release_precision
 from ..resolution import Size, attack_pixels, default_attack_resolution, one_size
 from ..text_embeddings import tqdm_progress
 from .batch import BatchEvaluator
@@ -50,6 +52,13 @@ class _Setup:
     resolution: str  # the attack resolution: 'native' or 'model'
     attack_size: Size  # (width, height) of the pixels the attacks perturb
     notices: list[str] = field(default_factory=list)
+    classifiers: dict[str, ZeroShotClassifier] = field(default_factory=dict)  # other backbones
+
+
+def _settings_of(config: EvalConfig, column: Column) -> dict:
+    """A column's defence settings: by its name, else by its defence's name."""
+    settings = config.defense_settings
+    return settings.get(column.name, settings.get(column.defense, {}))
 
 
 @dataclass(frozen=True)
@@ -136,7 +145,11 @@ class _Run:
         """The release protocol: its stages in order, then the same outputs as a batch run."""
         config, cluster = self.config, self.cluster
         evaluator = ReleaseEvaluator(
-            setup.classifier, setup.purifiers, config.threats[0], config.seed
+            setup.classifier,
+            setup.purifiers,
+            config.threats[0],
+            config.seed,
+            release_precision=self._release_precision(),
         )
         bar = self._bar(None, "release protocol (images clean, then attacked)")
         run = ReleaseRun(config, evaluator, cluster, settings, self._loader(setup), bar.update)
@@ -222,20 +235,30 @@ class _Run:
             check_pixel_shape(condition.attack, attack_size[1], attack_size[0])
         if backbone.info.random_weights:
             notices.append("random weights: the accuracies are meaningless (a speed check).")
+        columns = config.columns()
+        backbones = {name: self._backbone(column, backbone) for name, column in columns.items()}
         options = {  # the defences' settings are checked before the class texts are encoded
-            name: check_defense(name).resolve_settings(
-                backbone, dict(config.defense_settings.get(name, {}))
+            name: check_defense(column.defense).resolve_settings(
+                backbones[name], dict(_settings_of(config, column))
             )
-            for name in config.defenses
+            for name, column in columns.items()
+            if column.defense is not None
         }
         purifiers = {
-            name: build_purifier(name, backbone, config.templates, **options[name])
-            for name in config.defenses
+            name: build_purifier(
+                columns[name].defense, backbones[name], config.templates, **options[name]
+            )
+            for name in options
         }
         with tqdm_progress(disable=not (config.progress and self.cluster.is_root)):
-            classifier = ZeroShotClassifier(backbone, dataset.classifier_labels, config.templates)
+            heads = {  # one zero-shot head per backbone
+                id(b): ZeroShotClassifier(b, dataset.classifier_labels, config.templates)
+                for b in [backbone, *backbones.values()]
+            }
+        classifier = heads[id(backbone)]
+        classifiers = {name: heads[id(b)] for name, b in backbones.items() if b is not backbone}
         stochastic = {name: False for name in config.models} | {
-            name: is_stochastic(purifier, classifier.class_embeddings)
+            name: is_stochastic(purifier, heads[id(backbones[name])].class_embeddings)
             for name, purifier in purifiers.items()
         }
         notices += run_notices(config, stochastic, self.device)
@@ -250,7 +273,16 @@ class _Run:
             resolution,
             attack_size,
             notices,
+            classifiers,
         )
+
+    def _backbone(self, column: Column, home: Backbone) -> Backbone:
+        """A column's backbone: the start-up one, or its own loaded alike (cached)."""
+        if column.backbone is None:
+            return home
+        ref, info = column.backbone, home.info
+        check_fits(ref, self.device, info.precision)
+        return load_backbone(ref.name, ref.pretrained, self.device, info.precision)
 
     def _settings(self, setup: _Setup) -> dict:
         """Everything the numbers depend on; a resume must match it exactly."""
@@ -270,6 +302,7 @@ class _Run:
                 "n": len(setup.subset),
                 "subset_sha256": digest,
             },
+            **({"release_precision": p} if (p := self._release_precision()) else {}),
             "attack_resolution": setup.resolution,
             "attack_image_size": {"width": setup.attack_size[0], "height": setup.attack_size[1]},
             "evaluation": {
@@ -283,7 +316,13 @@ class _Run:
                 name: {**_json_safe(setup.options[name]), **purifier.settings()}
                 for name, purifier in setup.purifiers.items()
             },
-        }
+        } | _column_settings(setup)
+
+    def _release_precision(self) -> str | None:
+        """How the release's float16 model runs (None: no release threat in this run)."""
+        if "release" not in self.config.threats:
+            return None
+        return check_release_precision(self.config.release_precision, self.device)
 
     def _eot(self, setup: _Setup) -> dict[str, int]:
         """EOT samples of the run's gradient attack against each model."""
@@ -305,6 +344,8 @@ class _Run:
             config.seed,
             eot=self._eot(setup),
             draws=self._draws(setup),
+            release_precision=self._release_precision(),
+            classifiers=setup.classifiers,
         )
 
     def _loop(
@@ -368,3 +409,17 @@ def _json_safe(options: dict) -> dict:
         key: value if isinstance(value, str | int | float | bool | None) else type(value).__name__
         for key, value in options.items()
     }
+
+
+def _column_settings(setup: _Setup) -> dict:
+    """`columns`: the models on another backbone than the start-up one, with that backbone
+    (absent when there are none, so earlier runs' settings are unchanged)."""
+    if not setup.classifiers:
+        return {}
+    columns = {}
+    for name, classifier in setup.classifiers.items():
+        info = classifier.backbone.info
+        defense, _, spec = name.partition("@")
+        backbone = {"spec": spec, "model": info.name, "pretrained": info.pretrained}
+        columns[name] = {"defense": defense, "backbone": backbone | {"weights_id": info.weights_id}}
+    return {"columns": columns}
