@@ -32,17 +32,18 @@ from clipure_core import (
     Playground,
     PlaygroundResult,
     class_prompt_groups,
+    home_ref,
     load_backbone,
     measured_rate,
     missing_prompts,
     null_prompts,
     open_image,
+    parse_columns,
     parse_labels,
     prompt_group_embeddings,
     resolve_templates,
     text_progress,
 )
-from clipure_core.columns import home_ref, parse_columns
 from clipure_core.purifiers import PURIFIERS, check_defense
 
 from .catalog import ModelChoice
