@@ -57,7 +57,8 @@ def _queue_size(value: str) -> int:
 def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
     """The options of `python app.py`; CLIPURE_MODEL, CLIPURE_PRETRAINED, CLIPURE_DEVICE,
     CLIPURE_HOST, CLIPURE_PORT, CLIPURE_SHARE, CLIPURE_QUEUE_SIZE, CLIPURE_MCP, CLIPURE_EXAMPLES
-    are the defaults of the matching options. GRADIO_SERVER_NAME (set by Hugging Face Spaces)
+    are the defaults of the matching options; CLIPURE_DEFENSE_MODULES (comma-separated) names
+    defences of one's own before any `--defense-module`. GRADIO_SERVER_NAME (set by Hugging Face Spaces)
     is the host's default when CLIPURE_HOST is not set."""
     env = os.environ if environ is None else environ
 
@@ -106,10 +107,13 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     parser.add_argument(
         "--defense-module",
         action="append",
-        default=[],
+        default=[
+            spec.strip() for spec in default("DEFENSE_MODULES", "").split(",") if spec.strip()
+        ],
         metavar="PACKAGE.MODULE:CLASS",
         help="add a defence of your own: a Purifier subclass from an importable module "
-        "(repeatable; the page can only pick defences named here)",
+        "(repeatable; also CLIPURE_DEFENSE_MODULES=a.b:C,d.e:F, e.g. in a Space's settings; "
+        "the page can only pick defences named here)",
     )
     return parser
 
