@@ -9,8 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from clipure_core import LABEL_PRESETS
-from clipure_core.columns import column_title
+from clipure_core import LABEL_PRESETS, column_title
 from clipure_core.purifiers import PURIFIERS, flag_name
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"

@@ -20,7 +20,7 @@ import torch
 
 from .errors import InputError
 from .loading import RANDOM_WEIGHTS
-from .purifiers import check_defense
+from .purifiers import check_defense, model_title
 
 UNDEFENDED = "undefended"
 NONE = "none"
@@ -139,7 +139,6 @@ def parse_columns(specs: Iterable[str] | str, home: BackboneRef | None = None) -
 def column_title(name: str) -> str:
     """Display title of a column: the defence's title, and its backbone after an `@`
     ('clipure_cos@fare2-l14' -> 'CLIPure-Cos @ fare2-l14')."""
-    from .plots import model_title  # here: plots titles columns with this function
 
     defense, at, backbone = name.partition("@")
     title = model_title(UNDEFENDED if defense == NONE else defense)

@@ -185,9 +185,15 @@ def test_app_shows_every_column_as_a_card(tiny_checkpoint, other_dir):
     from app.results import reproduce_command, verdict_html
     from app.service import PlaygroundService
 
-    context = Context(PlaygroundService("cpu"), model_choices(TINY_MODEL, str(tiny_checkpoint)))
+    choices = model_choices(TINY_MODEL, str(tiny_checkpoint))
     other = f"local-dir:{other_dir}"
     values = {"image": PHOTO, "labels": LABELS, "steps": 2, "clipure_cos": True}
+    # by default the page takes catalog aliases only: a folder is refused before it is read
+    with pytest.raises(InputError, match="the page takes the catalog's backbones"):
+        run(Context(PlaygroundService("cpu"), choices), {**values, "columns": f"none@{other}"})
+    with pytest.raises(InputError, match="the page takes the catalog's backbones"):
+        run(Context(PlaygroundService("cpu"), choices), {**values, "columns": "none@/etc"})
+    context = Context(PlaygroundService("cpu", any_backbone=True), choices)
     result = run(context, {**values, "columns": f"none@{other}, clipure_cos@{other}"})
     assert result.models == ["undefended", "clipure_cos", f"none@{other}", f"clipure_cos@{other}"]
     payload = result.to_dict()
