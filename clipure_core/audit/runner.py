@@ -2,7 +2,9 @@
 
 Work is shared: one clean pass; one attack per distinct attacked module (undefended CLIP
 under transfer / paper / BPDA / full is one white-box attack, crafted once); one encoding
-per distinct image; the exact ('full') gradient measured once per model as the reference.
+per distinct image and encoder, whoever asks for it (`encoding_memo`: an attack's end point
+judged by the attack, traced, rounded and evaluated is encoded once); the exact ('full')
+gradient measured once per model as the reference.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ..attacks import (
 )
 from ..classifier import ZeroShotClassifier
 from ..columns import column_title, parse_columns
+from ..encoding_memo import remembering_encodings
 from ..errors import InputError
 from ..images import normalize_image
 from ..lattice import round_attack
@@ -105,7 +108,8 @@ def run_audit(
         check_conditions(conditions), pick_names(checks, list(CHECKS), "check"),
         square_queries, eot, true_label, thorough, release_precision,
     )  # fmt: skip
-    return audit.run(image, on_progress, resolution)
+    with remembering_encodings():  # repeated encodings run once (see encoding_memo)
+        return audit.run(image, on_progress, resolution)
 
 
 def _check_count(name: str, value: int, high: int) -> int:
