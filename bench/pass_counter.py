@@ -69,15 +69,9 @@ class PassCounter:
     def _backward(self, precision: str, batch: int) -> None:
         self.counts[("backward", precision, batch)] += 1
 
-    def images(self, kind: str, precision: str) -> int:
-        """Images passed (batch sizes summed) of one kind and precision."""
-        return sum(
-            batch * n for (k, p, batch), n in self.counts.items() if (k, p) == (kind, precision)
-        )
-
-    def table(self) -> str:
-        """One line per (kind, precision, batch size): its count."""
+    def table(self, per: int = 1) -> str:
+        """One line per (kind, precision, batch size): its count (divided by `per`)."""
         return "\n".join(
-            f"  {kind:8} {precision:8} batch {batch:3}: {n}"
+            f"  {kind:8} {precision:8} batch {batch:3}: {n / per:g}"
             for (kind, precision, batch), n in sorted(self.counts.items())
         )

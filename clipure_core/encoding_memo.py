@@ -8,7 +8,8 @@ an attack's end point is judged by the attack, traced by loss_progress, judged a
 the one the encoder would give: the same input through the same computation in the same
 process, on the same batch shape, gives the same bits (docs/development.md); only the
 forward is saved. Encoders draw no random numbers, so skipping one leaves every random
-draw of a defence or an attack as it was. Forwards with autograd on are never remembered.
+draw of a defence or an attack as it was. Forwards with autograd on are never remembered,
+nor those inside `fresh_encodings()` (the audit's randomness probe encodes twice on purpose).
 """
 
 from __future__ import annotations
@@ -27,6 +28,17 @@ _MEMO: ContextVar[dict | None] = ContextVar("encoding_memo", default=None)
 def remembering_encodings() -> Iterator[None]:
     """Remember no-grad image encodings until the block ends."""
     token = _MEMO.set({})
+    try:
+        yield
+    finally:
+        _MEMO.reset(token)
+
+
+@contextmanager
+def fresh_encodings() -> Iterator[None]:
+    """Encode afresh until the block ends (a measurement of the encoder's own repeatability),
+    leaving what was remembered as it was."""
+    token = _MEMO.set(None)
     try:
         yield
     finally:

@@ -26,7 +26,7 @@ from ..attacks import (
 )
 from ..classifier import ZeroShotClassifier
 from ..columns import column_title, parse_columns
-from ..encoding_memo import remembering_encodings
+from ..encoding_memo import fresh_encodings, remembering_encodings
 from ..errors import InputError
 from ..images import normalize_image
 from ..lattice import round_attack
@@ -298,8 +298,9 @@ class _Audit(ChecklistRuns):
         """Largest logit change between two forwards of the clean photo with different draws
         (a second encoding, and a second purification per defence); the first forward's
         logits and autograd calls are kept for the softmax and optimisation checks."""
-        with torch.no_grad():
-            again = {id(s.backbone): self._encode(pixels, s.name) for s in self.served.values()}
+        first = {id(s.backbone): s.name for s in self.served.values()}  # one per backbone
+        with torch.no_grad(), fresh_encodings():  # a second forward, not the first one again
+            again = {backbone: self._encode(pixels, name) for backbone, name in first.items()}
         differences = {}
         for model in self.models:
             clean = self._embedding(model, ("clean", UNDEFENDED))
