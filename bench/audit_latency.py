@@ -159,7 +159,7 @@ def _units(models: dict, pixels: torch.Tensor, shapes: set[tuple[str, int]]) -> 
 
 
 def _report_units(unit_ms: dict, precision: str) -> None:
-    print("unit costs (ms; the release's model in " + precision + " is 'emulated'/'float16'):")
+    print(f"unit costs (ms; emulated/float16: the release's model; audit's: {precision}):")
     for (kind, p, batch), ms in sorted(unit_ms.items()):
         print(f"  {kind:8} {p:8} batch {batch}: {ms:8.1f}")
 
