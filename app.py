@@ -11,9 +11,8 @@ import importlib.util
 import logging
 import sys
 
-from app.config import parse_config
+from app.config import load_defense_modules, parse_config
 from clipure_core import InputError, WeightsUnavailableError, load_backbone
-from clipure_core.purifiers import load_defenses
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         print('error: --mcp needs gradio\'s MCP extra: pip install "gradio[mcp]"', file=sys.stderr)
         return 2
     try:  # the defences and the start-up model first: fail in seconds, not in the UI
-        load_defenses(config.defense_modules)
+        load_defense_modules(config)
         load_backbone(config.model, config.pretrained, device=config.device)
     except (InputError, WeightsUnavailableError) as error:
         print(f"error: cannot start the playground: {error}", file=sys.stderr)

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from clipure_core import DEFAULT_MODEL, DEFAULT_WEIGHTS, RANDOM_WEIGHTS
+from clipure_core.purifiers import load_defense
 
 DEFAULT_PRETRAINED = DEFAULT_WEIGHTS
 ENV_PREFIX = "CLIPURE_"
@@ -130,3 +131,11 @@ def parse_config(
         args.examples,
         tuple(args.defense_module),
     )
+
+
+def load_defense_modules(config: AppConfig) -> None:
+    """Import the `--defense-module` defences, each `package.module:Class` (InputError
+    otherwise: a module without its class must not start an app without the defence). Only
+    here: a name in a request is looked up, never imported."""
+    for spec in config.defense_modules:
+        load_defense(spec)

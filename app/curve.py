@@ -43,7 +43,8 @@ _DEVICE_TASKS: dict[int, Callable] = {}  # id(context) -> its ZeroGPU task
 
 def check_budget(request: PlaygroundRequest) -> None:
     """Refuse, before any model work, a curve the engine would refuse or whose estimated
-    model queries exceed MAX_CURVE_QUERIES."""
+    model queries, weighed by what a query through each defence costs, exceed
+    MAX_CURVE_QUERIES."""
     request.check()
     check_curve(
         request.labels,
@@ -54,6 +55,7 @@ def check_budget(request: PlaygroundRequest) -> None:
         request.true_label or None,
         request.target_label or None,
         MAX_CURVE_QUERIES,
+        request.purifier_settings(),
     )
 
 

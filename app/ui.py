@@ -6,10 +6,10 @@ from __future__ import annotations
 import gradio as gr
 
 from clipure_core import MAX_FILE_BYTES
-from clipure_core.purifiers import PURIFIERS, load_defenses
+from clipure_core.purifiers import PURIFIERS
 
 from .catalog import model_choices
-from .config import AppConfig
+from .config import AppConfig, load_defense_modules
 from .gpu import zero_gpu
 from .handlers import Context
 from .jobs import explain_full_queue
@@ -79,7 +79,7 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
     """The playground's Blocks, queued. Every job that runs a model goes through one queue
     (one job at a time, at most `config.queue_size` waiting) and stops at its next model
     query when Stop is pressed, its client cancels it or its client disconnects."""
-    load_defenses(config.defense_modules)  # only here: never from a request
+    load_defense_modules(config)  # only here: never from a request
     service = service or PlaygroundService(config.device)
     context = Context(service, model_choices(config.model, config.pretrained))
     backbone = service.backbone(context.start)

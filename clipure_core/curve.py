@@ -9,10 +9,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from PIL import Image
 
-from .attacks import AttackConfig
+from .attacks import MAX_EPS, AttackConfig
 from .errors import InputError
 from .pipeline import CheckedRequest, Playground, check_request
-from .purifiers import check_defense
+from .purifiers import check_defense, model_title
 
 # eps in the units people quote: L-inf in /255, L2 in [0, 1] pixel units. The L2 ladder
 # doubles like the L-inf one and puts the app's default L2 eps (0.5) where L-inf 4/255 sits.
@@ -40,29 +40,36 @@ def eps_text(norm: str, index: int) -> str:
 
 def ladder_attacks(attack: AttackConfig) -> list[AttackConfig]:
     """`attack` at each non-zero eps of its norm's ladder; an explicit step size scales with
-    eps (the same step relative to eps as the page's attack)."""
+    eps (the same step relative to eps as the page's attack), up to the largest allowed."""
     attacks = []
     for eps in eps_ladder(attack.norm)[1:]:
-        alpha = None if attack.alpha is None else attack.alpha * eps / attack.eps
+        alpha = attack.alpha
+        if alpha is not None:
+            alpha = min(alpha * eps / attack.eps, MAX_EPS[attack.norm])
         attacks.append(dataclasses.replace(attack, eps=eps, alpha=alpha))
     return attacks
+
+
+def _attacked(threat: str, defenses: Sequence[str]) -> list[str | None]:
+    """The defence of each model each eps attacks: None for undefended CLIP, and, unless the
+    threat is `transfer`, each column's (a column on another backbone is DEFENSE@BACKBONE,
+    `none` for no defence)."""
+    columns = defenses if threat != "transfer" else []
+    defended = [name.partition("@")[0] for name in columns]
+    return [None, *(None if name == "none" else name for name in defended)]
+
+
+def _queries(attack: AttackConfig, name: str | None, num_labels: int) -> int:
+    stochastic = name is not None and check_defense(name).stochastic
+    return attack.estimated_queries(num_labels, stochastic=stochastic)
 
 
 def curve_queries(
     attack: AttackConfig, threat: str, defenses: Sequence[str], num_labels: int
 ) -> int:
     """Model forwards of the whole curve at most (progress, the app's budget): the attack's
-    own estimate for each attacked model (undefended CLIP, and each defence unless the
-    threat is `transfer`) at each non-zero eps."""
-    attacked = [None, *(defenses if threat != "transfer" else [])]
-    # a column on another backbone is DEFENSE@BACKBONE, `none` for no defence
-    defended = [None if n is None else n.partition("@")[0] for n in attacked]
-    per_eps = sum(
-        attack.estimated_queries(
-            num_labels, stochastic=name not in (None, "none") and check_defense(name).stochastic
-        )
-        for name in defended
-    )
+    own estimate for each attacked model at each non-zero eps."""
+    per_eps = sum(_queries(attack, name, num_labels) for name in _attacked(threat, defenses))
     return per_eps * (len(LADDERS[attack.norm]) - 1)
 
 
@@ -75,18 +82,33 @@ def check_curve(
     true_label: str | None = None,
     target_label: str | None = None,
     max_queries: int | None = None,
+    defense_settings: Mapping[str, Mapping] | None = None,
 ) -> tuple[CheckedRequest, int]:
-    """Refuse a curve without the model (InputError): what `Playground.run` refuses, and an
-    estimate of more than `max_queries` model queries. Returns the checked request and the
-    estimate."""
+    """Refuse a curve without the model (InputError): what `Playground.run` refuses, and
+    more than `max_queries` model queries, each weighed by what a query through its model
+    costs (`Purifier.query_cost`: CLIPure-Diff runs its prior per step). Returns the checked
+    request and the estimated model queries."""
     request = check_request(labels, attack, threat, defenses, seed, true_label, target_label)
     total = curve_queries(attack, threat, request.defenses, len(request.labels))
-    if max_queries is not None and total > max_queries:
+    settings, rungs = defense_settings or {}, len(LADDERS[attack.norm]) - 1
+    attacked = _attacked(threat, request.defenses)
+    weights = [
+        1.0 if name is None else check_defense(name).query_cost(settings.get(name) or {})
+        for name in attacked
+    ]
+    cost = rungs * sum(
+        weight * _queries(attack, name, len(request.labels))
+        for name, weight in zip(attacked, weights, strict=True)
+    )
+    if max_queries is not None and cost > max_queries:
+        costly = {model_title(n): w for n, w in zip(attacked, weights, strict=True) if w != 1}
+        counts = "".join(
+            f"; a query through {title} counts as {weight:g}" for title, weight in costly.items()
+        )
         raise InputError(
-            f"this robustness curve needs about {total:,} model queries "
-            f"({len(LADDERS[attack.norm]) - 1} attacks), more than the {max_queries:,} "
-            "allowed: use fewer attack steps, fewer labels or the transfer threat (one "
-            "attacked model)."
+            f"this robustness curve needs about {round(cost):,} model queries ({rungs} attacks"
+            f"{counts}), more than the {max_queries:,} allowed: use fewer attack steps, fewer "
+            "labels or the transfer threat (one attacked model)."
         )
     return request, total
 
@@ -115,7 +137,15 @@ def robustness_curve(
     started = time.perf_counter()
     attack = attack or AttackConfig()
     request, total = check_curve(
-        labels, attack, threat, defenses, seed, true_label, target_label, max_queries
+        labels,
+        attack,
+        threat,
+        defenses,
+        seed,
+        true_label,
+        target_label,
+        max_queries,
+        defense_settings,
     )
     results, done = [], 0
     for index, config in enumerate(ladder_attacks(attack), start=1):
@@ -178,6 +208,7 @@ def _curve_dict(
         "threat": threat,
         "method": attack.method,
         "steps": settings["steps"],
+        "eot_samples": attack.eot_samples,
         "target_label": target_label,
         "seed": seed,
         "models": models,

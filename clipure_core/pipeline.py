@@ -250,7 +250,7 @@ class Playground:
         Under `transfer` every column is shown the image crafted on the undefended start-up
         model (resized to its input size inside); otherwise each column is attacked alone.
         """
-        total = _Stopwatch(self.backbone.device)
+        total, on_query = _Stopwatch(self.backbone.device), _counted_over_attacks(on_query)
         request = check_request(
             labels, attack, threat, defenses, seed, true_label, target_label, self.home
         )
@@ -409,6 +409,21 @@ def _purify_and_trace(
         "trajectory": recorder.trajectory(),
     }
     return logits, trace
+
+
+def _counted_over_attacks(on_query: Callable[[int], None] | None) -> Callable[[int], None] | None:
+    """`on_query` called with the queries of all of a request's attacks so far (each attack
+    counts its own from 1: a progress bar went back when BPDA attacked a second model)."""
+    if on_query is None:
+        return None
+    done = 0
+
+    def counted(_attack_count: int) -> None:
+        nonlocal done
+        done += 1
+        on_query(done)
+
+    return counted
 
 
 def _probs(logits: torch.Tensor) -> list[float]:

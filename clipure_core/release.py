@@ -7,7 +7,7 @@ feeds the image encoder a float16 input, and computes embeddings, purification a
 float32. The purifier's inner gradient is computed without a graph (our "paper" mode) and its
 step is normalised over the whole batch. A gradient that the purifier attenuates to ~1e-16 of
 its size underflows to exactly 0 in float16: that, not the purification, is what stopped the
-published attacks (see the README's threat models).
+published attacks (see docs/attacks.md, threat models).
 
 `precision` picks how that float16 tower runs: "float16" runs it (slow on CPUs, which mostly
 lack float16 arithmetic), "emulated" runs float32 kernels with float16 rounding at the same

@@ -58,6 +58,18 @@ def test_a_curve_over_the_budget_is_refused_before_any_model_work(context):
         curve_json(context, {**values, "threat": "transfer"})
     with pytest.raises(InputError, match="no image"):  # PGD x 10: 65 queries, within budget
         curve_json(context, {**values, "threat": "transfer", "method": "pgd", "steps": 10})
+    # PGD x 100 under BPDA with CLIPure-Diff too: 1,595 model queries, but each through
+    # CLIPure-Diff also runs its prior 10 times: (103 + 103 + 113 x 11) x 5 = 7,245
+    diff = {**VALUES, "image": None, "clipure_diff": True, "steps": 100, "threat": "bpda"}
+    with pytest.raises(InputError) as refused:
+        curve_json(context, diff)
+    assert str(refused.value).startswith(
+        "this robustness curve needs about 7,245 model queries (5 attacks; a query through "
+        "CLIPure-Diff counts as 11), more than the 5,600 allowed"
+    )
+    # its steps set to 2 on the page: (103 + 103 + 113 x 3) x 5 = 2,725, within the budget
+    with pytest.raises(InputError, match="no image"):
+        curve_json(context, {**diff, "clipure_diff.steps": 2})
 
 
 def test_stop_ends_the_curve_at_the_next_query(context):

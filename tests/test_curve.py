@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+from types import SimpleNamespace
 
 import pytest
 
 from clipure_core import AttackConfig, InputError, Playground
+from clipure_core.audit.cli import audit_curve_attack
 from clipure_core.cli import main
-from clipure_core.curve import curve_queries, eps_ladder, eps_text, ladder_attacks, robustness_curve
+from clipure_core.curve import (
+    check_curve,
+    curve_queries,
+    eps_ladder,
+    eps_text,
+    ladder_attacks,
+    robustness_curve,
+)
 from clipure_core.plots import curve_figure
 
 from .conftest import ASSETS, LABELS, TINY_MODEL
@@ -28,6 +38,46 @@ class NoModelWork:
         raise AssertionError("the curve ran an attack")
 
 
+class Recording:
+    """A playground that records each attack and answers P(cat) 0.8, 0.6, 0.4, 0.3, 0.2 for
+    the adversarial image of its 1st, 2nd, ... call (0.9 for the clean one)."""
+
+    ADVERSARIAL = (0.8, 0.6, 0.4, 0.3, 0.2)
+
+    def __init__(self):
+        self.calls = []
+
+    def run(self, image, labels, attack, **kwargs):
+        self.calls.append((attack, kwargs))
+        cat = self.ADVERSARIAL[len(self.calls) - 1]
+        return SimpleNamespace(
+            labels=["cat", "dog"],
+            true_label="cat",
+            models=["undefended"],
+            probabilities={
+                "clean": {"undefended": [0.9, 0.1]},
+                "adversarial": {"undefended": [cat, 1 - cat]},
+            },
+            settings={"attack": {"steps": attack.steps}},
+            notices=[],
+        )
+
+
+def test_each_eps_of_the_ladder_is_attacked_once_and_reported_in_its_column(cat_photo):
+    """The page's eps (3/255, not on the ladder) is replaced by each eps of the ladder."""
+    playground = Recording()
+    attack = AttackConfig("pgd", "linf", 3 / 255, 3, alpha=1.5 / 255)
+    curve = robustness_curve(playground, cat_photo, "cat, dog", attack, "bpda", [], seed=7)
+    attacks = [call[0] for call in playground.calls]
+    assert [config.eps * 255 for config in attacks] == pytest.approx([1, 2, 4, 8, 16])
+    assert [config.alpha * 255 for config in attacks] == pytest.approx([0.5, 1, 2, 4, 8])
+    assert {(c[1]["threat"], c[1]["seed"]) for c in playground.calls} == {("bpda", 7)}
+    series = curve["models"]["undefended"]
+    assert series["true_probability"] == [0.9, 0.8, 0.6, 0.4, 0.3, 0.2]
+    assert series["prediction"] == ["cat", "cat", "cat", "dog", "dog", "dog"]
+    assert series["correct"] == [True, True, True, False, False, False]
+
+
 def test_the_eps_ladders():
     assert eps_ladder("linf") == [0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255]
     assert eps_ladder("l2") == [0, 0.125, 0.25, 0.5, 1, 2]
@@ -44,6 +94,10 @@ def test_an_explicit_step_size_scales_with_eps():
     alphas = [config.alpha * 255 for config in ladder_attacks(attack)]
     assert alphas == pytest.approx([0.25, 0.5, 1, 2, 4])
     assert [config.alpha for config in ladder_attacks(PGD)] == [None] * 5  # 2.5 eps / steps
+    # a step of the whole pixel range at 1/255 would be 16 at 16/255: it stays at the
+    # largest step there is (1, the whole range), not a refusal after the text is encoded
+    wide = AttackConfig("pgd", "linf", 1 / 255, 10, alpha=1.0)
+    assert [config.alpha for config in ladder_attacks(wide)] == [1.0] * 5
 
 
 def test_the_query_estimate_counts_each_attacked_model_at_five_eps():
@@ -82,6 +136,8 @@ def test_the_curve_is_the_clean_prediction_then_one_attack_per_eps(playground, c
         assert series["correct"] == [p == run.true_label for p in series["prediction"]]
     assert curve["estimated_queries"] == 2 * 6 * 5  # 2 attacked models x (4 + 2) x 5 eps
     assert {total for _, total, _ in calls} == {60}
+    # one step per query, never back: each eps attacks two models (6 queries each)
+    assert [done for done, _, _ in calls] == [*range(1, 61), 60]
     assert calls[-1] == (60, 60, "robustness curve: done")
     assert calls[0] == (1, 60, "robustness curve: eps 1/255")
     again = robustness_curve(playground, cat_photo, labels, PGD, "bpda", ["clipure_cos"])
@@ -124,6 +180,28 @@ def test_refusals_come_before_any_attack(cat_photo):
         robustness_curve(NoModelWork(), cat_photo, LABELS, pgd10, threat="oracle")
     with pytest.raises(InputError, match="unknown defence 'jpeg'"):
         robustness_curve(NoModelWork(), cat_photo, LABELS, pgd10, defenses=["jpeg"])
+
+
+def test_the_budget_weighs_a_query_by_what_it_costs():
+    """A query through CLIPure-Diff also runs its prior once per step (query_cost 1 + 10):
+    its GPU lease must cover that, not one image-encoder query."""
+    pgd100 = AttackConfig("pgd", "linf", 4 / 255, 100)
+    # per eps: undefended 101 + 2, CLIPure-Cos 103, CLIPure-Diff 103 + 10 judging draws
+    assert curve_queries(pgd100, "bpda", ["clipure_cos", "clipure_diff"], 5) == 319 * 5
+    with pytest.raises(InputError) as refused:
+        check_curve(LABELS, pgd100, "bpda", ["clipure_cos", "clipure_diff"], max_queries=5600)
+    # (103 + 103 + 113 x 11) x 5 = 7,245
+    assert str(refused.value) == (
+        "this robustness curve needs about 7,245 model queries (5 attacks; a query through "
+        "CLIPure-Diff counts as 11), more than the 5,600 allowed: use fewer attack steps, "
+        "fewer labels or the transfer threat (one attacked model)."
+    )
+    settings = {"clipure_diff": {"steps": 2}}  # (103 + 103 + 113 x 3) x 5 = 2,725
+    _, total = check_curve(
+        LABELS, pgd100, "bpda", ["clipure_cos", "clipure_diff"], max_queries=5600,
+        defense_settings=settings,
+    )  # fmt: skip
+    assert total == 319 * 5  # the progress bar's count: model queries
 
 
 def test_the_figure_marks_right_and_fooled():
@@ -174,6 +252,7 @@ def test_audit_curve_adds_the_curve_to_the_json_and_the_text(capsys, tiny_checkp
     curve = data["curve"]
     assert list(curve["models"]) == ["undefended", "clipure_cos"]
     assert (curve["threat"], curve["method"], curve["steps"]) == ("full", "pgd", 1)
+    assert curve["eot_samples"] == 1  # no random defence
     assert all(len(series["correct"]) == 6 for series in curve["models"].values())
     code, out, err = cli(capsys, *common, "--curve", "--curve-threat", "transfer")
     assert code == 0, err
@@ -181,10 +260,27 @@ def test_audit_curve_adds_the_curve_to_the_json_and_the_text(capsys, tiny_checkp
     assert "16/255" in out and "curve" in err  # the progress bar
 
 
+L2_EOT_CURVE = [str(ASSETS / "chelsea.png"), "--labels", "a,b", "--curve", "--norm", "l2"]
+L2_EOT_CURVE += ["--eps", "0.5", "--eot", "4"]
+
+
+def test_audit_curve_attacks_a_random_defence_with_the_audits_eot():
+    args = argparse.Namespace(norm="linf", steps=2, eot=4, defense="clipure_cos,clipure_diff")
+    attack = audit_curve_attack(args)
+    assert (attack.method, attack.steps, attack.eot_samples) == ("pgd", 2, 4)
+    args.defense = "clipure_cos"  # deterministic: one draw is exact
+    assert audit_curve_attack(args).eot_samples == 1
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--data", str(ASSETS), "--curve"], "--curve draws one photo's curve"),
+        (
+            [*L2_EOT_CURVE, "--defense", "clipure_diff"],
+            "torchattacks has no EOT variant of PGD-L2; use apgd-ce with norm l2. In the audit: "
+            "eot 1, or norm linf.",
+        ),
         (
             [str(ASSETS / "chelsea.png"), "--labels", "a,b", "--curve", "--curve-threat", "x"],
             "threat model 'x'",

@@ -26,7 +26,7 @@ from .test_refusals import forbid_model_work
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "custom-defenses.md"
 SPEC = "my_defense:NullBlend"
-MODULES = ("my_defense", "costly_defense", "bad_defenses")
+MODULES = ("my_defense", "costly_defense", "bad_defenses", "broken_defenses", "chatty_defense")
 # Each query through Costly runs 1 + 2 x steps image-encoder queries' worth of work.
 COSTLY = """
 from my_defense import NullBlend
@@ -67,6 +67,43 @@ class EpsFlag(NullBlend):
     title, flag_prefix = "Eps flag", "eps-flag"
     settings_spec = (Setting("steps", "steps", 2, flag="--eps"),)
 """
+# Defences that load but misbehave when they run.
+BROKEN = """
+import torch
+
+from my_defense import NullBlend
+
+
+class NaNs(NullBlend):
+    title, flag_prefix = "NaN blend", "nans"
+
+    def purify(self, z, gradient, on_step=None):
+        return z * float("nan")
+
+
+class Doubled(NullBlend):
+    title, flag_prefix = "Doubled", "doubled"
+
+    def purify(self, z, gradient, on_step=None):
+        return torch.cat([z, z], dim=-1)
+
+
+class Buggy(NullBlend):
+    title, flag_prefix = "Buggy", "buggy"
+
+    def __init__(self, backbone, templates="ensemble", steps=10, weight=0.25):
+        super().__init__(backbone, templates, steps, weight)
+        len(3)  # a bug of its own: a TypeError that is not about its settings
+"""
+CHATTY = """
+print("chatty_defense imported")
+
+from my_defense import NullBlend
+
+
+class Chatty(NullBlend):
+    title, flag_prefix = "Chatty", "chatty"
+"""
 
 
 def example_code() -> str:
@@ -82,6 +119,8 @@ def modules(tmp_path, monkeypatch):
     (tmp_path / "my_defense.py").write_text(example_code())
     (tmp_path / "costly_defense.py").write_text(COSTLY)
     (tmp_path / "bad_defenses.py").write_text(BAD)
+    (tmp_path / "broken_defenses.py").write_text(BROKEN)
+    (tmp_path / "chatty_defense.py").write_text(CHATTY)
     monkeypatch.syspath_prepend(str(tmp_path))
     before = dict(PURIFIERS)
     yield tmp_path
@@ -336,10 +375,22 @@ def test_bad_defences_are_refused_with_one_message(
         assert set(PURIFIERS) == {"clipure_cos", "clipure_diff"}  # nothing half-registered
 
 
-def test_the_app_refuses_a_bad_module_at_start_up(modules):
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        (
+            "bad_defenses:Plain",
+            "defence 'bad_defenses:Plain': Plain is not a subclass of "
+            "clipure_core.purifiers.Purifier.",
+        ),
+        # the class forgotten: refused, not started without the defence
+        ("my_defense", "defence 'my_defense': write it as package.module:ClassName."),
+    ],
+)
+def test_the_app_refuses_a_bad_module_at_start_up(modules, spec, message):
     env = {**os.environ, "PYTHONPATH": str(modules), "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(
-        [sys.executable, "app.py", "--defense-module", "bad_defenses:Plain"],
+        [sys.executable, "app.py", "--defense-module", spec],
         capture_output=True,
         text=True,
         env=env,
@@ -347,7 +398,54 @@ def test_the_app_refuses_a_bad_module_at_start_up(modules):
         timeout=120,
     )
     assert done.returncode == 2
-    assert done.stderr == (
-        "error: cannot start the playground: defence 'bad_defenses:Plain': Plain is not a "
-        "subclass of clipure_core.purifiers.Purifier.\n"
+    assert done.stderr == f"error: cannot start the playground: {message}\n"
+
+
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        (
+            "broken_defenses:NaNs",
+            "defence NaN blend: its purify returned NaN or infinite values; a defence must "
+            "return finite embeddings.",
+        ),
+        (
+            "broken_defenses:Doubled",
+            "defence Doubled: its purify returned shape (1, 64) for embeddings of shape "
+            "(1, 32); a defence must return one embedding of the same size per input.",
+        ),
+    ],
+)
+def test_a_defence_returning_nonsense_is_refused_not_counted_right(
+    modules, tiny_checkpoint, capsys, spec, message
+):
+    """A NaN embedding must not pass for the true label (the first one: every NaN score ties)."""
+    args = predict_args(tiny_checkpoint, "--defense", spec, "--true-label", "cat")
+    assert cli_main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.splitlines()[-1] == f"error: {message}"
+
+
+def test_a_bug_in_a_constructor_is_not_called_a_setting(modules, backbone):
+    from clipure_core.purifiers import build_purifier
+
+    load_defense("broken_defenses:Buggy")
+    with pytest.raises(TypeError, match="has no len"):
+        build_purifier("broken_defenses:Buggy", backbone, "single")
+    with pytest.raises(InputError) as refused:
+        build_purifier("broken_defenses:Buggy", backbone, "single", strength=2)
+    assert str(refused.value) == (
+        "broken_defenses:Buggy: unsupported setting (got an unexpected keyword argument "
+        "'strength')."
     )
+
+
+def test_what_a_module_prints_at_import_keeps_the_json_clean(modules, tiny_checkpoint, capsys):
+    args = predict_args(tiny_checkpoint, "--defense", "chatty_defense:Chatty", "--json")
+    assert cli_main(args) == 0
+    captured = capsys.readouterr()
+    assert list(json.loads(captured.out)["probabilities"]["clean"]) == [
+        "undefended",
+        "chatty_defense:Chatty",
+    ]
+    assert "chatty_defense imported\n" in captured.err

@@ -1,4 +1,4 @@
-"""What each threat model really measures, on constructed geometry (see the README).
+"""What each threat model really measures, on constructed geometry (see docs/attacks.md).
 
 Random-weight models do not put images ~75 degrees from the null prompt as CLIP does, so the
 null prompt is placed at a chosen angle from the image's embedding.

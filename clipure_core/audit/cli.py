@@ -17,11 +17,11 @@ from ..evaluate.data import DataUnavailableError, load_dataset
 from ..images import open_image
 from ..loading import load_backbone
 from ..pipeline import Playground
-from ..purifiers import add_defense_flags, defense_settings_from_args
+from ..purifiers import add_defense_flags, check_defense, defense_settings_from_args
 from ..resolution import ATTACK_RESOLUTIONS
 from ..threats import check_threat
 from .checks import CHECKS
-from .conditions import CONDITIONS, check_checks_runnable
+from .conditions import CONDITIONS, check_checks_runnable, gradient_attack
 from .dataset import DatasetAudit, audit_dataset
 from .result import AuditResult
 from .runner import SQUARE_QUERIES, run_audit
@@ -119,8 +119,10 @@ def audit_command(args: argparse.Namespace) -> int:
     check_checks_runnable(args.checks, args.conditions)  # before the weights are loaded
     if args.data is not None and args.curve:
         raise InputError("--curve draws one photo's curve: give IMAGE instead of --data.")
-    curve_attack = audit_curve_attack(args) if args.curve else None
+    if args.curve:
+        check_threat(args.curve_threat)
     parse_columns(args.defense, home_ref(args.model, args.pretrained))  # before the weights
+    curve_attack = audit_curve_attack(args) if args.curve else None
     image = open_image(args.image) if args.image is not None else None
     dataset = None
     if image is None:  # read before the weights are loaded
@@ -172,10 +174,16 @@ def audit_command(args: argparse.Namespace) -> int:
 
 
 def audit_curve_attack(args: argparse.Namespace) -> AttackConfig:
-    """The curve's attack (checked before the weights are loaded, with its threat)."""
-    check_threat(args.curve_threat)
-    method = "pgd" if args.norm == "linf" else "pgd-l2"
-    return AttackConfig(method, args.norm, eps_ladder(args.norm)[-1], args.steps)
+    """The curve's attack, the audit's gradient attack: `--eot` gradients per step when a
+    defence is random (checked before the weights are loaded)."""
+    names = [name.strip().partition("@")[0] for name in args.defense.split(",")]
+    random = any(check_defense(name).stochastic for name in names if name not in ("", "none"))
+    try:
+        return gradient_attack(
+            args.norm, eps_ladder(args.norm)[-1], args.steps, args.eot if random else 1
+        )
+    except InputError as error:
+        raise InputError(f"{error} In the audit: eot 1, or norm linf.") from None
 
 
 def _curve(playground: Playground, image, args: argparse.Namespace, attack) -> dict:

@@ -1,4 +1,4 @@
-"""The audit's result and its JSON form (documented in the README, served by the app)."""
+"""The audit's result and its JSON form (documented in docs/audit.md, served by the app)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Batch robustness evaluation: `python -m clipure_core.evaluate` (see README, 'Batch
-evaluation'). Resumable, and sharded across processes under torchrun. Protocols `custom`,
+"""Batch robustness evaluation: `python -m clipure_core.evaluate` (see
+docs/evaluation.md). Resumable, and sharded across processes under torchrun. Protocols `custom`,
 `release` and `adaptive`; `python -m clipure_core.evaluate compare A B` puts two runs side by
 side."""
 

@@ -50,7 +50,7 @@ def build_results(
     invocation: dict,
     notices: Sequence[str] = (),
 ) -> dict:
-    """The results.json document (see README, 'Batch evaluation')."""
+    """The results.json document (see docs/evaluation.md)."""
     classes = settings["data"]["classes"]
     per_class = [0] * len(classes)
     for record in records:

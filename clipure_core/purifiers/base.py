@@ -133,6 +133,23 @@ class Purifier(nn.Module):
         """Purify `z`; with gradient="bpda" the backward pass treats purification as identity."""
         check_gradient_mode(gradient)
         if gradient == "bpda":
-            purified = self.purify(z.detach(), "paper", on_step).detach()
+            purified = self._checked(z, self.purify(z.detach(), "paper", on_step)).detach()
             return z + (purified - z.detach())
-        return self.purify(z, gradient, on_step)
+        return self._checked(z, self.purify(z, gradient, on_step))
+
+    def _checked(self, z: torch.Tensor, purified: torch.Tensor) -> torch.Tensor:
+        """`purified`, refused (InputError) unless it is one finite embedding per input: a NaN
+        score would otherwise pass for the first label (every comparison with NaN is false)."""
+        name = self.title or type(self).__name__
+        if purified.shape != z.shape:
+            raise InputError(
+                f"defence {name}: its purify returned shape {tuple(purified.shape)} for "
+                f"embeddings of shape {tuple(z.shape)}; a defence must return one embedding of "
+                "the same size per input."
+            )
+        if not bool(torch.isfinite(purified).all()):
+            raise InputError(
+                f"defence {name}: its purify returned NaN or infinite values; a defence must "
+                "return finite embeddings."
+            )
+        return purified

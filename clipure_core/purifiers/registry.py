@@ -8,8 +8,11 @@ so a name in a web request is looked up, never imported.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import inspect
 import re
+import sys
 from collections.abc import Sequence
 
 from ..backbone import Backbone
@@ -51,10 +54,11 @@ def build_purifier(
 ) -> Purifier:
     """A purifier by its name ('clipure_cos'), with its settings (steps, step_size, ...)."""
     purifier = check_defense(name)
-    try:
-        return purifier(backbone, templates, **settings)
+    try:  # only the call's arguments: a TypeError raised inside the constructor is a bug
+        inspect.signature(purifier).bind(backbone, templates, **settings)
     except TypeError as error:
         raise InputError(f"{name}: unsupported setting ({error}).") from error
+    return purifier(backbone, templates, **settings)
 
 
 def model_title(name: str) -> str:
@@ -74,8 +78,9 @@ def load_defense(spec: str) -> type[Purifier]:
     module_name, _, class_name = spec.partition(":")
     if not module_name or not class_name:
         raise InputError(f"defence {spec!r}: write it as package.module:ClassName.")
-    try:
-        module = importlib.import_module(module_name)
+    try:  # what it prints at import goes to stderr: stdout may be a command's --json
+        with contextlib.redirect_stdout(sys.stderr):
+            module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
         raise InputError(
             f"defence {spec!r}: no module named {error.name!r} (is its folder on PYTHONPATH?)."
