@@ -7,7 +7,7 @@ from typing import Any
 
 import gradio as gr
 
-from clipure_core.columns import BACKBONE_ALIASES
+from clipure_core import BACKBONE_ALIASES
 
 COLUMNS = "columns"  # the control's name in `Layout.controls` and the request values
 

@@ -32,6 +32,7 @@ class AppConfig:
     mcp: bool = False
     examples: str = "eager"
     defense_modules: tuple[str, ...] = ()  # package.module:Class defences the app adds
+    any_backbone: bool = False  # the page may name backbones outside the catalog
 
     @property
     def random_weights(self) -> bool:
@@ -56,9 +57,11 @@ def _queue_size(value: str) -> int:
 
 def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
     """The options of `python app.py`; CLIPURE_MODEL, CLIPURE_PRETRAINED, CLIPURE_DEVICE,
-    CLIPURE_HOST, CLIPURE_PORT, CLIPURE_SHARE, CLIPURE_QUEUE_SIZE, CLIPURE_MCP, CLIPURE_EXAMPLES
-    are the defaults of the matching options. GRADIO_SERVER_NAME (set by Hugging Face Spaces)
-    is the host's default when CLIPURE_HOST is not set."""
+    CLIPURE_HOST, CLIPURE_PORT, CLIPURE_SHARE, CLIPURE_QUEUE_SIZE, CLIPURE_MCP, CLIPURE_EXAMPLES,
+    CLIPURE_ANY_BACKBONE are the defaults of the matching options; CLIPURE_DEFENSE_MODULES
+    (comma-separated) names defences of one's own before any `--defense-module`.
+    GRADIO_SERVER_NAME (set by Hugging Face Spaces) is the host's default when CLIPURE_HOST is
+    not set."""
     env = os.environ if environ is None else environ
 
     def default(name: str, fallback):
@@ -106,10 +109,21 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     parser.add_argument(
         "--defense-module",
         action="append",
-        default=[],
+        default=[
+            spec.strip() for spec in default("DEFENSE_MODULES", "").split(",") if spec.strip()
+        ],
         metavar="PACKAGE.MODULE:CLASS",
         help="add a defence of your own: a Purifier subclass from an importable module "
-        "(repeatable; the page can only pick defences named here)",
+        "(repeatable; also CLIPURE_DEFENSE_MODULES=a.b:C,d.e:F, e.g. in a Space's settings; "
+        "the page can only pick defences named here)",
+    )
+    parser.add_argument(
+        "--any-backbone",
+        action="store_true",
+        default=_flag(default("ANY_BACKBONE", "")),
+        help="let the page's columns name any backbone (ARCH:PRETRAINED, local-dir:FOLDER); "
+        "without it only the catalog's aliases, so visitors cannot make the server download "
+        "weights or probe its folders",
     )
     return parser
 
@@ -130,6 +144,7 @@ def parse_config(
         args.mcp,
         args.examples,
         tuple(args.defense_module),
+        args.any_backbone,
     )
 
 

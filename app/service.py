@@ -20,6 +20,7 @@ from typing import Any
 from PIL import Image
 
 from clipure_core import (
+    BACKBONE_ALIASES,
     LABEL_PRESETS,
     MAX_EOT_SAMPLES,
     MAX_EPS,
@@ -32,17 +33,18 @@ from clipure_core import (
     Playground,
     PlaygroundResult,
     class_prompt_groups,
+    home_ref,
     load_backbone,
     measured_rate,
     missing_prompts,
     null_prompts,
     open_image,
+    parse_columns,
     parse_labels,
     prompt_group_embeddings,
     resolve_templates,
     text_progress,
 )
-from clipure_core.columns import home_ref, parse_columns
 from clipure_core.purifiers import PURIFIERS, check_defense
 
 from .catalog import ModelChoice
@@ -266,6 +268,19 @@ class _Job:
     playground: Playground
 
 
+def check_catalog_backbones(specs: Sequence[str]) -> None:
+    """Refuse a column whose backbone is not a catalog alias (the app's default: a request
+    must not make the server download weights or reveal which folders it has)."""
+    for spec in specs:
+        _, at, backbone = spec.partition("@")
+        if at and backbone.strip() not in BACKBONE_ALIASES:
+            raise InputError(
+                f"column {spec!r}: the page takes the catalog's backbones "
+                f"({', '.join(BACKBONE_ALIASES)}); other backbones need the app started "
+                "with --any-backbone."
+            )
+
+
 class PlaygroundService:
     """Loads backbones on demand (cached per process) and runs requests on them.
 
@@ -280,8 +295,10 @@ class PlaygroundService:
         device: str | None = None,
         audit: AuditBackend | None = None,
         text_limit_s: float | None = None,
+        any_backbone: bool = False,
     ) -> None:
         self.device = device
+        self.any_backbone = any_backbone
         self._audit = audit
         if text_limit_s is None:
             text_limit_s = float(os.environ.get(TEXT_LIMIT_ENV) or DEFAULT_TEXT_LIMIT_S)
@@ -356,6 +373,8 @@ class PlaygroundService:
             raise InputError("no image: upload or paste a photo, or click an example.")
         request.check()
         # columns refused before any weights are loaded
+        if not self.any_backbone:
+            check_catalog_backbones(request.defenses or ())
         parse_columns(request.defenses or (), home_ref(choice.name, choice.pretrained))
         job = _Job(
             attack=request.attack_config(),

@@ -80,7 +80,7 @@ def build_demo(config: AppConfig, service: PlaygroundService | None = None) -> g
     (one job at a time, at most `config.queue_size` waiting) and stops at its next model
     query when Stop is pressed, its client cancels it or its client disconnects."""
     load_defense_modules(config)  # only here: never from a request
-    service = service or PlaygroundService(config.device)
+    service = service or PlaygroundService(config.device, any_backbone=config.any_backbone)
     context = Context(service, model_choices(config.model, config.pretrained))
     backbone = service.backbone(context.start)
     unavailable = {name: purifier.unavailable(backbone) for name, purifier in PURIFIERS.items()}

@@ -18,6 +18,7 @@ from .attacks import (
 )
 from .backbone import Backbone, BackboneInfo
 from .classifier import DefendedClassifier, ZeroShotClassifier
+from .columns import BACKBONE_ALIASES, column_title, home_ref, parse_columns
 from .curve import check_curve, robustness_curve
 from .defaults import DEFAULT_MODEL, DEFAULT_WEIGHTS
 from .errors import InputError, WeightsUnavailableError
@@ -58,6 +59,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "BACKBONE_ALIASES",
     "CIFAR10_CLASSNAMES",
     "DEFAULT_MODEL",
     "DEFAULT_WEIGHTS",
@@ -92,15 +94,18 @@ __all__ = [
     "check_curve",
     "class_prompt_groups",
     "clear_backbone_cache",
+    "column_title",
     "cos_purify",
     "craft_attack",
     "curve_figure",
+    "home_ref",
     "load_backbone",
     "measured_rate",
     "missing_prompts",
     "model_title",
     "null_prompts",
     "open_image",
+    "parse_columns",
     "parse_labels",
     "probability_figure",
     "prompt_group_embeddings",

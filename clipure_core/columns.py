@@ -20,7 +20,7 @@ import torch
 
 from .errors import InputError
 from .loading import RANDOM_WEIGHTS
-from .purifiers import check_defense
+from .purifiers import check_defense, model_title
 
 UNDEFENDED = "undefended"
 NONE = "none"
@@ -138,11 +138,12 @@ def parse_columns(specs: Iterable[str] | str, home: BackboneRef | None = None) -
 
 def column_title(name: str) -> str:
     """Display title of a column: the defence's title, and its backbone after an `@`
-    ('clipure_cos@fare2-l14' -> 'CLIPure-Cos @ fare2-l14')."""
-    from .plots import model_title  # here: plots titles columns with this function
-
+    ('clipure_cos@fare2-l14' -> 'CLIPure-Cos @ fare2-l14'); a `local-dir:` backbone by its
+    folder's name, short enough for a card (the JSON and the reproduce command keep the path)."""
     defense, at, backbone = name.partition("@")
     title = model_title(UNDEFENDED if defense == NONE else defense)
+    if backbone.startswith(LOCAL_DIR):
+        backbone = Path(backbone.removeprefix(LOCAL_DIR).rstrip("/")).name or backbone
     return f"{title} @ {backbone}" if at else title
 
 

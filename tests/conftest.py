@@ -101,7 +101,10 @@ def running_app(tiny_checkpoint):
     from app.ui import build_demo, launch_options
 
     config = parse_config(
-        ["--model", TINY_MODEL, "--pretrained", str(tiny_checkpoint), "--device", "cpu"],
+        [
+            *("--model", TINY_MODEL, "--pretrained", str(tiny_checkpoint), "--device", "cpu"),
+            "--any-backbone",  # the columns tests name local-dir: backbones
+        ],
         environ={},
     )
     demo = build_demo(config)

@@ -63,6 +63,15 @@ def test_config_binds_to_localhost_without_share_unless_told():
     assert parse_config(["--pretrained", "random"], environ={}).random_weights
 
 
+def test_defense_modules_come_from_the_environment_then_the_command_line():
+    """A Space cannot pass flags: CLIPURE_DEFENSE_MODULES names its defences."""
+    env = {"CLIPURE_DEFENSE_MODULES": " a.b:C , d:E,"}
+    assert parse_config([], environ=env).defense_modules == ("a.b:C", "d:E")
+    config = parse_config(["--defense-module", "f.g:H"], environ=env)
+    assert config.defense_modules == ("a.b:C", "d:E", "f.g:H")
+    assert parse_config([], environ={}).defense_modules == ()
+
+
 def test_start_model_is_offered_first():
     assert model_choices("ViT-B-32", "openai")[0] is CATALOG[0]
     custom = model_choices(TINY_MODEL, "random")

@@ -155,8 +155,8 @@ def test_audit_has_a_cell_per_condition_for_every_column(tiny_model_dir, other_d
     data = json.loads(capsys.readouterr().out)
     names = ["undefended", "clipure_cos", f"none@{other}", f"clipure_cos@{other}"]
     assert [model["name"] for model in data["models"]] == names
-    assert data["models"][2]["title"] == f"Undefended CLIP @ {other}"
-    assert data["models"][3]["title"] == f"CLIPure-Cos @ {other}"
+    assert data["models"][2]["title"] == f"Undefended CLIP @ {other_dir.name}"
+    assert data["models"][3]["title"] == f"CLIPure-Cos @ {other_dir.name}"
     assert [model["backbone"]["spec"] for model in data["models"]] == [None, None, other, other]
     cells = {(cell["condition"], cell["model"]) for cell in data["matrix"]}
     assert cells == {(condition, name) for condition in CONDITIONS for name in names}
@@ -185,15 +185,24 @@ def test_app_shows_every_column_as_a_card(tiny_checkpoint, other_dir):
     from app.results import reproduce_command, verdict_html
     from app.service import PlaygroundService
 
-    context = Context(PlaygroundService("cpu"), model_choices(TINY_MODEL, str(tiny_checkpoint)))
+    choices = model_choices(TINY_MODEL, str(tiny_checkpoint))
     other = f"local-dir:{other_dir}"
     values = {"image": PHOTO, "labels": LABELS, "steps": 2, "clipure_cos": True}
+    # by default the page takes catalog aliases only: a folder is refused before it is read
+    with pytest.raises(InputError, match="the page takes the catalog's backbones"):
+        run(Context(PlaygroundService("cpu"), choices), {**values, "columns": f"none@{other}"})
+    with pytest.raises(InputError, match="the page takes the catalog's backbones"):
+        run(Context(PlaygroundService("cpu"), choices), {**values, "columns": "none@/etc"})
+    context = Context(PlaygroundService("cpu", any_backbone=True), choices)
     result = run(context, {**values, "columns": f"none@{other}, clipure_cos@{other}"})
     assert result.models == ["undefended", "clipure_cos", f"none@{other}", f"clipure_cos@{other}"]
     payload = result.to_dict()
     cards = verdict_html(payload)
     assert cards.count('class="card ') == 4
-    assert f"Undefended CLIP @ {other}" in cards and f"CLIPure-Cos @ {other}" in cards
+    assert (
+        f"Undefended CLIP @ {other_dir.name}" in cards
+        and f"CLIPure-Cos @ {other_dir.name}" in cards
+    )
     assert "MiB of weights" in cards  # what the other backbone costs
     command = reproduce_command(payload, LABELS, "chelsea.png")
     assert f"--defense clipure_cos,none@{other},clipure_cos@{other}" in command
@@ -244,7 +253,10 @@ def test_page_more_columns_box_adds_cards(client_for_columns, running_app, other
     outputs = page_outputs(running_app, client_for_columns.predict(*inputs, api_name="/run"))
     verdict = outputs["verdict"]
     assert verdict.count('class="card ') == 4
-    assert f"Undefended CLIP @ {other}" in verdict and f"CLIPure-Cos @ {other}" in verdict
+    assert (
+        f"Undefended CLIP @ {other_dir.name}" in verdict
+        and f"CLIPure-Cos @ {other_dir.name}" in verdict
+    )
 
 
 @pytest.fixture(scope="module")
@@ -357,4 +369,4 @@ def test_a_defence_of_ones_own_on_another_backbone(own_defense, tiny_model_dir, 
     data = json.loads(capsys.readouterr().out)
     assert list(data["probabilities"]["clean"]) == ["undefended", column]
     assert data["settings"]["columns"][column]["defense"] == own_defense
-    assert column_title(column) == f"Null blend @ local-dir:{other_dir}"
+    assert column_title(column) == f"Null blend @ {other_dir.name}"

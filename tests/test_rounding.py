@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from clipure_core import AttackConfig, Playground, ZeroShotClassifier, pipeline
+from clipure_core import AttackConfig, Playground, ZeroShotClassifier, pipeline, served
 from clipure_core.audit import run_audit
 from clipure_core.audit import runner as audit_runner
 from clipure_core.audit.dataset import audit_dataset
@@ -280,7 +280,7 @@ def mid_grey_photo():
 def test_playground_reports_rounding_per_attacked_model(backbone, mid_grey_photo, monkeypatch):
     clean = {}
     monkeypatch.setattr(pipeline, "craft_attack", fake_attack(clean))
-    monkeypatch.setattr(pipeline, "attacked_model", lambda *args, **kwargs: MeanShift(clean))
+    monkeypatch.setattr(served, "attacked_model", lambda *args, **kwargs: MeanShift(clean))
     playground = Playground(backbone, templates="single")
     result = playground.run(
         mid_grey_photo, LABELS4, threat="bpda", defenses=["clipure_cos"], true_label="cat"
@@ -297,7 +297,7 @@ def test_playground_reports_rounding_per_attacked_model(backbone, mid_grey_photo
 def test_audit_records_rounding_per_crafted_image(backbone, mid_grey_photo, monkeypatch):
     clean = {}
     monkeypatch.setattr(audit_runner, "craft_attack", fake_attack(clean))
-    monkeypatch.setattr(audit_runner, "attacked_model", lambda *args, **kwargs: MeanShift(clean))
+    monkeypatch.setattr(served, "attacked_model", lambda *args, **kwargs: MeanShift(clean))
     playground = Playground(backbone, templates="single")
     result = run_audit(
         playground, mid_grey_photo, LABELS4, true_label="cat", steps=1,
@@ -317,7 +317,7 @@ def test_dataset_audit_counts_rounding_per_attack(backbone, image_folder, monkey
     attack's are repaired, noise's are not re-attacked."""
     clean = {}
     monkeypatch.setattr(audit_runner, "craft_attack", fake_attack(clean))
-    monkeypatch.setattr(audit_runner, "attacked_model", lambda *args, **kwargs: MeanShift(clean))
+    monkeypatch.setattr(served, "attacked_model", lambda *args, **kwargs: MeanShift(clean))
     report = audit_dataset(
         Playground(backbone, templates="single"), load_dataset(str(image_folder)),
         defenses=(), steps=1, conditions="noise,full", checks="noise_control",

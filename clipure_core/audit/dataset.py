@@ -42,7 +42,7 @@ class DatasetAudit:
             "source": self.source,
             "n_images": len(self.results),
             "labels": first.labels,
-            "models": [{"name": n, "title": t} for n, t in first.models.items()],
+            "models": first.to_dict()["models"],
             "conditions": first.to_dict()["conditions"],
             "accuracy": self._accuracy(),
             "gradients": self._gradients(),

@@ -36,7 +36,7 @@ from ..purifiers import Purifier
 from ..release import check_release_precision
 from ..resolution import attack_pixels, check_attack_resolution, upsampled
 from ..seeding import derive_seed, seeded
-from ..served import ServedModel, serve_columns
+from ..served import serve_columns
 from . import checks as audit_checks
 from .autograd_probe import AutogradCounter
 from .checklist_runs import ChecklistRuns
@@ -168,8 +168,8 @@ class _Audit(ChecklistRuns):
             name: served.purifier for name, served in self.served.items() if served.purifier
         }
         self.classifier: ZeroShotClassifier = self.served[UNDEFENDED].classifier
-        self.models = {UNDEFENDED: "undefended CLIP"} | {
-            name: _title(served) for name, served in self.served.items() if name != UNDEFENDED
+        self.models = {UNDEFENDED: column_title(UNDEFENDED)} | {
+            name: column_title(name) for name in self.served if name != UNDEFENDED
         }
         self.encoded: dict[tuple[Key, int], torch.Tensor] = {}  # other backbones' embeddings
         self.images: dict[Key, torch.Tensor] = {}
@@ -597,12 +597,3 @@ class _Audit(ChecklistRuns):
         if self.norm == "linf":
             settings["eps_255"] = self.eps * 255
         return settings
-
-
-def _title(served: ServedModel) -> str:
-    """A defended column's title: its purifier's own, and the backbone's spec after an `@`
-    when it is not the start-up backbone ('none@fare2-l14' -> 'Undefended CLIP @ fare2-l14')."""
-    if served.purifier is None:
-        return column_title(served.name)
-    spec = served.column.backbone.spec if served.column.backbone else None
-    return served.purifier.title + (f" @ {spec}" if spec else "")
