@@ -83,12 +83,19 @@ def memory_notes(payload: Mapping[str, Any]) -> str:
     """One line per column on another backbone than the start-up one: its weights' memory."""
     columns = payload["settings"].get("columns", {})
     lines = [
-        f"{column_title(name)}: {entry['backbone']['model']} ({entry['backbone']['pretrained']}),"
+        f"{column_title(name)}: {_backbone_source(entry['backbone'])},"
         f" {entry['backbone']['memory_mb']:.0f} MiB of weights"
         for name, entry in columns.items()
         if entry["backbone"]["spec"] is not None
     ]
     return "".join(f'<div class="memory">{html.escape(line)}</div>' for line in lines)
+
+
+def _backbone_source(backbone: Mapping[str, Any]) -> str:
+    """Where a column's weights came from: a folder by its path, else architecture and tag."""
+    if backbone["model"].startswith("local-dir:"):
+        return backbone["model"]
+    return f"{backbone['model']} ({backbone['pretrained']})"
 
 
 def perturbation_caption(payload: Mapping[str, Any], gain: float) -> str:

@@ -12,6 +12,7 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import CenterCrop, InterpolationMode, Resize
 
+from .encoding_memo import encoded
 from .errors import InputError
 from .images import check_aspect_ratio, normalize_image
 from .pixels import pil_to_pixels
@@ -105,8 +106,12 @@ class Backbone(nn.Module):
                 f"expected pixels of shape (B, 3, {self.image_size}, {self.image_size}), "
                 f"got {tuple(pixels.shape)}; use Backbone.prepare on the photo first."
             )
-        normalised = (pixels.to(self.device) - self.mean) / self.std
-        return self.model.encode_image(normalised.to(self.input_dtype)).float()
+
+        def encode() -> torch.Tensor:
+            normalised = (pixels.to(self.device) - self.mean) / self.std
+            return self.model.encode_image(normalised.to(self.input_dtype)).float()
+
+        return encoded(self, pixels, encode)
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         return self.tokenizer(list(texts)).to(self.device)

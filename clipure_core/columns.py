@@ -138,10 +138,12 @@ def parse_columns(specs: Iterable[str] | str, home: BackboneRef | None = None) -
 
 def column_title(name: str) -> str:
     """Display title of a column: the defence's title, and its backbone after an `@`
-    ('clipure_cos@fare2-l14' -> 'CLIPure-Cos @ fare2-l14')."""
-
+    ('clipure_cos@fare2-l14' -> 'CLIPure-Cos @ fare2-l14'); a `local-dir:` backbone by its
+    folder's name, short enough for a card (the JSON and the reproduce command keep the path)."""
     defense, at, backbone = name.partition("@")
     title = model_title(UNDEFENDED if defense == NONE else defense)
+    if backbone.startswith(LOCAL_DIR):
+        backbone = Path(backbone.removeprefix(LOCAL_DIR).rstrip("/")).name or backbone
     return f"{title} @ {backbone}" if at else title
 
 

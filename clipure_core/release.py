@@ -25,6 +25,7 @@ from torch import nn
 
 from .backbone import Backbone
 from .classifier import ZeroShotClassifier
+from .encoding_memo import encoded
 from .errors import InputError
 from .half_emulation import EmulatedHalf
 from .purifiers import Purifier
@@ -120,10 +121,14 @@ class ReleaseClassifier(nn.Module):
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) pixels in [0, 1] -> (B, D) float32 embeddings via the fp16 tower."""
         backbone = self.classifier.backbone
-        normalised = (pixels.to(backbone.device) - backbone.mean) / backbone.std
-        if self.precision == "float16":
-            return self.encoder(normalised.half()).float()
-        return self.encoder(normalised)
+
+        def encode() -> torch.Tensor:
+            normalised = (pixels.to(backbone.device) - backbone.mean) / backbone.std
+            if self.precision == "float16":
+                return self.encoder(normalised.half()).float()
+            return self.encoder(normalised)
+
+        return encoded(self.encoder, pixels, encode)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         z = self.encode(pixels)

@@ -236,3 +236,29 @@ def test_bad_labels_show_a_readable_error_and_the_server_keeps_serving(page: Pag
         re.compile(r"^(cat|dog|tiger) \d+% → "), timeout=RUN_TIMEOUT_MS
     )
     expect(page.get_by_test_id("toast-body")).to_have_count(0)
+
+
+def test_columns_on_another_backbone_show_as_cards(page: Page, tiny_model_dir) -> None:
+    """FARE beside CLIPure, as a speaker would type it (another tiny model stands in for
+    FARE): four cards, each titled with its backbone, within the projector's width."""
+    pick_example(page)
+    other = f"local-dir:{tiny_model_dir}"
+    page.get_by_role("tab", name="Defences").click()
+    page.locator("#columns textarea").fill(f"none@{other}, clipure_cos@{other}")
+    page.locator("#run").click()
+    cards = page.locator("#verdict .card")
+    expect(cards).to_have_count(4, timeout=RUN_TIMEOUT_MS)
+    expect(cards.locator(".model")).to_have_text(
+        [
+            "Undefended CLIP",
+            "CLIPure-Cos",
+            f"Undefended CLIP @ {tiny_model_dir.name}",  # a folder by its name on a card
+            f"CLIPure-Cos @ {tiny_model_dir.name}",
+        ]
+    )
+    for index in range(4):
+        expect(cards.nth(index).locator(".change")).to_have_text(CHANGE)
+        box = cards.nth(index).bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= PROJECTOR["width"]
+    page.locator("#verdict").scroll_into_view_if_needed()
+    shoot(page, "columns.png")

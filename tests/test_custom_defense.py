@@ -177,7 +177,7 @@ def test_audit_json_shows_its_own_title(modules, tiny_checkpoint, capsys):
     assert cli_main([*args, "--json", "--quiet"]) == 0, capsys.readouterr().err
     data = json.loads(capsys.readouterr().out)
     assert [(model["name"], model["title"], model["defense"]) for model in data["models"]] == [
-        ("undefended", "undefended CLIP", "none"),
+        ("undefended", "Undefended CLIP", "none"),
         (SPEC, "Null blend", SPEC),
     ]
     assert data["settings"]["defenses"] == {SPEC: {"steps": 3, "weight": 0.25}}

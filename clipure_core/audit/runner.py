@@ -2,7 +2,9 @@
 
 Work is shared: one clean pass; one attack per distinct attacked module (undefended CLIP
 under transfer / paper / BPDA / full is one white-box attack, crafted once); one encoding
-per distinct image; the exact ('full') gradient measured once per model as the reference.
+per distinct image and encoder, whoever asks for it (`encoding_memo`: an attack's end point
+judged by the attack, traced, rounded and evaluated is encoded once); the exact ('full')
+gradient measured once per model as the reference.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ..attacks import (
 )
 from ..classifier import ZeroShotClassifier
 from ..columns import column_title, parse_columns
+from ..encoding_memo import fresh_encodings, remembering_encodings
 from ..errors import InputError
 from ..images import normalize_image
 from ..lattice import round_attack
@@ -33,7 +36,7 @@ from ..purifiers import Purifier
 from ..release import check_release_precision
 from ..resolution import attack_pixels, check_attack_resolution, upsampled
 from ..seeding import derive_seed, seeded
-from ..served import ServedModel, serve_columns
+from ..served import serve_columns
 from . import checks as audit_checks
 from .autograd_probe import AutogradCounter
 from .checklist_runs import ChecklistRuns
@@ -105,7 +108,8 @@ def run_audit(
         check_conditions(conditions), pick_names(checks, list(CHECKS), "check"),
         square_queries, eot, true_label, thorough, release_precision,
     )  # fmt: skip
-    return audit.run(image, on_progress, resolution)
+    with remembering_encodings():  # repeated encodings run once (see encoding_memo)
+        return audit.run(image, on_progress, resolution)
 
 
 def _check_count(name: str, value: int, high: int) -> int:
@@ -164,8 +168,8 @@ class _Audit(ChecklistRuns):
             name: served.purifier for name, served in self.served.items() if served.purifier
         }
         self.classifier: ZeroShotClassifier = self.served[UNDEFENDED].classifier
-        self.models = {UNDEFENDED: "undefended CLIP"} | {
-            name: _title(served) for name, served in self.served.items() if name != UNDEFENDED
+        self.models = {UNDEFENDED: column_title(UNDEFENDED)} | {
+            name: column_title(name) for name in self.served if name != UNDEFENDED
         }
         self.encoded: dict[tuple[Key, int], torch.Tensor] = {}  # other backbones' embeddings
         self.images: dict[Key, torch.Tensor] = {}
@@ -294,8 +298,9 @@ class _Audit(ChecklistRuns):
         """Largest logit change between two forwards of the clean photo with different draws
         (a second encoding, and a second purification per defence); the first forward's
         logits and autograd calls are kept for the softmax and optimisation checks."""
-        with torch.no_grad():
-            again = {id(s.backbone): self._encode(pixels, s.name) for s in self.served.values()}
+        first = {id(s.backbone): s.name for s in self.served.values()}  # one per backbone
+        with torch.no_grad(), fresh_encodings():  # a second forward, not the first one again
+            again = {backbone: self._encode(pixels, name) for backbone, name in first.items()}
         differences = {}
         for model in self.models:
             clean = self._embedding(model, ("clean", UNDEFENDED))
@@ -592,12 +597,3 @@ class _Audit(ChecklistRuns):
         if self.norm == "linf":
             settings["eps_255"] = self.eps * 255
         return settings
-
-
-def _title(served: ServedModel) -> str:
-    """A defended column's title: its purifier's own, and the backbone's spec after an `@`
-    when it is not the start-up backbone ('none@fare2-l14' -> 'Undefended CLIP @ fare2-l14')."""
-    if served.purifier is None:
-        return column_title(served.name)
-    spec = served.column.backbone.spec if served.column.backbone else None
-    return served.purifier.title + (f" @ {spec}" if spec else "")
