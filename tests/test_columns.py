@@ -377,6 +377,8 @@ def test_the_memory_estimate_builds_every_open_clip_model_class():
     from clipure_core.columns import estimated_bytes, parse_backbone
 
     # parameters of open_clip 3.3's ViT-B-16-SigLIP (a CustomTextCLIP) and coca_ViT-B-32 (CoCa)
+    # OpenAI's ViT-B/32, CLIP's published 151.3 M parameters: the README's "about 600 MB"
+    assert estimated_bytes(parse_backbone("openai-b32"), "fp32") == 151_277_313 * 4
     siglip = parse_backbone("ViT-B-16-SigLIP:webli")
     assert estimated_bytes(siglip, "fp32") == 203_155_970 * 4
     coca = parse_backbone("coca_ViT-B-32:laion2b_s13b_b90k")

@@ -81,6 +81,18 @@ def test_even_steps_of_size_30_return_to_the_start(target):
     assert (F.cosine_similarity(small, target.expand_as(z)) > F.cosine_similarity(z, target)).all()
 
 
+def test_ten_steps_of_size_30_pass_the_exact_gradient_through_unchanged(target):
+    """Near an embedding 73-84 degrees from the prompt the 10 steps are the identity map, so
+    the exact gradient through them is the undefended model's: d(out)/dz = I."""
+    z = embeddings_at_cosines(target, [0.1, 0.2, 0.3], [1.0, 2.0, 0.5]).requires_grad_(True)
+    weights = torch.randn(z.shape, generator=torch.Generator().manual_seed(0), dtype=z.dtype)
+    (weights * cos_purify(z, target, 10, 30.0, gradient="full")).sum().backward()
+    assert torch.allclose(z.grad, weights, atol=1e-9)
+    past = embeddings_at_cosines(target, [0.01], [1.0]).requires_grad_(True)  # 89.4 degrees
+    (weights[:1] * cos_purify(past, target, 10, 30.0, gradient="full")).sum().backward()
+    assert not torch.allclose(past.grad, weights[:1], atol=1e-3)  # not the identity there
+
+
 def test_batch_coupled_mode_reproduces_reference_normalisation(target):
     z = embeddings_at_cosines(target, [0.1, 0.3], [1.0, 2.0])
     per_sample = cos_purify(z, target, 1, 30.0)
