@@ -384,7 +384,7 @@ def test_run_handler_without_a_server(context):
         run(context, {**values, "templates": "all"})
 
 
-def test_a_new_defence_is_one_class(monkeypatch):
+def test_a_new_defense_is_one_class(monkeypatch):
     """Registering a purifier gives it a switch and controls in the app, and flags in the
     predict and evaluate command lines."""
     from app.layout import defense_controls

@@ -826,7 +826,7 @@ def test_cli_bad_input_exits_2_with_a_message(capsys, args, message):
     assert code == 2 and message in err
 
 
-def test_audit_without_defences_covers_undefended_clip_only(backbone, cat_photo):
+def test_audit_without_defenses_covers_undefended_clip_only(backbone, cat_photo):
     result = run_audit(
         Playground(backbone, "single"),
         cat_photo,

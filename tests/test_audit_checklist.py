@@ -207,7 +207,7 @@ def test_loss_progress(masked, toys, backbone, cat_photo):
     assert longer.cell("full", "shrink").correct
 
 
-def test_loss_progress_fails_a_random_defence_with_a_zero_gradient(toys, backbone, cat_photo):
+def test_loss_progress_fails_a_random_defense_with_a_zero_gradient(toys, backbone, cat_photo):
     # A review's case: the per-step losses are single draws of a random defence, so their
     # maximum rises above the start by chance; the measured pixel gradient is exactly 0.
     result = audit(

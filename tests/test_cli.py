@@ -90,7 +90,7 @@ def test_no_internet_startup_exits_nonzero_with_the_options(tmp_path):
     assert "--pretrained random" in hint
 
 
-def test_audit_takes_the_defence_flags_predict_has(capsys, tiny_checkpoint):
+def test_audit_takes_the_defense_flags_predict_has(capsys, tiny_checkpoint):
     args = ["audit", str(ASSETS / "chelsea.png"), "--labels", "cat,dog", "--model", TINY_MODEL]
     args += ["--pretrained", str(tiny_checkpoint), "--conditions", "clean", "--checks"]
     args += ["randomness", "--cos-batch-coupled", "--cos-steps", "3", "--quiet", "--json"]

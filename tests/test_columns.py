@@ -40,7 +40,7 @@ def large_dir(tmp_path_factory):
     return _model_dir(tmp_path_factory, "large-model", seed=5, image_size=48)
 
 
-def test_column_specs_name_the_defence_and_the_backbone(tmp_path):
+def test_column_specs_name_the_defense_and_the_backbone(tmp_path):
     columns = parse_columns("clipure_cos, none@fare2-l14, clipure_cos@fare2-l14, clipure_cos")
     assert [c.name for c in columns] == ["clipure_cos", "none@fare2-l14", "clipure_cos@fare2-l14"]
     assert (columns[0].defense, columns[0].backbone) == ("clipure_cos", None)
@@ -363,7 +363,7 @@ def own_defense(tmp_path, monkeypatch):
     sys.modules.pop("my_defense", None)
 
 
-def test_a_defence_of_ones_own_on_another_backbone(own_defense, tiny_model_dir, other_dir, capsys):
+def test_a_defense_of_ones_own_on_another_backbone(own_defense, tiny_model_dir, other_dir, capsys):
     column = f"{own_defense}@local-dir:{other_dir}"
     args = ["predict", PHOTO, "--labels", LABELS, "--model", f"local-dir:{tiny_model_dir}"]
     assert main([*args, "--defense", column, "--steps", "2", "--device", "cpu", "--json"]) == 0

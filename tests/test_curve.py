@@ -264,7 +264,7 @@ L2_EOT_CURVE = [str(ASSETS / "chelsea.png"), "--labels", "a,b", "--curve", "--no
 L2_EOT_CURVE += ["--eps", "0.5", "--eot", "4"]
 
 
-def test_audit_curve_attacks_a_random_defence_with_the_audits_eot():
+def test_audit_curve_attacks_a_random_defense_with_the_audits_eot():
     args = argparse.Namespace(norm="linf", steps=2, eot=4, defense="clipure_cos,clipure_diff")
     attack = audit_curve_attack(args)
     assert (attack.method, attack.steps, attack.eot_samples) == ("pgd", 2, 4)

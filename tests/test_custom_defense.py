@@ -287,7 +287,7 @@ def test_its_cost_reaches_the_gpu_lease(modules):
     assert lease("clipure_diff") == int(20 + 0.05 * (13 + 23 * 5))
 
 
-def test_a_request_never_imports_a_defence(modules, backbone):
+def test_a_request_never_imports_a_defense(modules, backbone):
     """A name that arrives with a request (the app's page or API, the Python API) is looked
     up; only a command line imports."""
     from app.service import PlaygroundRequest
@@ -354,7 +354,7 @@ def test_a_request_never_imports_a_defence(modules, backbone):
         ),
     ],
 )
-def test_bad_defences_are_refused_with_one_message(
+def test_bad_defenses_are_refused_with_one_message(
     modules, tiny_checkpoint, capsys, monkeypatch, spec, message
 ):
     """In predict, audit and evaluate, before any model work, leaving nothing registered."""
@@ -416,7 +416,7 @@ def test_the_app_refuses_a_bad_module_at_start_up(modules, spec, message):
         ),
     ],
 )
-def test_a_defence_returning_nonsense_is_refused_not_counted_right(
+def test_a_defense_returning_nonsense_is_refused_not_counted_right(
     modules, tiny_checkpoint, capsys, spec, message
 ):
     """A NaN embedding must not pass for the true label (the first one: every NaN score ties)."""

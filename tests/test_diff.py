@@ -164,7 +164,7 @@ def test_null_condition_token_encodings_stop_at_the_end_token(backbone):
         null_condition(backbone, "single", "words")
 
 
-def test_eot_attack_on_the_stochastic_defence_is_reproducible(backbone, purifier, cat_photo):
+def test_eot_attack_on_the_stochastic_defense_is_reproducible(backbone, purifier, cat_photo):
     classifier = ZeroShotClassifier(backbone, LABELS, "single")
     defended = classifier.defended(purifier, gradient="full")
     pixels = backbone.prepare(cat_photo).unsqueeze(0)

@@ -114,7 +114,7 @@ def test_each_benchmark_prints_the_flags_it_ran_with():
             assert "args = build_parser().parse_args()\n    print_flags(args)\n" in text
 
 
-def test_a_defence_of_ones_own_brings_its_flags_to_the_command_line_that_names_it(tmp_path):
+def test_a_defense_of_ones_own_brings_its_flags_to_the_command_line_that_names_it(tmp_path):
     page = tmp_path / "page.md"
     page.write_text(
         "`python -m clipure_core predict x.png --defense clipure_cos,mine:Blend --blend-weight 1`"

@@ -261,8 +261,8 @@ def test_release_protocol_predicts_with_the_release_model_in_pairs(
     pixels = torch.stack(
         [backbone.prepare(Image.open(image_folder / images[p])) for p in sorted(images)]
     )
-    for model, defence in (("undefended", None), ("clipure_cos", purifier)):
-        module = attacked_model(classifier, defence, "release")
+    for model, defense in (("undefended", None), ("clipure_cos", purifier)):
+        module = attacked_model(classifier, defense, "release")
         with torch.no_grad():
             expected = [
                 module(pixels[start : start + 2]).argmax(dim=-1).tolist()
@@ -348,7 +348,7 @@ def test_adaptive_protocol_counts_an_image_robust_only_if_it_survives_every_atta
     assert "EOT None" not in page
 
 
-def test_coin_flip_defence_is_robust_on_no_image_with_k_draws(
+def test_coin_flip_defense_is_robust_on_no_image_with_k_draws(
     coin, tiny_model_dir, two_class_folder, tmp_path
 ):
     """One evaluation draw (the old counting) calls some images robust although every draw

@@ -345,7 +345,7 @@ def tiny_prior(tiny_model_dir, image_folder, tmp_path_factory):
     return out
 
 
-def test_stochastic_defence_resumes_to_the_same_results(
+def test_stochastic_defense_resumes_to_the_same_results(
     tiny_model_dir, image_folder, tiny_prior, tmp_path
 ):
     """CLIPure-Diff draws noise; seeded per batch, an interrupted run still ends identical."""

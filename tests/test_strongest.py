@@ -65,7 +65,7 @@ NOISY = LinearToy(scale=2.56 / (1.4 * EPS), noise=1.0)
 NOISY_PIXELS, NOISY_LABELS = toy_images([1.4 * EPS] * 24)
 
 
-def test_the_noisy_toy_is_the_issues_defence():
+def test_the_noisy_toy_is_the_issues_defense():
     clean = fool_rates(NOISY, NOISY_PIXELS, NOISY_LABELS)
     assert 0.07 < float(clean.mean()) < 0.11
     # torchattacks' MultiAttack over APGD-CE (5 restarts) and APGD-T, as `autoattack` was
@@ -97,7 +97,7 @@ def test_the_noisy_toy_is_the_issues_defence():
     ],
     ids=lambda c: f"{c.method}-eot{c.eot_samples}" if isinstance(c, AttackConfig) else "",
 )
-def test_no_attack_returns_a_clean_image_of_a_noisy_defence(config, as_strong):
+def test_no_attack_returns_a_clean_image_of_a_noisy_defense(config, as_strong):
     adversarial = craft_attack(NOISY, NOISY_PIXELS, NOISY_LABELS, config, seed=0)
     size = (adversarial - NOISY_PIXELS).flatten(1).abs().amax(dim=1)
     assert int((size > 0).sum()) == 24 and float(size.max()) <= EPS + 1e-6

@@ -71,7 +71,7 @@ class ChecklistRuns:
     def _traced(self, condition: str) -> bool:
         return "loss_progress" in self.checks and CONDITIONS[condition].gradient
 
-    def _coupled_defences(self) -> list[str]:
+    def _coupled_defenses(self) -> list[str]:
         """The deterministic defences that have the release's batch-coupled step as an option
         (a random one's check warns whatever its gradient: its draws differ)."""
         return [
@@ -130,7 +130,7 @@ class ChecklistRuns:
         if "batch_coupling" in self.checks and defended:
             total += PARTNERS
             measured = self._gradient_keys()
-            for model in self._coupled_defences():
+            for model in self._coupled_defenses():
                 missing = attack_key("full", model) not in measured  # the exact gradient
                 total += self.model_eot[model] * (COUPLED_PAIRS + missing)
         return total
@@ -320,7 +320,7 @@ class ChecklistRuns:
                 logits = classifier.logits_from_embeddings(torch.cat([alone, paired]))
                 changed = changed or int(logits[0].argmax()) != int(logits[1].argmax())
             self.coupling[model] = (change, changed)
-        coupled = self._coupled_defences()
+        coupled = self._coupled_defenses()
         if coupled:
             with seeded(derive_seed(self.seed, "batch_coupling", "pairs")):
                 others = torch.rand((COUPLED_PAIRS, *pixels.shape[1:]), device=pixels.device)
