@@ -62,6 +62,18 @@ SHARED = {
 UNSHARED = SHARED | {("forward", "float32", 1): 372, ("forward", "emulated", 1): 51}
 
 
+def assert_counts(counts, expected: dict) -> None:
+    """At most the counted passes (a change that adds passes fails), and at least 98 % of
+    them: where an attack stops (Square at its first fooling query, the eps ladder at its
+    first fooling rung) is a decision at a near-tie on this random model, which the last bits
+    of the text embeddings (cached from another batch in a full run) or of another CPU's
+    kernels can move by a query (the suite's rule: decisions exactly only where they are not
+    near a tie; see docs/development.md)."""
+    for key, literal in expected.items():
+        assert 0.98 * literal <= counts[key] <= literal, (key, counts[key], literal)
+    assert set(counts) == set(expected)
+
+
 def _audit(playground, photo) -> tuple[dict, PassCounter]:
     with PassCounter() as counter:
         result = run_audit(playground, photo, BENCH_LABELS)
@@ -77,10 +89,14 @@ def test_default_audit_passes_and_what_sharing_saves_without_changing_a_result(
     playground = Playground(backbone, templates="ensemble")
     run_audit(playground, cat_photo, BENCH_LABELS, conditions="clean")  # text cached
     shared, counter = _audit(playground, cat_photo)
-    assert dict(counter.counts) == SHARED
+    assert_counts(counter.counts, SHARED)
     monkeypatch.setattr(runner, "remembering_encodings", contextlib.nullcontext)
-    unshared, counter = _audit(playground, cat_photo)
-    assert dict(counter.counts) == UNSHARED
+    unshared, unshared_counter = _audit(playground, cat_photo)
+    assert_counts(unshared_counter.counts, UNSHARED)
+    # the sharing saves forwards only: 54 float32 and 11 emulated ones in the run counted above
+    saved = {key: unshared_counter.counts[key] - counter.counts[key] for key in SHARED}
+    assert saved[("forward", "float32", 1)] >= 50 and saved[("forward", "emulated", 1)] >= 10
+    assert all(saved[key] == 0 for key in SHARED if key[0] == "backward")
     # the same process and batches: every cell, gradient, check and rounding bit for bit
     assert shared == unshared
     assert len(shared["checks"]) == 51 and len(shared["matrix"]) == 16

@@ -238,9 +238,29 @@ def test_bad_labels_show_a_readable_error_and_the_server_keeps_serving(page: Pag
     expect(page.get_by_test_id("toast-body")).to_have_count(0)
 
 
-def test_columns_on_another_backbone_show_as_cards(page: Page, tiny_model_dir) -> None:
+@pytest.fixture(scope="module")
+def columns_app(tiny_checkpoint):
+    """An app of its own for the columns test: its own queue, and no text-time limit (in a
+    full run another test may have measured this backbone's prompts/s on a loaded machine,
+    and the app would rightly refuse the other backbone's 400 prompts as too slow)."""
+    from app.config import parse_config
+    from app.service import PlaygroundService
+    from app.ui import build_demo, launch_options
+
+    args = ["--model", "clipure-test-tiny", "--pretrained", str(tiny_checkpoint)]
+    config = parse_config([*args, "--device", "cpu", "--any-backbone"], environ={})
+    service = PlaygroundService("cpu", text_limit_s=1e9, any_backbone=True)
+    demo = build_demo(config, service)
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **{
+        **launch_options(config), "server_port": None})  # fmt: skip
+    yield url
+    demo.close()
+
+
+def test_columns_on_another_backbone_show_as_cards(open_page, columns_app, tiny_model_dir) -> None:
     """FARE beside CLIPure, as a speaker would type it (another tiny model stands in for
     FARE): four cards, each titled with its backbone, within the projector's width."""
+    page = open_page(url=columns_app)
     pick_example(page)
     other = f"local-dir:{tiny_model_dir}"
     page.get_by_role("tab", name="Defences").click()
