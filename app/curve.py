@@ -11,12 +11,12 @@ from typing import Any
 
 from PIL import Image
 
-from clipure_core import check_curve, robustness_curve, text_progress
+from clipure_core import check_curve
 
 from . import gpu
 from .catalog import ModelChoice
 from .handlers import Context, request_from
-from .service import Cancelled, PlaygroundRequest, PlaygroundService, Progress, _seed
+from .service import PlaygroundRequest, PlaygroundService, Progress, _seed
 
 # The longest GPU lease the app asks for covers this many model queries (app/gpu.py): a curve
 # estimated above it is refused before any model work.
@@ -70,29 +70,7 @@ def run_curve(
     """The curve's JSON (clipure_core.curve.robustness_curve) for `request`'s photo, threat
     model and attack (its eps replaced by the ladder); `cancel` ends it at the next query."""
     check_budget(request)
-    job = service._prepare(choice, image, request, on_progress, cancel)
-
-    def report(done: int, total: int, stage: str) -> None:
-        if cancel is not None and cancel.is_set():
-            raise Cancelled
-        if on_progress is not None:
-            on_progress(done, total, stage)
-
-    with text_progress(service._text_progress(on_progress, cancel)):
-        return robustness_curve(
-            job.playground,
-            job.image,
-            job.labels,  # parsed once, in `_prepare`
-            job.attack,
-            threat=request.threat,
-            defenses=job.defenses,
-            seed=job.seed,
-            true_label=request.true_label or None,
-            target_label=request.target_label or None,
-            defense_settings=request.purifier_settings(),
-            on_progress=report,
-            max_queries=MAX_CURVE_QUERIES,
-        )
+    return service.curve(choice, image, request, on_progress, cancel, MAX_CURVE_QUERIES)
 
 
 def curve_json(

@@ -43,6 +43,7 @@ from clipure_core import (
     parse_labels,
     prompt_group_embeddings,
     resolve_templates,
+    robustness_curve,
     text_progress,
 )
 from clipure_core.purifiers import PURIFIERS, check_defense
@@ -358,6 +359,41 @@ class PlaygroundService:
                 target_label=request.target_label or None,
                 defense_settings=request.purifier_settings(),
                 on_query=on_query,
+            )
+
+    def curve(
+        self,
+        choice: ModelChoice,
+        image: str | Path | Image.Image | None,
+        request: PlaygroundRequest,
+        on_progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+        max_queries: int | None = None,
+    ) -> dict:
+        """The robustness curve (clipure_core.robustness_curve) of `request`'s photo, threat
+        model and attack, its eps replaced by the ladder; progress and `cancel` as `run`."""
+        job = self._prepare(choice, image, request, on_progress, cancel)
+
+        def report(done: int, total: int, stage: str) -> None:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled
+            if on_progress is not None:
+                on_progress(done, total, stage)
+
+        with text_progress(self._text_progress(on_progress, cancel)):
+            return robustness_curve(
+                job.playground,
+                job.image,
+                job.labels,  # parsed once, in `_prepare`
+                job.attack,
+                threat=request.threat,
+                defenses=job.defenses,
+                seed=job.seed,
+                true_label=request.true_label or None,
+                target_label=request.target_label or None,
+                defense_settings=request.purifier_settings(),
+                on_progress=report,
+                max_queries=max_queries,
             )
 
     def _prepare(
